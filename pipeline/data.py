@@ -1,0 +1,98 @@
+"""Torch datasets over canonical manifests, with PortraitNet-style augmentation.
+
+Training (ExtremeC3Net, the comparison nets, the teacher) and evaluation all read
+samples through ``ManifestDataset`` so resizing and normalisation are the same
+everywhere. Augmentation uses albumentations instead of hand-written warps.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from pipeline.manifest import load_sample
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(size: int | tuple[int, int], *, rotate_limit: float = 45, scale: tuple[float, float] = (0.5, 1.5),
+                    shift: float = 0.25, flip: bool = True, color: float = 0.1, blur_p: float = 0.3,
+                    noise_p: float = 0.3):
+    """PortraitNet's augmentation: deformation (rotation, scale, shift, flip) then texture
+    (brightness/contrast/saturation/hue, Gaussian blur, Gaussian noise)."""
+    import albumentations as A
+    import cv2
+
+    h, w = (size, size) if isinstance(size, int) else size
+    steps = [
+        A.Affine(rotate=(-rotate_limit, rotate_limit), scale=scale, translate_percent=(-shift, shift),
+                 border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0),
+        A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST),
+    ]
+    if flip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    steps += [
+        A.ColorJitter(brightness=color * 4, contrast=color * 4, saturation=color * 4, hue=color / 2, p=0.8),
+        A.GaussianBlur(blur_limit=(3, 5), p=blur_p),
+        A.GaussNoise(std_range=(0.02, 0.06), p=noise_p),
+    ]
+    return A.Compose(steps)
+
+
+def eval_transform(size: int | tuple[int, int]):
+    import albumentations as A
+    import cv2
+
+    h, w = (size, size) if isinstance(size, int) else size
+    return A.Compose([A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)])
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 RGB -> normalised (3, H, W) float tensor."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+class ManifestDataset(Dataset):
+    """Samples of a canonical manifest (rows with masks) as (image tensor, mask tensor, id).
+
+    ``root`` is the directory the manifest's relative paths start from.
+    """
+
+    def __init__(self, root: str | os.PathLike, frame: pd.DataFrame, transform=None, require_mask: bool = True):
+        self.root = Path(root)
+        if require_mask:
+            frame = frame[frame["mask"] != ""]
+        self.rows = frame.reset_index(drop=True)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows.iloc[index]
+        image, mask = load_sample(self.root, row)
+        if mask is None:
+            mask = np.zeros(image.shape[:2], dtype=bool)
+        mask_u8 = mask.astype(np.uint8)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask_u8)
+            image, mask_u8 = out["image"], out["mask"]
+        return {"image": to_tensor(image), "mask": torch.from_numpy(mask_u8.astype(np.float32)), "id": row["id"]}
+
+
+def select(frame: pd.DataFrame, splits: Sequence[str] | None = None, sources: Sequence[str] | None = None) -> pd.DataFrame:
+    if splits is not None:
+        frame = frame[frame["split"].isin(list(splits))]
+    if sources is not None:
+        frame = frame[frame["source"].isin(list(sources))]
+    return frame

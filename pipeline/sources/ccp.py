@@ -1,0 +1,67 @@
+"""Clothing Co-Parsing: ``photos/NNNN.jpg``, ``annotations/pixel-level/NNNN.mat``
+(variable ``groundtruth``: labels 0..58, 0 = background), ``label_list.mat``.
+
+Person = any label > 0, except carried items (bag, purse, wallet by default), which
+count as person only when ``carried_items_are_person`` is true. Photos without a
+pixel-level file become the unlabelled pool (the "web images").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pipeline.images import BadImageError
+from pipeline.sources.base import LoaderReport, RawItem, hash_split, list_images, require_dir
+from pipeline.sources.matlab import load_mat_variable
+from pipeline.stage import StageError
+
+DEFAULT_CARRIED = ("bag", "purse", "wallet")
+
+
+def label_names(root: Path) -> list[str]:
+    path = root / "label_list.mat"
+    if not path.is_file():
+        raise StageError(f"{path}: label list not found")
+    raw = load_mat_variable(path, "label_list").ravel()
+    return [str(v[0]) if getattr(v, "size", 0) else "" for v in raw]
+
+
+def person_mask(labels: np.ndarray, background_ids: Sequence[int]) -> np.ndarray:
+    mask = labels > 0
+    for label in background_ids:
+        mask &= labels != label
+    return mask
+
+
+def iter_ccp(root: Path, report: LoaderReport, *, val_fraction: float = 0.1, carried_items: Sequence[str] = DEFAULT_CARRIED,
+             carried_items_are_person: bool = False, include_unlabelled: bool = True, **_options) -> Iterator[RawItem]:
+    photos = require_dir(root / "photos", "photos")
+    annotations = require_dir(root / "annotations" / "pixel-level", "annotations/pixel-level")
+    names = label_names(root)
+    unknown = [c for c in carried_items if c not in names]
+    if unknown:
+        raise StageError(f"prepare: carried_items {unknown} are not CCP labels; known: {', '.join(names[1:])}")
+    as_background = [] if carried_items_are_person else [names.index(c) for c in carried_items]
+
+    def reader(path: Path):
+        def read() -> np.ndarray:
+            labels = load_mat_variable(path, "groundtruth")
+            if labels.ndim != 2:
+                raise BadImageError(f"{path.name}: groundtruth has shape {labels.shape}, expected 2-D")
+            return person_mask(labels, as_background)
+
+        return read
+
+    for photo in list_images(photos, report):
+        key = photo.stem
+        annotation = annotations / f"{key}.mat"
+        if annotation.is_file():
+            yield RawItem(key, hash_split(key, val_fraction, "ccp"), photo, reader(annotation), origin=photo.name)
+        elif include_unlabelled:
+            yield RawItem(key, "unlabelled", photo, None, origin=photo.name)
+    stray = [p for p in annotations.glob("*.mat") if not (photos / f"{p.stem}.jpg").is_file()]
+    if stray:
+        report.count("annotation without photo", len(stray))

