@@ -1,0 +1,122 @@
+"""CPU latency of ExtremeC3Net vs PortraitNet, training form and deploy form, in one run.
+
+Every form of every network is called in turn (A, B, C, D, A, B, ...) on one batch-1
+input, so a change of load on the machine touches all of them alike; warm-up calls are
+discarded; median and minimum over the timed rounds are printed. Also printed:
+
+- the latency ratio ExtremeC3Net / PortraitNet for each form (the project's target: 0.5
+  or lower; the paper's: 0.52 on an i7-9700);
+- the FLOP bound: a float32 2048x2048 matmul timed in the same run gives the machine's
+  achievable GFLOP/s with these threads; a network's bound is its all-ops FLOPs at that
+  rate, and "of bound" is bound / measured latency (1.0 = as fast as FLOPs allow).
+
+The numbers are noisy on a shared machine: compare ratios from one run.
+
+    .venv/bin/python benchmarks/latency.py --runs 200 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.deploy import deploy, max_abs_difference  # noqa: E402
+from pipeline.flops import count_flops  # noqa: E402
+from pipeline.models import build_model  # noqa: E402
+
+ARCHS = ("extremec3net", "portraitnet")
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best float32 GFLOP/s of a size x size matmul (2 * size^3 FLOPs)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.mm(a, b)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100, help="timed rounds, at least 100 for a report (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=10, help="discarded rounds before timing (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=224, help="input height and width (default: %(default)s)")
+    parser.add_argument("--forms", default="train,deploy",
+                        help="comma-separated forms to time: train (eval-mode network as trained), "
+                             "deploy (pipeline.deploy) (default: %(default)s)")
+    parser.add_argument("--no-jit", action="store_true", help="deploy form without TorchScript (eager, BN folded)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
+    if not forms or any(f not in ("train", "deploy") for f in forms):
+        print(f"--forms: expected train and/or deploy, got {args.forms!r}", file=sys.stderr)
+        return 2
+    size = (args.size, args.size)
+    runners, flops = {}, {}
+    for arch in ARCHS:
+        torch.manual_seed(0)
+        model = build_model(arch).eval()
+        flops[arch] = count_flops(model, (1, 3, *size)).flops_all_ops
+        for form in forms:
+            if form == "train":
+                runners[(arch, form)] = model
+            else:
+                fn = deploy(model, size, jit=not args.no_jit)
+                scale = 1.0
+                with torch.no_grad():
+                    scale = float(model(torch.randn(1, 3, *size)).abs().max())
+                diff = max_abs_difference(model, fn, size)
+                print(f"{arch} deploy form: max |train - deploy| = {diff:.2e} (output scale {scale:.2e})")
+                runners[(arch, form)] = fn
+
+    gflops_before = matmul_gflops()
+    x = torch.randn(1, 3, *size)
+    times = {key: [] for key in runners}
+    with torch.inference_mode():
+        for _ in range(args.warmup):
+            for fn in runners.values():
+                fn(x)
+        for _ in range(args.runs):
+            for key, fn in runners.items():
+                start = time.perf_counter()
+                fn(x)
+                times[key].append((time.perf_counter() - start) * 1e3)
+    gflops = max(gflops_before, matmul_gflops())
+
+    print(f"\ntorch {torch.__version__}, {args.threads} thread(s), batch 1, {args.size}x{args.size}, "
+          f"{args.runs} timed rounds after {args.warmup} warm-up, interleaved")
+    print(f"2048x2048 float32 matmul: {gflops:.1f} GFLOP/s")
+    print(f"{'network':14s} {'form':7s} {'median ms':>10s} {'min ms':>8s} {'GFLOP':>7s} {'bound ms':>9s} {'of bound':>9s}")
+    for (arch, form), values in times.items():
+        median = statistics.median(values)
+        bound = flops[arch] / 1e9 / gflops * 1e3
+        print(f"{arch:14s} {form:7s} {median:10.2f} {min(values):8.2f} {flops[arch] / 1e9:7.3f} {bound:9.2f} "
+              f"{bound / median:9.1%}")
+    for form in forms:
+        a, b = times[(ARCHS[0], form)], times[(ARCHS[1], form)]
+        ratio_med = statistics.median(a) / statistics.median(b)
+        ratio_min = min(a) / min(b)
+        print(f"ratio {ARCHS[0]} / {ARCHS[1]} ({form}): {ratio_med:.2f} by median, {ratio_min:.2f} by min "
+              f"(target <= 0.5; FLOP ratio {flops[ARCHS[0]] / flops[ARCHS[1]]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

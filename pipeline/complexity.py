@@ -1,0 +1,147 @@
+"""Stage ``complexity``: parameters, FLOPs in two conventions and CPU latency per architecture.
+
+For each architecture in ``complexity.architectures``:
+
+- ``params``: trainable and non-trainable parameters (BN running statistics excluded);
+- ``flops_all_ops`` (GFLOP) and ``flops_espnetv2`` (GMAC) at ``input_size`` x ``input_size``,
+  batch 1, counted by ``pipeline.flops`` (see its docstring for what each convention
+  counts: the ESPNetV2 one is the conv multiply-accumulates only, the other every
+  arithmetic operation with a MAC as 2 FLOPs). ExtremeC3Net gives 0.128 GMAC and 0.285
+  GFLOP, the paper's Table 8 figures (0.128, 0.286);
+- ``latency_ms``: median CPU time of one batch-1 forward pass of the deploy form
+  (``pipeline.deploy``, outputs equal to the training form) or, with
+  ``latency_form: train``, of the plain eval-mode network; ``torch.inference_mode``,
+  ``threads`` intra-op threads, ``warmup_runs`` discarded, median over ``latency_runs``.
+  The architectures are timed interleaved (A, B, A, B, ...) so that a load change on the
+  machine touches all of them alike.
+
+Writes ``metrics/complexity.json`` (``{"<arch>": {"params", "flops_all_ops",
+"flops_espnetv2", "latency_ms"}}``, read by ``compare``) and ``metrics/complexity.csv``
+(the same plus minimum latency, the form timed, threads and runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+from tqdm import tqdm
+
+from pipeline.atomic import write_csv, write_json
+from pipeline.deploy import deploy
+from pipeline.flops import count_flops
+from pipeline.models.registry import available_models, build_model, count_parameters
+from pipeline.params import Section, load_section
+from pipeline.stage import StageError, make_parser, run_main
+
+DEFAULT_JSON = Path("metrics/complexity.json")
+DEFAULT_CSV = Path("metrics/complexity.csv")
+
+
+class ComplexityParams(Section):
+    architectures: list[str] = Field(default_factory=lambda: ["extremec3net", "extremec3net_stage1", "portraitnet"],
+                                     min_length=1)
+    input_size: int = Field(224, ge=32, le=2048)
+    latency_form: Literal["deploy", "train"] = "deploy"
+    latency_runs: int = Field(100, ge=1)
+    warmup_runs: int = Field(10, ge=0)
+    threads: int = Field(2, ge=1)
+
+    @field_validator("architectures")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("architectures are listed more than once")
+        return value
+
+
+def static_complexity(name: str, input_size: int) -> dict:
+    """Parameters and both FLOP counts of one architecture (no timing)."""
+    model = build_model(name).eval()
+    flops = count_flops(model, (1, 3, input_size, input_size))
+    return {
+        "params": int(count_parameters(model)),
+        "flops_all_ops": flops.flops_all_ops / 1e9,
+        "flops_espnetv2": flops.macs_espnetv2 / 1e9,
+    }
+
+
+def interleaved_latencies(runners: dict[str, Callable[[torch.Tensor], object]], input_size: int, runs: int,
+                          warmup: int, progress: bool = True) -> dict[str, list[float]]:
+    """Milliseconds per call of each runner, called in turn (A, B, A, B, ...) on one input."""
+    x = torch.randn(1, 3, input_size, input_size)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in runners.values():
+                fn(x)
+        for _ in tqdm(range(runs), desc="latency", unit="round", disable=not progress):
+            for name, fn in runners.items():
+                start = time.perf_counter()
+                fn(x)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def make_runner(name: str, form: str, input_size: int) -> Callable[[torch.Tensor], object]:
+    model = build_model(name).eval()
+    if form == "train":
+        return model
+    return deploy(model, (input_size, input_size))
+
+
+def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) -> tuple[dict, pd.DataFrame]:
+    """Metrics dict (the JSON) and the table. ``latency_fn(names) -> {name: [ms, ...]}`` replaces timing."""
+    known = available_models()
+    unknown = [a for a in params.architectures if a not in known]
+    if unknown:
+        raise StageError(f"complexity.architectures: unknown architecture(s) {unknown}; known: {known}")
+    static = {name: static_complexity(name, params.input_size) for name in params.architectures}
+    if latency_fn is None:
+        def latency_fn(names: Sequence[str]) -> dict[str, list[float]]:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(params.threads)
+            try:
+                runners = {n: make_runner(n, params.latency_form, params.input_size) for n in names}
+                return interleaved_latencies(runners, params.input_size, params.latency_runs, params.warmup_runs,
+                                             progress)
+            finally:
+                torch.set_num_threads(threads)
+    times = latency_fn(list(params.architectures))
+    metrics, rows = {}, []
+    for name in params.architectures:
+        median = float(statistics.median(times[name]))
+        metrics[name] = {**static[name], "latency_ms": median}
+        rows.append({"architecture": name, **metrics[name], "latency_min_ms": float(min(times[name])),
+                     "latency_form": params.latency_form, "threads": params.threads,
+                     "input_size": params.input_size, "runs": len(times[name])})
+    return metrics, pd.DataFrame(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser("complexity", __doc__)
+    parser.add_argument("--metrics", default=str(DEFAULT_JSON), help="JSON to write (default: %(default)s)")
+    parser.add_argument("--table", default=str(DEFAULT_CSV), help="CSV table to write (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def body(args: argparse.Namespace) -> int:
+        params = load_section(ComplexityParams, "complexity", args.params)
+        metrics, table = measure(params, progress=not args.quiet)
+        write_json(args.metrics, metrics)
+        write_csv(args.table, table)
+        for name, row in metrics.items():
+            print(f"{name}: {row['params']:,} params, {row['flops_all_ops']:.3f} GFLOP (all ops), "
+                  f"{row['flops_espnetv2']:.3f} GMAC (ESPNetV2), {row['latency_ms']:.2f} ms")
+        return 0
+
+    return run_main(body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

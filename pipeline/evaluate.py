@@ -1,0 +1,247 @@
+"""Stage ``evaluate``: mIoU as the paper reports it, boundary F1, and a per-image table.
+
+mIoU follows the ExtremeC3Net paper: the network sees the image resized to its training
+size; its foreground logit is upsampled bilinearly back to the image's own size and
+thresholded at 0; the foreground IoU of each image at that original resolution is averaged
+over images (x100). Boundary F1 adds what IoU hides on large masks: whether the outline is
+in the right place, within a tolerance of a few pixels.
+
+Conventions for empty masks (the official code's ``EMPTY=1`` for IoU):
+- IoU: both empty -> 1 (nothing to find, nothing found); exactly one empty -> 0.
+- Boundary F1: the outline of a mask is its pixels with a 4-neighbour outside it; the image
+  frame is not an outline. Both outlines empty -> 1; exactly one empty -> 0.
+
+The per-image table (``models/<arch>/per_image.csv``: ``id``, ``image_key``, ``iou``,
+``boundary_f1``, values in 0..1) feeds the bias report; ``metrics/eval/<arch>.json`` holds
+``miou`` and ``boundary_f1`` in percent and ``n_images``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.atomic import write_csv, write_json
+from pipeline.params import Section, load_params, load_section
+from pipeline.stage import StageError, make_parser, run_main
+
+PER_IMAGE_COLUMNS = ["id", "image_key", "iou", "boundary_f1"]
+
+
+# ---------------------------------------------------------------- pure metrics
+
+
+def iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground IoU of two boolean masks (1.0 when both are empty)."""
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {truth.shape} differ in shape")
+    union = np.logical_or(pred, truth).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(pred, truth).sum() / union)
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it; the image frame does not count."""
+    mask = np.asarray(mask, dtype=bool)
+    p = np.pad(mask, 1, mode="edge")
+    interior = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~interior
+
+
+def boundary_f1(pred: np.ndarray, truth: np.ndarray, tolerance_px: float = 3.0) -> float:
+    """F1 of outline pixels matched within ``tolerance_px`` (Euclidean) of the other outline."""
+    from scipy.ndimage import distance_transform_edt
+
+    pred_outline, truth_outline = mask_outline(pred), mask_outline(truth)
+    if pred_outline.shape != truth_outline.shape:
+        raise ValueError(f"prediction {pred_outline.shape} and ground truth {truth_outline.shape} differ in shape")
+    has_pred, has_truth = pred_outline.any(), truth_outline.any()
+    if not has_pred and not has_truth:
+        return 1.0
+    if not has_pred or not has_truth:
+        return 0.0
+    precision = float((distance_transform_edt(~truth_outline)[pred_outline] <= tolerance_px).mean())
+    recall = float((distance_transform_edt(~pred_outline)[truth_outline] <= tolerance_px).mean())
+    if precision + recall == 0:
+        return 0.0
+    return 2 * precision * recall / (precision + recall)
+
+
+def summarise(per_image: pd.DataFrame) -> dict:
+    """Dataset figures from the per-image table: means in percent, as the paper reports them."""
+    if per_image.empty:
+        raise StageError("no images were evaluated")
+    return {
+        "miou": round(float(per_image["iou"].mean()) * 100, 4),
+        "boundary_f1": round(float(per_image["boundary_f1"].mean()) * 100, 4),
+        "n_images": int(len(per_image)),
+    }
+
+
+# ---------------------------------------------------------------- prediction
+
+
+@torch.inference_mode()
+def predict_masks(model: torch.nn.Module, images: torch.Tensor, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Boolean masks at each image's own (height, width) from a batch resized to the training size."""
+    from pipeline.models import foreground_logit
+
+    scores = foreground_logit(model(images)).unsqueeze(1)
+    masks = []
+    for score, (h, w) in zip(scores, sizes):
+        full = F.interpolate(score.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False)
+        masks.append((full[0, 0] > 0).cpu().numpy())
+    return masks
+
+
+class OriginalSizeDataset(Dataset):
+    """Manifest rows as (image resized to the network's size, mask at the original size)."""
+
+    def __init__(self, root: str | os.PathLike, frame: pd.DataFrame, input_size: int):
+        from pipeline.data import eval_transform
+
+        self.root = Path(root)
+        self.rows = frame[frame["mask"] != ""].reset_index(drop=True)
+        self.transform = eval_transform(input_size)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        from pipeline.data import to_tensor
+        from pipeline.manifest import load_sample
+
+        row = self.rows.iloc[index]
+        image, mask = load_sample(self.root, row)
+        resized = self.transform(image=image)["image"]
+        return {"image": to_tensor(resized), "mask": mask, "id": row["id"]}
+
+
+def collate_original_size(items: list[dict]) -> dict:
+    return {"image": torch.stack([i["image"] for i in items]), "mask": [i["mask"] for i in items],
+            "id": [i["id"] for i in items]}
+
+
+def evaluate_model(model: torch.nn.Module, loader, *, tolerance_px: float = 3.0, device: str = "cpu",
+                   progress: str | None = None) -> pd.DataFrame:
+    """Per-image IoU and boundary F1 of ``model`` over a loader of ``collate_original_size`` batches."""
+    model.eval()
+    rows = []
+    for batch in tqdm(loader, desc=progress, disable=progress is None, unit="batch"):
+        sizes = [m.shape for m in batch["mask"]]
+        predicted = predict_masks(model, batch["image"].to(device), sizes)
+        for sample_id, pred, truth in zip(batch["id"], predicted, batch["mask"]):
+            rows.append({"id": sample_id, "image_key": sample_id.split("/", 1)[-1], "iou": iou(pred, truth),
+                         "boundary_f1": boundary_f1(pred, truth, tolerance_px)})
+    return pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS)
+
+
+# ---------------------------------------------------------------- stage
+
+
+class EvaluateParams(Section):
+    prepared_dir: str = "data/prepared"
+    source: str = "eg1800"
+    split: str = "test"
+    models_dir: str = "models"
+    metrics_dir: str = "metrics/eval"
+    boundary_tolerance_px: float = Field(3.0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    workers: int = Field(0, ge=0)
+    max_images: int = Field(0, ge=0)  # 0 = all (a smaller number only for smoke runs)
+    device: str = "cpu"
+    threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch's default
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise StageError(f"device {name!r} requested but CUDA is not available")
+    return name
+
+
+def load_trained_model(path: str | os.PathLike, arch: str) -> tuple[torch.nn.Module, dict]:
+    """The network saved by ``train`` in ``path``; refuses a file of another architecture."""
+    from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights
+    from pipeline.models import build_model
+
+    try:
+        state = load_checkpoint(path, expected_arch=arch)
+        model = build_model(arch, **dict(state.get("config", {})))
+        load_weights(model, state, path)
+    except CheckpointError as exc:
+        raise StageError(str(exc)) from None
+    return model, state
+
+
+def evaluate_arch(arch: str, params: EvaluateParams, progress: bool = True) -> dict:
+    from pipeline.manifest import read_manifest
+    from pipeline.models import get_spec
+
+    model_path = Path(params.models_dir) / arch / "model.pt"
+    if not model_path.is_file():
+        raise StageError(f"{model_path}: no trained model (run `portrait-curation train --arch {arch}` first)")
+    model, state = load_trained_model(model_path, arch)
+    device = resolve_device(params.device)
+    model.to(device)
+    input_size = int(state.get("input_size") or get_spec(arch).input_size)
+    frame = read_manifest(params.prepared_dir)
+    frame = frame[(frame["source"] == params.source) & (frame["split"] == params.split) & (frame["mask"] != "")]
+    if frame.empty:
+        raise StageError(f"{params.prepared_dir}: no labelled rows of source {params.source!r}, split {params.split!r}")
+    if params.max_images:
+        frame = frame.iloc[: params.max_images]
+    dataset = OriginalSizeDataset(params.prepared_dir, frame, input_size)
+    loader = DataLoader(dataset, batch_size=params.batch_size, shuffle=False, num_workers=params.workers,
+                        collate_fn=collate_original_size)
+    per_image = evaluate_model(model, loader, tolerance_px=params.boundary_tolerance_px, device=device,
+                               progress=f"evaluate {arch}" if progress else None)
+    metrics = {**summarise(per_image), "boundary_tolerance_px": params.boundary_tolerance_px,
+               "input_size": input_size, "data": f"{params.source}/{params.split}"}
+    write_csv(Path(params.models_dir) / arch / "per_image.csv", per_image.round({"iou": 6, "boundary_f1": 6}))
+    write_json(Path(params.metrics_dir) / f"{arch}.json", metrics)
+    print(f"evaluate {arch}: mIoU {metrics['miou']:.2f}, boundary F1 {metrics['boundary_f1']:.2f} "
+          f"on {metrics['n_images']} images ({params.source}/{params.split})")
+    return metrics
+
+
+def archs_to_run(args: argparse.Namespace) -> list[str]:
+    """``--arch`` if given, else every architecture ``train.archs`` lists."""
+    if args.arch:
+        return [args.arch]
+    archs = (load_params(args.params).get("train") or {}).get("archs") or []
+    if not archs:
+        raise StageError("no architecture given: pass --arch NAME or list them in params.yaml train.archs")
+    return list(archs)
+
+
+def _body(args: argparse.Namespace) -> int:
+    params = load_section(EvaluateParams, "evaluate", args.params)
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    for arch in archs_to_run(args):
+        evaluate_arch(arch, params, progress=not args.quiet)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = make_parser("evaluate", __doc__.split("\n\n")[0])
+    parser.add_argument("--arch", help="evaluate this architecture only (default: every one in train.archs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return run_main(_body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""Stage ``pseudo_label``: the teacher labels the unlabelled pool; each mask gets a quality score.
+
+The paper's second data-generation case: raw portraits without masks get pseudo ground
+truth from the heavier DeepLabv3+ teacher, and a person keeps or drops each one. The
+score orders that review queue: **low score = likely failure**, so ``scores.csv`` lists
+the likely failures first. It is a weighted geometric mean of components in [0, 1]
+(any one failing pulls it down):
+
+- ``confidence``: mean per-pixel confidence ``|2p - 1|``;
+- ``boundary_certainty``: ``1 / (1 + r)`` with r = (pixels with ``band < p < 1 - band``) /
+  (person pixels): a clean mask has only a thin uncertain rim (r small), a confused one a
+  wide uncertain area;
+- ``flip_agreement``: IoU of the plain and the mirrored prediction (flip TTA only);
+- ``largest_component_share``: person pixels in the largest connected component
+  (fragmented masks score low);
+- ``presence``: ``min(1, mask_fraction / min_mask_fraction)`` (no person found -> 0).
+
+The score is validated on labelled images the teacher did not train on: per-image IoU
+against the real masks and the ROC AUC of the score for "IoU below a threshold".
+Outputs: ``<output>/`` in the canonical layout (images point into the pool's folder,
+masks are the pseudo-masks, split ``train``, origin = pool id), ``scores.csv`` with
+``mask_sha256`` (sha256 of the mask PNG's bytes: review decisions are tied to it) and
+``skipped.csv`` (unreadable images and why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_dir, write_csv, write_json
+from pipeline.checkpoint import CheckpointError
+from pipeline.images import BadImageError, mask_to_png_bytes, read_mask_png, read_rgb
+from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, read_manifest, safe_key, to_frame
+from pipeline.params import Section, load_params, parse_section
+from pipeline.stage import StageError, make_parser, run_main
+from pipeline.teacher import OUTPUT_STRIDE, Prediction, TeacherRunner, load_teacher, mask_iou, native_bfloat16
+from pipeline.train_teacher import DataSource, TeacherParams, gather_rows, pick_device
+
+COMPONENTS = ("confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence")
+
+
+class ScoreParams(Section):
+    uncertain_band: float = Field(0.1, gt=0, lt=0.5)  # p in (band, 1 - band) counts as uncertain
+    min_mask_fraction: float = Field(0.02, gt=0, le=1)  # smaller masks: "no person found"
+    weights: dict[Literal["confidence", "boundary_certainty", "flip_agreement", "largest_component_share",
+                          "presence"], float] = {c: 1.0 for c in COMPONENTS}
+
+
+class ValidationParams(Section):
+    data: list[DataSource] = [DataSource(root="data/prepared", splits=["val"], sources=["ccp"])]
+    max_images: int | None = Field(None, ge=1)
+    iou_threshold: float = Field(0.9, gt=0, le=1)  # IoU below this = a pseudo-label a person should reject
+    per_image_csv: str = "metrics/pseudo_label_validation.csv"
+
+
+class PseudoLabelParams(Section):
+    teacher: str = "models/teacher/teacher.pt"
+    pool_root: str = "data/prepared"
+    pool_splits: list[str] = ["unlabelled"]
+    pool_sources: list[str] | None = None
+    max_images: int | None = Field(None, ge=1)
+    input_size: int | None = Field(None, ge=OUTPUT_STRIDE)  # null: the size the teacher trained at
+    batch_size: int = Field(4, ge=1)
+    flip_tta: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = True
+    bfloat16: bool | Literal["auto"] = "auto"  # auto: where the device computes bf16 natively
+    source_name: str = "pseudo"
+    output: str = "data/pseudo"
+    metrics: str = "metrics/pseudo_label.json"
+    score: ScoreParams = ScoreParams()
+    validation: ValidationParams = ValidationParams()
+
+
+# ---------------------------------------------------------------------------- pure cores
+
+
+def score_components(probability: np.ndarray, flip_iou: float, settings: ScoreParams) -> dict[str, float]:
+    """Quality components of one soft pseudo-mask (HxW person probabilities)."""
+    from scipy import ndimage
+
+    prob = np.asarray(probability, dtype=np.float32)
+    mask = prob > 0.5
+    area = int(mask.sum())
+    certainty = np.abs(2.0 * prob - 1.0)
+    uncertain = int(((prob > settings.uncertain_band) & (prob < 1 - settings.uncertain_band)).sum())
+    labels, count = ndimage.label(mask)
+    largest = int(np.bincount(labels.ravel())[1:].max()) if count else 0
+    fraction = area / mask.size if mask.size else 0.0
+    return {
+        "confidence": float(certainty.mean()),
+        "boundary_certainty": 1.0 / (1.0 + uncertain / max(area, 1)),
+        "flip_agreement": float(flip_iou),
+        "largest_component_share": largest / area if area else 0.0,
+        "presence": float(min(1.0, fraction / settings.min_mask_fraction)),
+        "uncertain_ratio": uncertain / max(area, 1),
+        "components": int(count),
+        "mask_fraction": float(fraction),
+    }
+
+
+def combine_score(components: dict[str, float], weights: dict[str, float]) -> float:
+    """Weighted geometric mean of the [0, 1] components; nan components (no TTA) are left out."""
+    total, weight_sum = 0.0, 0.0
+    for name, weight in weights.items():
+        value = components.get(name, float("nan"))
+        if weight <= 0 or value is None or math.isnan(value):
+            continue
+        total += weight * math.log(max(float(value), 1e-6))
+        weight_sum += weight
+    return math.exp(total / weight_sum) if weight_sum else float("nan")
+
+
+def roc_auc(scores: Iterable[float], positives: Iterable[bool]) -> float:
+    """P(a random positive scores higher than a random negative), ties counting half.
+
+    nan when either class is empty (the AUC is undefined, not 0.5).
+    """
+    from scipy.stats import rankdata
+
+    scores = np.asarray(list(scores), dtype=float)
+    positives = np.asarray(list(positives), dtype=bool)
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def failure_auc(scores: Iterable[float], ious: Iterable[float], threshold: float) -> float:
+    """How well a low score flags a bad pseudo-label (IoU < threshold): 1 perfect, 0.5 chance."""
+    scores = np.asarray(list(scores), dtype=float)
+    return roc_auc(-scores, np.asarray(list(ious), dtype=float) < threshold)
+
+
+# ---------------------------------------------------------------------------- running the teacher
+
+
+def predict_rows(runner: TeacherRunner, root: Path, rows: pd.DataFrame, batch_size: int, desc: str,
+                 progress: bool = True) -> Iterator[tuple[dict, np.ndarray | None, Prediction | None, str]]:
+    """Yield (row, image, prediction, "") per readable row, (row, None, None, reason) otherwise."""
+    pending: list[tuple[dict, np.ndarray]] = []
+    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress)
+
+    def flush():
+        predictions = runner.predict([image for _, image in pending])
+        for (row, image), prediction in zip(pending, predictions):
+            yield row, image, prediction, ""
+        bar.update(len(pending))
+        pending.clear()
+
+    for row in rows.to_dict("records"):
+        try:
+            image = read_rgb(root / row["image"])
+        except (BadImageError, OSError) as exc:
+            bar.update(1)
+            yield row, None, None, str(exc)
+            continue
+        pending.append((row, image))
+        if len(pending) >= batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+    bar.close()
+
+
+def build_pseudo_dataset(runner: TeacherRunner, pool_root: Path, pool: pd.DataFrame, settings: PseudoLabelParams,
+                         out_dir: Path, final_dir: Path, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Write masks under ``out_dir``; return (manifest, scores, skipped) frames.
+
+    Image paths are relative to ``final_dir`` (where ``out_dir`` is renamed to).
+    """
+    rows, scores, skipped = [], [], []
+    source = settings.source_name
+    for row, image, prediction, reason in predict_rows(runner, pool_root, pool, settings.batch_size,
+                                                       "pseudo-label", progress):
+        if prediction is None:
+            skipped.append({"id": row["id"], "image": row["image"], "reason": reason})
+            continue
+        key = safe_key(row["id"].replace("/", "_"))
+        mask = prediction.mask
+        png = mask_to_png_bytes(mask)
+        mask_rel = f"masks/{source}/{key}.png"
+        (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+        (out_dir / mask_rel).write_bytes(png)
+        components = score_components(prediction.probability, prediction.flip_iou, settings.score)
+        score = combine_score(components, settings.score.weights)
+        image_rel = os.path.relpath(pool_root.resolve() / row["image"], final_dir.resolve())
+        rows.append(ManifestRow(
+            id=f"{source}/{key}", source=source, split="train", image=Path(image_rel).as_posix(), mask=mask_rel,
+            width=image.shape[1], height=image.shape[0], **mask_statistics(mask), origin=row["id"],
+            notes=row.get("notes", "") or ""))
+        scores.append({"id": f"{source}/{key}", "origin": row["id"], "score": score,
+                       **{k: components[k] for k in (*COMPONENTS, "uncertain_ratio", "components", "mask_fraction")},
+                       "mask_sha256": hashlib.sha256(png).hexdigest()})
+    manifest = to_frame(rows)
+    score_frame = pd.DataFrame(scores, columns=["id", "origin", "score", *COMPONENTS, "uncertain_ratio", "components",
+                                                "mask_fraction", "mask_sha256"])
+    manifest["score"] = score_frame["score"].round(6).to_numpy() if len(score_frame) else []
+    score_frame = score_frame.sort_values(["score", "id"], kind="stable").reset_index(drop=True)  # review order
+    return manifest, score_frame, pd.DataFrame(skipped, columns=["id", "image", "reason"])
+
+
+def validate_teacher(runner: TeacherRunner, rows: pd.DataFrame, settings: PseudoLabelParams,
+                     progress: bool = True) -> tuple[pd.DataFrame, list[dict]]:
+    """Per-image IoU and score on labelled rows (column ``_root`` says where each lives)."""
+    records, skipped = [], []
+    for root, group in rows.groupby("_root", sort=True):
+        for row, image, prediction, reason in predict_rows(runner, Path(root), group, settings.batch_size,
+                                                           "validate", progress):
+            if prediction is None:
+                skipped.append({"id": row["id"], "reason": reason})
+                continue
+            try:
+                truth = read_mask_png(Path(root) / row["mask"])
+            except BadImageError as exc:
+                skipped.append({"id": row["id"], "reason": str(exc)})
+                continue
+            if truth.shape != prediction.probability.shape:
+                skipped.append({"id": row["id"], "reason": f"mask {truth.shape} and image "
+                                                           f"{prediction.probability.shape} differ in size"})
+                continue
+            components = score_components(prediction.probability, prediction.flip_iou, settings.score)
+            records.append({"id": row["id"], "iou": mask_iou(prediction.mask, truth),
+                            "score": combine_score(components, settings.score.weights), **components})
+    frame = pd.DataFrame(records, columns=["id", "iou", "score", *COMPONENTS, "uncertain_ratio", "components",
+                                           "mask_fraction"])
+    return frame, skipped
+
+
+def validation_metrics(frame: pd.DataFrame, threshold: float) -> dict:
+    def clean(value: float):
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), 6)
+
+    if frame.empty:
+        return {"images": 0}
+    bad = frame["iou"] < threshold
+    return {
+        "images": int(len(frame)),
+        "mean_iou": clean(frame["iou"].mean()),
+        "median_iou": clean(frame["iou"].median()),
+        "iou_threshold": threshold,
+        "below_threshold": int(bad.sum()),
+        "score_failure_auc": clean(failure_auc(frame["score"], frame["iou"], threshold)),
+        "component_failure_auc": {c: clean(failure_auc(frame[c], frame["iou"], threshold))
+                                  for c in COMPONENTS if frame[c].notna().all()},
+        "score_iou_spearman": clean(frame["score"].corr(frame["iou"], method="spearman")) if len(frame) > 2 else None,
+    }
+
+
+# ---------------------------------------------------------------------------- stage
+
+
+def _body(args) -> int:
+    raw = load_params(args.params)
+    settings = parse_section(PseudoLabelParams, raw, "pseudo_label", args.params)
+    teacher_settings = parse_section(TeacherParams, raw, "teacher", args.params)
+    try:
+        model, state = load_teacher(settings.teacher, expected_config=teacher_settings.arch_config())
+    except CheckpointError as exc:
+        raise StageError(str(exc)) from None
+    input_size = settings.input_size or int(state.get("input_size") or teacher_settings.input_size)
+    if input_size % OUTPUT_STRIDE:
+        raise StageError(f"pseudo_label.input_size {input_size} is not a multiple of {OUTPUT_STRIDE}")
+    device = pick_device(settings.device)
+    bfloat16 = native_bfloat16(device) if settings.bfloat16 == "auto" else settings.bfloat16
+    runner = TeacherRunner(model, input_size, flip_tta=settings.flip_tta, device=device,
+                           channels_last=settings.channels_last, bfloat16=bfloat16)
+
+    pool_root = Path(settings.pool_root)
+    try:
+        pool = read_manifest(pool_root)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    pool = pool[pool["split"].isin(settings.pool_splits)]
+    if settings.pool_sources is not None:
+        pool = pool[pool["source"].isin(settings.pool_sources)]
+    pool = pool.sort_values("id").head(settings.max_images) if settings.max_images else pool.sort_values("id")
+    if pool.empty:
+        raise StageError(f"{pool_root}: no rows with split in {settings.pool_splits} to pseudo-label")
+
+    started = time.time()
+    output = Path(settings.output)
+    with atomic_dir(output) as tmp:
+        manifest, scores, skipped = build_pseudo_dataset(runner, pool_root, pool, settings, tmp, output)
+        manifest.to_csv(tmp / MANIFEST_NAME, index=False)
+        scores.to_csv(tmp / "scores.csv", index=False)
+        skipped.to_csv(tmp / "skipped.csv", index=False)
+    seconds = time.time() - started
+    print(f"pseudo-labelled {len(manifest)} images in {seconds:.1f} s ({len(manifest) / max(seconds, 1e-9):.2f} img/s), "
+          f"skipped {len(skipped)}; review queue (low score first): {output / 'scores.csv'}")
+
+    notes: list[str] = []
+    val_rows = gather_rows(settings.validation.data, notes)
+    seen = set(state.get("train_ids") or [])
+    leaked = val_rows["id"].isin(seen) | val_rows["origin"].isin(seen) if len(val_rows) else pd.Series([], dtype=bool)
+    val_rows = val_rows[~leaked].sort_values("id")
+    if settings.validation.max_images:
+        val_rows = val_rows.head(settings.validation.max_images)
+    per_image, val_skipped = validate_teacher(runner, val_rows, settings)
+    write_csv(settings.validation.per_image_csv, per_image.round(6))
+    score_stats = scores["score"].describe() if len(scores) else None
+    write_json(settings.metrics, {
+        "pool": {
+            "images": int(len(manifest)), "skipped": int(len(skipped)), "flip_tta": settings.flip_tta,
+            "input_size": input_size, "bfloat16": bfloat16,
+            "mean_score": None if score_stats is None else round(float(score_stats["mean"]), 6),
+            "median_score": None if score_stats is None else round(float(scores["score"].median()), 6),
+            "mean_mask_fraction": round(float(manifest["mask_fraction"].mean()), 6) if len(manifest) else None,
+        },
+        "validation": {**validation_metrics(per_image, settings.validation.iou_threshold),
+                       "excluded_seen_in_training": int(leaked.sum()), "skipped": len(val_skipped),
+                       "notes": notes},
+    })
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = make_parser("pseudo-label", __doc__.split("\n\n")[0])
+    return run_main(_body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""review: open the pseudo-label accept/reject queue in the FiftyOne App.
+
+Why one key per image in the sample modal (and not grid triage): the paper's labelling
+is a yes/no look at one image, about 1.25 s each. Whether a pseudo-mask misses a hand or
+a strand of hair shows only at full size, not in a thumbnail, and the queue puts likely
+failures first, so early grid pages would be mostly failures to click one by one. In the
+modal the reviewer keeps one hand on a/d, the App shows the next image about 0.1-0.3 s
+after the press (benchmarks/review_latency.py), and nothing waits on the database.
+
+Keys (in the sample modal): a = accept, d = reject (both move to the next sample),
+u = undo my last decision (and go back to it). A bar at the bottom left has the same three
+as buttons, shows the last saved decision and the progress. The modal's action menu also
+has Accept/Reject/Undo buttons that work without the key script.
+
+Decisions: each is appended to ``<journal_dir>/<reviewer>.jsonl`` (fsync'd) before the App
+says "saved", then mirrored on the FiftyOne sample. Each names the mask_sha256 it judged;
+on every start the dataset is rebuilt from the pool and the journals, undecided samples
+first (lowest score first), so a killed App or database loses nothing, and a sample whose
+mask changed since it was judged is back in the queue (the old decision stays in the
+journal and shows as ``review_stale``).
+
+Several reviewers: point every reviewer at one MongoDB (``--database-uri`` or
+FIFTYONE_DATABASE_URI) and give each their own App (own port, own ``--reviewer``); each
+journal is its own file, to commit with the project.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+
+from pipeline.params import load_section
+from pipeline.review import journal as jr
+from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, PLUGINS_DIR,
+                                    ReviewParams)
+from pipeline.review.pool import current_hashes, read_pool
+from pipeline.stage import StageError, make_parser, run_main
+
+
+def default_reviewer() -> str:
+    name = os.environ.get("USER") or ""
+    if not name:
+        try:
+            name = getpass.getuser()
+        except Exception:  # containers without a passwd entry
+            name = "unknown"
+    return name
+
+
+def status_text(params: ReviewParams) -> str:
+    """Progress from the pool and the journals alone (no App, no database)."""
+    items, _ = read_pool(params.pseudo_dir)
+    events, torn = jr.read_journals(params.journal_dir)
+    hashes = current_hashes(items)
+    resolved = jr.resolve_decisions(events, hashes)
+    stale = jr.stale_decisions(events, hashes)
+    lines = [jr.progress(resolved, total=len(items)).describe()]
+    by_reviewer: dict[str, int] = {}
+    for event in resolved.values():
+        by_reviewer[event.reviewer] = by_reviewer.get(event.reviewer, 0) + 1
+    if by_reviewer:
+        lines.append("by reviewer: " + ", ".join(f"{k} {v}" for k, v in sorted(by_reviewer.items())))
+    stale_only = [k for k in stale if k not in resolved]
+    if stale_only:
+        lines.append(f"{len(stale_only)} sample(s) back in the queue: their mask changed after they were judged")
+    if torn:
+        lines.append(f"skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
+    return "\n".join(lines)
+
+
+def prepare_environment(params: ReviewParams, reviewer: str, database_uri: str) -> None:
+    """Settings the App server (a subprocess running the plugin) inherits; set before fiftyone
+    is imported because it reads its config at import."""
+    os.environ["FIFTYONE_PLUGINS_DIR"] = str(PLUGINS_DIR)
+    os.environ[ENV_JOURNAL_DIR] = str(Path(params.journal_dir).resolve())
+    os.environ[ENV_REVIEWER] = reviewer
+    os.environ[ENV_MIN_SEEN_MS] = str(params.min_seen_ms)
+    os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    if database_uri:
+        os.environ["FIFTYONE_DATABASE_URI"] = database_uri
+    if "fiftyone" in sys.modules:  # imported earlier in this process (tests): update its config too
+        import fiftyone as fo
+
+        fo.config.plugins_dir = str(PLUGINS_DIR)
+        if database_uri:
+            fo.config.database_uri = database_uri
+
+
+def load_queue(params: ReviewParams):
+    """Sync the persistent dataset with the pool and the journals; return (dataset, view, summary)."""
+    from pipeline.review.dataset import sync_dataset
+
+    items, warnings = read_pool(params.pseudo_dir)
+    for warning in warnings[:10]:
+        print(f"warning: {warning}")
+    if len(warnings) > 10:
+        print(f"warning: ... and {len(warnings) - 10} more")
+    if not items:
+        raise StageError(f"{params.pseudo_dir}: the pool has no pseudo-labelled samples to review")
+    events, torn = jr.read_journals(params.journal_dir)
+    if torn:
+        print(f"warning: skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
+    dataset, view, summary = sync_dataset(params.dataset_name, items, events)
+    dataset.info["review_journal_dir"] = str(Path(params.journal_dir).resolve())
+    dataset.save()
+    return dataset, view, summary
+
+
+def main(argv=None) -> int:
+    parser = make_parser("review", __doc__)
+    parser.add_argument("--port", type=int, help="App port (default: review.port)")
+    parser.add_argument("--database-uri", default=None,
+                        help="MongoDB URI shared by reviewers (default: FIFTYONE_DATABASE_URI, then "
+                             "review.database_uri, then FiftyOne's own database)")
+    parser.add_argument("--reviewer", default=None, help="name recorded with each decision (default: $USER)")
+    parser.add_argument("--status", action="store_true", help="print the progress and exit (no App)")
+    parser.add_argument("--load-only", action="store_true", help="sync the FiftyOne dataset and exit")
+
+    def body(args) -> int:
+        params = load_section(ReviewParams, "review", args.params)
+        if args.status:
+            print(status_text(params))
+            return 0
+        reviewer = args.reviewer or default_reviewer()
+        database_uri = args.database_uri or os.environ.get("FIFTYONE_DATABASE_URI") or params.database_uri
+        port = args.port or params.port
+        prepare_environment(params, reviewer, database_uri)
+        dataset, view, summary = load_queue(params)
+        print(f"queue {params.dataset_name!r}: {summary['samples']} samples ({summary['added']} new, "
+              f"{summary['removed']} removed), {summary['decided']} decided, {summary['stale']} back in the queue "
+              "because their mask changed")
+        print(status_text(params))
+        if args.load_only:
+            return 0
+        import fiftyone as fo
+
+        session = fo.launch_app(view=view, remote=True, address=params.address, port=port)
+        print(f"\nreviewer {reviewer!r}: open http://{params.address}:{port}/ (it opens on the first "
+              "image of the queue): a = accept, d = reject, u = undo. Decisions go to "
+              f"{jr.journal_path(params.journal_dir, reviewer)}. Ctrl+C stops the App.", flush=True)
+        session.wait(-1)
+        return 0
+
+    return run_main(body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

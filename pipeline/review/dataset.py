@@ -1,0 +1,179 @@
+"""The FiftyOne side of the queue: a persistent dataset rebuilt from the pool and the journal.
+
+The dataset only mirrors the journal: every load re-derives each sample's decision from
+the journals, so a lost or stale database never loses or misapplies a decision. The
+functions the App's operators call (``record_decision``, ``undo_last``) write the journal
+line (fsync'd) before touching the database.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+from pipeline.review import journal as jr
+from pipeline.review.pool import PoolItem, current_hashes, queue_order, sha256_file
+
+MASK_FIELD = "pseudo_mask"
+QUEUE_VIEW = "queue"
+DECISION_FIELDS = ("review_decision", "review_reviewer", "review_decided_at", "review_seconds", "review_event_id")
+MASK_COLOR = "#ff2bd6"  # magenta: visible on skin, hair and most backgrounds
+
+
+class ReviewError(RuntimeError):
+    """A decision that cannot be recorded (unknown sample, mask changed on disk)."""
+
+
+def use_database(database_uri: str = "") -> None:
+    """Point FiftyOne at an external MongoDB (shared by reviewers) before it connects."""
+    if database_uri:
+        os.environ["FIFTYONE_DATABASE_URI"] = database_uri
+    import fiftyone as fo
+
+    if database_uri:
+        fo.config.database_uri = database_uri
+
+
+def _decision_values(event: jr.ReviewEvent | None) -> dict:
+    if event is None:
+        return {name: None for name in DECISION_FIELDS}
+    return {"review_decision": event.decision, "review_reviewer": event.reviewer,
+            "review_decided_at": event.decided_at, "review_seconds": event.seconds_on_screen,
+            "review_event_id": event.event_id}
+
+
+def _stale_note(event: jr.ReviewEvent | None) -> str | None:
+    if event is None:
+        return None
+    return f"{event.decision} by {event.reviewer} at {event.decided_at} on an older mask ({event.mask_sha256[:12]}): not applied"
+
+
+def sync_dataset(name: str, items: list[PoolItem], events: Iterable[jr.ReviewEvent]):
+    """Create or update the persistent dataset ``name`` to hold exactly ``items``, each with
+    the decision that applies to its current mask; return (dataset, queue view, summary)."""
+    import fiftyone as fo
+
+    events = list(events)
+    hashes = current_hashes(items)
+    resolved = jr.resolve_decisions(events, hashes)
+    stale = jr.stale_decisions(events, hashes)
+    order = queue_order({i.id: i.score for i in items}, resolved)
+    rank = {sample_id: position for position, sample_id in enumerate(order)}
+
+    if fo.dataset_exists(name):
+        dataset = fo.load_dataset(name)
+    else:
+        dataset = fo.Dataset(name, persistent=True)
+    existing = set(dataset.values("pc_id")) if len(dataset) else set()
+    wanted = {i.id for i in items}
+    removed = existing - wanted
+    if removed:
+        dataset.delete_samples(dataset.match(fo.ViewField("pc_id").is_in(sorted(removed))))
+    new = [i for i in items if i.id not in existing]
+    if new:
+        dataset.add_samples([fo.Sample(filepath=i.image_path, pc_id=i.id) for i in new], progress=False)
+
+    by_id = {i.id: i for i in items}
+    columns: dict[str, dict] = {
+        "filepath": {k: i.image_path for k, i in by_id.items()},
+        "source": {k: i.source for k, i in by_id.items()},
+        "origin": {k: i.origin for k, i in by_id.items()},
+        "notes": {k: i.notes for k, i in by_id.items()},
+        "score": {k: (None if math.isnan(i.score) else float(i.score)) for k, i in by_id.items()},
+        "score_components": {k: dict(i.components) for k, i in by_id.items()},
+        "mask_sha256": {k: i.mask_sha256 for k, i in by_id.items()},
+        MASK_FIELD: {k: fo.Segmentation(mask_path=i.mask_path) for k, i in by_id.items()},
+        "queue_rank": rank,
+        "review_stale": {k: _stale_note(stale.get(k)) for k in by_id},
+    }
+    for field_name in DECISION_FIELDS:
+        columns[field_name] = {k: _decision_values(resolved.get(k))[field_name] for k in by_id}
+    if by_id:
+        for field_name, values in columns.items():
+            _ensure_field(dataset, field_name, values)
+            dataset.set_values(field_name, values, key_field="pc_id")
+
+    dataset.mask_targets = {MASK_FIELD: {255: "person"}}
+    dataset.app_config.active_fields = fo.ActiveFields(paths=[MASK_FIELD, "score", "review_decision", "review_stale"])
+    dataset.app_config.color_scheme = fo.ColorScheme(
+        color_by="field", opacity=0.4,
+        fields=[{"path": MASK_FIELD, "fieldColor": MASK_COLOR,
+                 "maskTargetsColors": [{"intTarget": 255, "color": MASK_COLOR}]}])
+    dataset.save()
+    view = dataset.sort_by("queue_rank")
+    if dataset.has_saved_view(QUEUE_VIEW):
+        dataset.delete_saved_view(QUEUE_VIEW)
+    dataset.save_view(QUEUE_VIEW, view, description="undecided first, likely failures first")
+    summary = {"samples": len(items), "added": len(new), "removed": len(removed),
+               "decided": len(resolved), "stale": len(stale)}
+    return dataset, view, summary
+
+
+def _ensure_field(dataset, field_name: str, values: dict) -> None:
+    """Declare the field's type up front: set_values cannot infer it from all-None values."""
+    import fiftyone as fo
+
+    if dataset.has_sample_field(field_name):
+        return
+    types = {"review_seconds": fo.FloatField, "score": fo.FloatField, "queue_rank": fo.IntField,
+             "score_components": fo.DictField}
+    if field_name == MASK_FIELD:
+        dataset.add_sample_field(field_name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
+    else:
+        dataset.add_sample_field(field_name, types.get(field_name, fo.StringField))
+
+
+def dataset_progress(dataset) -> jr.Progress:
+    """Counts of the current decisions, straight from the database (all reviewers)."""
+    counts = dataset.count_values("review_decision")
+    seconds = dataset.exists("review_seconds").values("review_seconds")
+    return jr.progress_of(["accept"] * counts.get("accept", 0) + ["reject"] * counts.get("reject", 0),
+                          seconds, total=len(dataset))
+
+
+def record_decision(dataset, sample_id: str, decision: str, reviewer: str, journal_dir: str | os.PathLike,
+                    seconds_on_screen: float | None = None, via: str = "") -> tuple[jr.ReviewEvent, jr.Progress]:
+    """Journal the decision on FiftyOne sample ``sample_id`` (fsync), then mirror it in the
+    database. Refuses when the mask on disk is no longer the one the queue was built with."""
+    try:
+        sample = dataset[sample_id]
+    except (KeyError, ValueError):
+        raise ReviewError(f"no sample {sample_id!r} in dataset {dataset.name!r}") from None
+    recorded_hash = sample["mask_sha256"]
+    mask_path = sample[MASK_FIELD].mask_path
+    if not recorded_hash or not mask_path or not Path(mask_path).is_file():
+        raise ReviewError(f"{sample['pc_id']}: its mask file is missing; re-run `portrait-curation review`")
+    if sha256_file(mask_path) != recorded_hash:
+        raise ReviewError(f"{sample['pc_id']}: the mask changed on disk since the queue was loaded "
+                          "(pseudo_label re-ran?); restart `portrait-curation review` to reload it")
+    event = jr.make_decision(sample["pc_id"], decision, recorded_hash, reviewer, seconds_on_screen, via)
+    jr.append_event(jr.journal_path(journal_dir, reviewer), event)
+    for name, value in _decision_values(event).items():
+        sample[name] = value
+    sample.save()
+    return event, dataset_progress(dataset)
+
+
+def undo_last(dataset, reviewer: str, journal_dir: str | os.PathLike) -> tuple[jr.ReviewEvent | None, str | None, jr.Progress]:
+    """Cancel the reviewer's latest live decision; return (undo event, FiftyOne id of its
+    sample, progress). The sample falls back to whatever decision applies without it."""
+    import fiftyone as fo
+
+    events, _ = jr.read_journals(journal_dir)
+    target = jr.last_undoable(events, reviewer)
+    if target is None:
+        return None, None, dataset_progress(dataset)
+    undo = jr.make_undo(target, reviewer)
+    jr.append_event(jr.journal_path(journal_dir, reviewer), undo)
+    matches = dataset.match(fo.ViewField("pc_id") == target.id)
+    sample_id = None
+    if len(matches):
+        sample = matches.first()
+        sample_id = sample.id
+        still = jr.resolve_decisions(events + [undo], {target.id: sample["mask_sha256"]}).get(target.id)
+        for name, value in _decision_values(still).items():
+            sample[name] = value
+        sample.save()
+    return undo, sample_id, dataset_progress(dataset)

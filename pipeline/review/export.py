@@ -1,0 +1,78 @@
+"""export-reviews: the decisions that still apply, as the CSV DVC tracks and assemble reads.
+
+Reads only the journals and the pool on disk (no App, no database), so it runs as a DVC
+stage. For each pool sample the latest live decision on its *current* mask is written;
+decisions on masks that have since changed, undone decisions and ids no longer in the pool
+are left out. Rows are sorted by id and floats have fixed precision, so exporting the same
+journal twice gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from typing import Iterable, Mapping
+
+from pipeline.atomic import write_text
+from pipeline.params import load_section
+from pipeline.review import journal as jr
+from pipeline.review.config import ReviewParams
+from pipeline.review.pool import current_hashes, read_pool
+from pipeline.stage import make_parser, run_main
+
+COLUMNS = ("id", "decision", "mask_sha256", "reviewer", "decided_at", "seconds_on_screen")
+
+
+def decisions_csv_text(resolved: Mapping[str, jr.ReviewEvent]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for sample_id in sorted(resolved):
+        event = resolved[sample_id]
+        seconds = "" if event.seconds_on_screen is None else f"{event.seconds_on_screen:.3f}"
+        writer.writerow((sample_id, event.decision, event.mask_sha256, event.reviewer, event.decided_at, seconds))
+    return buffer.getvalue()
+
+
+def export_summary(events: Iterable[jr.ReviewEvent], hashes: Mapping[str, str]) -> dict:
+    events = list(events)
+    resolved = jr.resolve_decisions(events, hashes)
+    counts = Counter(e.decision for e in resolved.values())
+    live = jr.live_decisions(events)
+    return {
+        "exported": len(resolved),
+        "accepted": counts.get("accept", 0),
+        "rejected": counts.get("reject", 0),
+        "undone": sum(1 for e in events if e.event == "undo"),
+        "on_changed_masks": sum(1 for e in live if e.id in hashes and hashes[e.id] != e.mask_sha256),
+        "not_in_pool": sum(1 for e in live if e.id not in hashes),
+        "pool": len(hashes),
+    }
+
+
+def main(argv=None) -> int:
+    parser = make_parser("export-reviews", __doc__)
+
+    def body(args) -> int:
+        params = load_section(ReviewParams, "review", args.params)
+        items, warnings = read_pool(params.pseudo_dir)
+        for warning in warnings[:10]:
+            print(f"warning: {warning}")
+        hashes = current_hashes(items)
+        events, torn = jr.read_journals(params.journal_dir)
+        if torn:
+            print(f"warning: skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
+        resolved = jr.resolve_decisions(events, hashes)
+        write_text(params.decisions_csv, decisions_csv_text(resolved))
+        summary = export_summary(events, hashes)
+        print(f"wrote {params.decisions_csv}: {summary['exported']} decisions ({summary['accepted']} accept, "
+              f"{summary['rejected']} reject) for a pool of {summary['pool']}; left out: {summary['undone']} undone, "
+              f"{summary['on_changed_masks']} on masks that changed since, {summary['not_in_pool']} not in the pool")
+        return 0
+
+    return run_main(body, parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""FiftyOne operators of the review queue; the keys live in ``review_keys.js``.
+
+``decide`` and ``undo_decision`` are what the key script (and its on-screen buttons) call,
+with the sample id taken from the App's URL, so a decision can never land on the sample
+the App has already moved on to. ``accept_shown`` / ``reject_shown`` are modal buttons for
+when the script is not loaded (they judge ``ctx.current_sample`` and do not move on).
+
+The App server runs these in its own process; the ``review`` command passes the journal
+folder and the reviewer through the environment.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from pipeline.review import dataset as review_dataset
+from pipeline.review.config import ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER
+
+
+def _reviewer() -> str:
+    name = os.environ.get(ENV_REVIEWER) or os.environ.get("USER") or ""
+    if not name:
+        try:
+            name = getpass.getuser()
+        except Exception:  # no login name in a container: still record something honest
+            name = "unknown"
+    return name
+
+
+def _journal_dir(ctx) -> str:
+    path = os.environ.get(ENV_JOURNAL_DIR) or (ctx.dataset.info or {}).get("review_journal_dir")
+    if not path:
+        raise review_dataset.ReviewError(
+            "no journal folder: start the App with `portrait-curation review` (it sets "
+            f"{ENV_JOURNAL_DIR}); decisions are not recorded without it")
+    return path
+
+
+def _seconds(value):
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _result(ok: bool, message: str, progress=None, **extra) -> dict:
+    out = {"ok": ok, "message": message, **extra}
+    if progress is not None:
+        out["progress"] = progress.as_dict()
+        out["progress_text"] = progress.describe()
+    return out
+
+
+class Decide(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="decide", label="Review: decide (used by the a/d keys)", unlisted=True)
+
+    def execute(self, ctx):
+        decision = ctx.params.get("decision")
+        sample_id = ctx.params.get("sample_id") or ctx.current_sample
+        if decision not in ("accept", "reject") or not sample_id:
+            return _result(False, f"bad request: decision={decision!r} sample_id={sample_id!r}")
+        try:
+            event, progress = review_dataset.record_decision(
+                ctx.dataset, sample_id, decision, _reviewer(), _journal_dir(ctx),
+                seconds_on_screen=_seconds(ctx.params.get("seconds_on_screen")), via=ctx.params.get("via", "key"))
+        except review_dataset.ReviewError as exc:
+            return _result(False, str(exc))
+        return _result(True, f"{decision}ed {event.id}", progress, id=event.id, decision=decision,
+                       sample_id=sample_id)
+
+
+class UndoDecision(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="undo_decision", label="Review: undo my last decision")
+
+    def resolve_placement(self, ctx):
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
+                               types.Button(label="Undo last decision (u)", icon="undo", prompt=False))
+
+    def execute(self, ctx):
+        undo, sample_id, progress = review_dataset.undo_last(ctx.dataset, _reviewer(), _journal_dir(ctx))
+        if undo is None:
+            return _result(False, "nothing to undo", progress)
+        message = f"undid the decision on {undo.id}"
+        if not ctx.params.get("quiet"):
+            ctx.ops.notify(f"{message} · {progress.describe()}")
+        return _result(True, message, progress, id=undo.id, sample_id=sample_id)
+
+
+class _DecideShown(foo.Operator):
+    decision = ""
+
+    def resolve_placement(self, ctx):
+        icon = "check" if self.decision == "accept" else "close"
+        key = "a" if self.decision == "accept" else "d"
+        return types.Placement(types.Places.SAMPLES_VIEWER_ACTIONS,
+                               types.Button(label=f"{self.decision.title()} ({key})", icon=icon, prompt=False))
+
+    def execute(self, ctx):
+        if not ctx.current_sample:
+            ctx.ops.notify("open a sample first", variant="warning")
+            return _result(False, "no sample open")
+        try:
+            event, progress = review_dataset.record_decision(
+                ctx.dataset, ctx.current_sample, self.decision, _reviewer(), _journal_dir(ctx), via="button")
+        except review_dataset.ReviewError as exc:
+            ctx.ops.notify(str(exc), variant="error")
+            return _result(False, str(exc))
+        ctx.ops.notify(f"{self.decision}ed {event.id} · {progress.describe()}", variant="success")
+        return _result(True, f"{self.decision}ed {event.id}", progress, id=event.id)
+
+
+class AcceptShown(_DecideShown):
+    decision = "accept"
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="accept_shown", label="Review: accept the open sample")
+
+
+class RejectShown(_DecideShown):
+    decision = "reject"
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="reject_shown", label="Review: reject the open sample")
+
+
+class ReviewProgress(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="review_progress", label="Review: progress")
+
+    def execute(self, ctx):
+        progress = review_dataset.dataset_progress(ctx.dataset)
+        min_seen_ms = int(os.environ.get(ENV_MIN_SEEN_MS) or 150)
+        return _result(True, progress.describe(), progress, reviewer=_reviewer(), min_seen_ms=min_seen_ms)
+
+
+class CloseSample(foo.Operator):
+    """A modal restored from the session after a page reload ignores the App's keys;
+    the key script closes it through the App so the reviewer reopens a live one."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="close_sample", label="Review: close the sample modal", unlisted=True)
+
+    def execute(self, ctx):
+        ctx.ops.close_sample()
+        return {"ok": True}
+
+
+def register(plugin):
+    for operator in (Decide, UndoDecision, AcceptShown, RejectShown, ReviewProgress, CloseSample):
+        plugin.register(operator)

@@ -1,0 +1,221 @@
+"""The DeepLabv3+ teacher: building it, loading it, and running it on whole images.
+
+Shared by ``train_teacher`` (fine-tuning) and ``pseudo_label`` (inference) so both see
+the same network, the same resizing and the same normalisation. The paper's teacher is
+DeepLabv3+ with an SE-ResNeXt-50 encoder; the encoder is a parameter so a quick profile
+can use a small one.
+
+Inference contract: an image of any size is resized to the network's input size, the
+foreground logit is upsampled back to the image's own size (bilinear, half-pixel
+centres, the same convention as the resize) and the mask is ``logit > 0``; so a
+pseudo-mask always has exactly its image's size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights
+from pipeline.data import to_tensor
+from pipeline.models.registry import foreground_logit
+
+TEACHER_ARCH = "deeplabv3plus"
+OUTPUT_STRIDE = 16  # smp DeepLabV3Plus default; input sides must be multiples of it
+
+
+def teacher_config(encoder_name: str, classes: int = 1, decoder_channels: int = 256) -> dict:
+    """The builder kwargs a checkpoint records and is checked against."""
+    return {"encoder_name": encoder_name, "classes": int(classes), "decoder_channels": int(decoder_channels),
+            "encoder_output_stride": OUTPUT_STRIDE}
+
+
+def build_teacher(config: dict, encoder_weights: str | None = None) -> nn.Module:
+    """smp DeepLabV3Plus; ``encoder_weights`` is None, "imagenet" (smp's download) or a local file."""
+    from pipeline.torchvision_shim import ensure_torchvision
+
+    ensure_torchvision()
+    import segmentation_models_pytorch as smp
+
+    local_file = encoder_weights if encoder_weights not in (None, "imagenet") else None
+    smp_weights = "imagenet" if encoder_weights == "imagenet" else None
+    try:
+        model = smp.DeepLabV3Plus(encoder_name=config["encoder_name"], encoder_weights=smp_weights,
+                                  classes=config["classes"], decoder_channels=config.get("decoder_channels", 256),
+                                  encoder_output_stride=config["encoder_output_stride"])
+    except KeyError as exc:  # smp's message lists the known encoders
+        raise ValueError(f"teacher encoder {config['encoder_name']!r}: {exc}") from None
+    except OSError as exc:  # huggingface_hub errors offline are OSError subclasses
+        raise OSError(f"could not fetch ImageNet weights for encoder {config['encoder_name']!r} "
+                      f"(offline? use a local weights file or encoder_weights: null): {type(exc).__name__}: {exc}") from None
+    if local_file is not None:
+        load_encoder_weights(model.encoder, local_file)
+    return model
+
+
+# Classifier heads that ImageNet checkpoints carry but smp encoders drop.
+_HEAD_PREFIXES = ("fc.", "last_linear.", "classifier.", "head.")
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
+    """Load an ImageNet state dict (.pth/.pt via weights_only, or .safetensors) into the encoder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from None
+        for key in ("state_dict", "model"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).splitlines()[:3])
+        raise CheckpointError(f"{path}: weights do not fit the encoder: {first}") from None
+
+
+def load_teacher(path: str | os.PathLike, expected_config: dict | None = None) -> tuple[nn.Module, dict]:
+    """Build the teacher a checkpoint describes and load it; refuse a mismatching one."""
+    state = load_checkpoint(path, expected_arch=TEACHER_ARCH, expected_config=expected_config)
+    config = state.get("config") or {}
+    if "encoder_name" not in config or "classes" not in config:
+        raise CheckpointError(f"{path}: teacher checkpoint has no encoder_name/classes in its config")
+    model = build_teacher(teacher_config(config["encoder_name"], config["classes"],
+                                         config.get("decoder_channels", 256)))
+    load_weights(model, state, path)
+    model.eval()
+    return model, state
+
+
+# ---------------------------------------------------------------------------- inference
+
+
+def input_shape(size: int | Sequence[int]) -> tuple[int, int]:
+    """(height, width) from an int (square) or a [height, width] pair."""
+    if isinstance(size, int):
+        return size, size
+    h, w = (int(s) for s in size)
+    return h, w
+
+
+def images_to_batch(images: Sequence[np.ndarray], size: int | Sequence[int]) -> torch.Tensor:
+    """Resize each RGB uint8 image to the network's input and normalise: (N, 3, h, w)."""
+    import cv2
+
+    h, w = input_shape(size)
+    tensors = [to_tensor(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)) for img in images]
+    return torch.stack(tensors)
+
+
+def merge_flip(plain: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """Average foreground logits of an image and of its mirror image, mirrored back.
+
+    ``flipped`` is the network's output on the horizontally flipped input, so its last
+    axis is reversed before averaging.
+    """
+    return 0.5 * (plain + torch.flip(flipped, dims=[-1]))
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks; two empty masks agree perfectly (1.0)."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    union = np.logical_or(a, b).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(a, b).sum() / union)
+
+
+def native_bfloat16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CPU: AVX-512-BF16/AMX via oneDNN)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@dataclass
+class Prediction:
+    """One image's teacher output at the image's own size."""
+
+    probability: np.ndarray  # HxW float32 in [0, 1], person probability
+    flip_iou: float  # IoU of the plain and the mirrored prediction (nan without TTA)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.probability > 0.5
+
+
+class TeacherRunner:
+    """Runs a segmentation network on lists of whole images, optionally with flip TTA.
+
+    Speed options measured in benchmarks/pseudo_label.py: ``channels_last`` memory
+    layout, ``bfloat16`` (weights and activations cast once, for AMX/AVX-512-BF16 CPUs
+    and GPUs; it changes the logits slightly, so it is off unless asked for) and a lower
+    ``input_size`` (the logits are upsampled to each image's size anyway).
+    """
+
+    def __init__(self, model: nn.Module, input_size: int | Sequence[int], *, flip_tta: bool = False,
+                 device: str | torch.device = "cpu", channels_last: bool = False, bfloat16: bool = False):
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if bfloat16 else torch.float32
+        self.model = model.eval().to(self.device, self.dtype)
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.input_size = input_shape(input_size)
+        self.flip_tta = flip_tta
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device, self.dtype)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        logits = self.model(batch)
+        return foreground_logit(logits.float()).unsqueeze(1)  # (N, 1, h, w)
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        if not images:
+            return []
+        batch = images_to_batch(images, self.input_size)
+        logits = self._forward(batch)
+        flipped = self._forward(torch.flip(batch, dims=[-1])) if self.flip_tta else None
+        out = []
+        for i, image in enumerate(images):
+            height, width = image.shape[:2]
+            plain_i = F.interpolate(logits[i:i + 1], size=(height, width), mode="bilinear", align_corners=False)
+            if flipped is None:
+                merged, agreement = plain_i, float("nan")
+            else:
+                # Resizing commutes with mirroring, so mirror back after upsampling.
+                mirrored_i = F.interpolate(flipped[i:i + 1], size=(height, width), mode="bilinear",
+                                           align_corners=False)
+                merged = merge_flip(plain_i, mirrored_i)
+                agreement = mask_iou((plain_i > 0).cpu().numpy(),
+                                     (torch.flip(mirrored_i, dims=[-1]) > 0).cpu().numpy())
+            prob = torch.sigmoid(merged)[0, 0].cpu().numpy().astype(np.float32)
+            out.append(Prediction(probability=prob, flip_iou=agreement))
+        return out

@@ -1,0 +1,72 @@
+"""Small stand-ins shared by test_teacher.py and test_pseudo_label.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from pipeline.images import write_image, write_mask_png
+from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, to_frame
+
+
+class BrightnessTeacher(nn.Module):
+    """Stand-in teacher: person wherever the image is bright (so the true mask is known).
+
+    Its logit is the mean of the normalised channels, scaled: bright pixels > 0.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(8.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x.mean(dim=1, keepdim=True)
+
+
+class LeftHalfTeacher(nn.Module):
+    """Stand-in that ignores the image and calls the left half of the frame person (not mirror-symmetric)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        logits = torch.full((n, 1, h, w), -5.0)
+        logits[..., : w // 2] = 5.0
+        return logits
+
+
+def rectangle_image(height: int, width: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A dark RGB image with a bright rectangle (x0, y0, x1, y1) and its boolean mask."""
+    x0, y0, x1, y1 = box
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    image = np.full((height, width, 3), 20, dtype=np.uint8)
+    image[mask] = 235
+    return image, mask
+
+
+def write_canonical(root: Path, samples: list[dict]) -> None:
+    """Write a canonical dataset: each sample has id, split, image (array) and optional mask."""
+    rows = []
+    for sample in samples:
+        source, key = sample["id"].split("/")
+        image_rel = f"images/{source}/{key}.png"
+        write_image(root / image_rel, sample["image"])
+        mask = sample.get("mask")
+        mask_rel = ""
+        stats = {}
+        if mask is not None:
+            mask_rel = f"masks/{source}/{key}.png"
+            write_mask_png(root / mask_rel, mask)
+            stats = mask_statistics(mask)
+        h, w = sample["image"].shape[:2]
+        rows.append(ManifestRow(id=sample["id"], source=source, split=sample["split"], image=image_rel, mask=mask_rel,
+                                width=w, height=h, origin=sample.get("origin", ""), **stats))
+    to_frame(rows).to_csv(root / MANIFEST_NAME, index=False)
+
+
+def write_params(path: Path, sections: dict) -> Path:
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path

@@ -1,0 +1,174 @@
+"""The training-set assembly: sources switched on/off, review decisions bound to mask bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.assemble import accepted_pseudo_labels, assemble_training_set, main, rebase_paths
+from pipeline.images import write_image, write_mask_png
+from pipeline.manifest import ManifestRow, read_manifest, to_frame
+from pipeline.stage import StageError
+
+
+def write_dataset(root: Path, source: str, keys: list[str], split: str, labelled: bool = True,
+                  mask_value: int = 0) -> pd.DataFrame:
+    rows = []
+    for i, key in enumerate(keys):
+        image = np.full((6, 5, 3), 40 + i, dtype=np.uint8)
+        mask = np.zeros((6, 5), dtype=bool)
+        mask[1:4 + mask_value % 2, 1:4] = True
+        write_image(root / "images" / source / f"{key}.png", image)
+        mask_rel = ""
+        if labelled:
+            mask_rel = f"masks/{source}/{key}.png"
+            write_mask_png(root / mask_rel, mask)
+        rows.append(ManifestRow(id=f"{source}/{key}", source=source, split=split,
+                                image=f"images/{source}/{key}.png", mask=mask_rel, width=5, height=6))
+    frame = to_frame(rows)
+    return frame
+
+
+def save_manifest(root: Path, frames: list[pd.DataFrame]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_csv(root / "manifest.csv", index=False)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with prepared data, crops, pseudo-labels and review decisions."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "data"
+    save_manifest(data / "prepared", [
+        write_dataset(data / "prepared", "eg1800", ["00001", "00002", "00003"], "train"),
+        write_dataset(data / "prepared", "eg1800", ["00010"], "test"),
+        write_dataset(data / "prepared", "ccp", ["0001"], "train"),
+    ])
+    save_manifest(data / "crops", [write_dataset(data / "crops", "ccpcrop", ["0001_0", "0002_0"], "train")])
+    save_manifest(data / "pseudo", [write_dataset(data / "pseudo", "ccp", ["0700", "0701", "0702", "0703"],
+                                                  "unlabelled")])
+
+    def digest(key):
+        return hashlib.sha256((data / "pseudo" / "masks" / "ccp" / f"{key}.png").read_bytes()).hexdigest()
+
+    reviews = tmp_path / "reviews"
+    reviews.mkdir()
+    pd.DataFrame([
+        {"id": "ccp/0700", "decision": "accept", "mask_sha256": digest("0700")},
+        {"id": "ccp/0701", "decision": "reject", "mask_sha256": digest("0701")},
+        {"id": "ccp/0702", "decision": "accept", "mask_sha256": "0" * 64},  # reviewed an older mask
+        # ccp/0703 never reviewed
+    ]).to_csv(reviews / "decisions.csv", index=False)
+    params = {"assemble": {"generated_data": True, "include_crops": True, "include_pseudo": True}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def set_params(root: Path, **values) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["assemble"].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_accepts_only_decisions_taken_on_the_current_mask():
+    pseudo = pd.DataFrame({"id": ["p/a", "p/b", "p/c", "p/d", "p/e"], "mask": ["a", "b", "c", "d", ""]})
+    hashes = {"a": "aa", "b": "bb", "c": "cc", "d": "dd"}
+    decisions = pd.DataFrame({
+        "id": ["p/a", "p/b", "p/c", "p/a", "p/e"],
+        "decision": ["reject", "Accept ", "accept", "accept", "accept"],
+        "mask_sha256": ["aa", "BB", "old", "aa", "ee"],
+    })
+    kept, counts = accepted_pseudo_labels(pseudo, decisions, hashes.__getitem__)
+    assert kept["id"].tolist() == ["p/a", "p/b"]  # p/a: the later decision wins; hashes compare case-blind
+    assert counts == {"candidates": 4, "accepted": 2, "rejected": 0, "unreviewed": 1, "stale_decision": 1}
+
+
+def test_bad_decision_value_is_a_clear_error():
+    pseudo = pd.DataFrame({"id": ["p/a"], "mask": ["a"]})
+    decisions = pd.DataFrame({"id": ["p/a"], "decision": ["maybe"], "mask_sha256": ["x"]})
+    with pytest.raises(StageError, match="maybe"):
+        accepted_pseudo_labels(pseudo, decisions, lambda _: "x")
+    with pytest.raises(StageError, match="mask_sha256"):
+        accepted_pseudo_labels(pseudo, decisions.drop(columns="mask_sha256"), lambda _: "x")
+
+
+def test_core_keeps_base_train_split_and_refuses_duplicate_ids():
+    base = pd.DataFrame({"id": ["e/1", "e/2", "e/3", "c/1"], "source": ["e", "e", "e", "c"],
+                         "split": ["train", "test", "train", "train"], "image": ["i"] * 4,
+                         "mask": ["m", "m", "", "m"]})
+    frame, summary = assemble_training_set(base, base_source="e")
+    assert frame["id"].tolist() == ["e/1"]  # test split, unlabelled row and other sources left out
+    assert summary["by_input"] == {"base": 1, "crops": 0, "pseudo": 0}
+    crops = pd.DataFrame({"id": ["e/1"], "source": ["e"], "split": ["val"], "image": ["i"], "mask": ["m"]})
+    with pytest.raises(StageError, match="e/1"):
+        assemble_training_set(base, base_source="e", crops=crops)
+    with pytest.raises(StageError, match="no labelled rows"):
+        assemble_training_set(base, base_source="nope")
+
+
+def test_rebase_paths_points_back_into_the_source_folder():
+    frame = pd.DataFrame({"image": ["images/e/1.jpg"], "mask": [""]})
+    out = rebase_paths(frame, "data/prepared", "data/train_set")
+    assert out.loc[0, "image"] == "../prepared/images/e/1.jpg"
+    assert out.loc[0, "mask"] == ""
+
+
+def test_main_builds_the_manifest_and_summary(project):
+    assert main(["--params", "params.yaml"]) == 0
+    frame = read_manifest(project / "data" / "train_set")
+    assert sorted(frame["id"]) == ["ccp/0700", "ccpcrop/0001_0", "ccpcrop/0002_0",
+                                   "eg1800/00001", "eg1800/00002", "eg1800/00003"]
+    assert set(frame["split"]) == {"train"}
+    row = frame.set_index("id").loc["eg1800/00002"]
+    assert row["image"] == "../prepared/images/eg1800/00002.png"
+    assert row["input"] == "base" and row["origin_split"] == "train"
+    for rel in list(frame["image"]) + list(frame["mask"]):
+        assert (project / "data" / "train_set" / rel).is_file()
+    summary = json.loads((project / "metrics" / "assemble.json").read_text())
+    assert summary["by_input"] == {"base": 3, "crops": 2, "pseudo": 1}
+    assert summary["by_source"] == {"ccp": 1, "ccpcrop": 2, "eg1800": 3}
+    assert summary["pseudo"]["stale_decision"] == 1 and summary["pseudo"]["unreviewed"] == 1
+
+
+def test_changed_mask_loses_its_acceptance(project):
+    mask_path = project / "data" / "pseudo" / "masks" / "ccp" / "0700.png"
+    write_mask_png(mask_path, np.ones((6, 5), dtype=bool))  # teacher re-run: a new mask
+    assert main(["--params", "params.yaml"]) == 0
+    frame = read_manifest(project / "data" / "train_set")
+    assert "ccp/0700" not in set(frame["id"])
+
+
+def test_generated_data_switch_is_the_ablation(project):
+    import shutil
+
+    shutil.rmtree(project / "data" / "crops")  # switched off: absence is fine
+    (project / "reviews" / "decisions.csv").unlink()
+    set_params(project, generated_data=False)
+    assert main(["--params", "params.yaml"]) == 0
+    frame = read_manifest(project / "data" / "train_set")
+    assert set(frame["input"]) == {"base"} and len(frame) == 3
+
+
+def test_switched_on_but_missing_is_a_clear_error(project, capsys):
+    (project / "reviews" / "decisions.csv").unlink()
+    assert main(["--params", "params.yaml"]) == 2
+    assert "decisions.csv does not exist" in capsys.readouterr().err
+    set_params(project, include_pseudo=False)
+    import shutil
+
+    shutil.rmtree(project / "data" / "crops")
+    assert main(["--params", "params.yaml"]) == 2
+    assert "crops" in capsys.readouterr().err
+    assert not (project / "data" / "train_set").exists()  # nothing half-written
+
+
+def test_missing_image_file_is_reported(project, capsys):
+    (project / "data" / "crops" / "images" / "ccpcrop" / "0002_0.png").unlink()
+    assert main(["--params", "params.yaml"]) == 2
+    assert "0002_0.png" in capsys.readouterr().err

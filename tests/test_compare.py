@@ -1,0 +1,87 @@
+"""The comparison stage: joins complexity and accuracy, refuses gaps, writes table, metrics and plot."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.compare import build_table, main, summary_metrics, to_markdown
+from pipeline.stage import StageError
+
+COMPLEXITY = {
+    "tiny": {"params": 37_738, "flops_all_ops": 0.286, "flops_espnetv2": 0.128, "latency_ms": 33.5},
+    "big": {"params": 12_411_204, "flops_all_ops": 5.2, "flops_espnetv2": 2.6, "latency_ms": 41.0},
+    "unused": {"params": 10, "flops_all_ops": 0.0, "flops_espnetv2": 0.0, "latency_ms": 0.1},
+}
+EVALS = {"tiny": {"miou": 94.98, "boundary_f1": 80.0}, "big": {"miou": 95.5}}
+
+
+def test_table_joins_figures_in_the_order_given():
+    table = build_table(["big", "tiny"], COMPLEXITY, EVALS, {"tiny": 37_738, "big": None})
+    assert list(table["arch"]) == ["big", "tiny"]
+    tiny = table.set_index("arch").loc["tiny"]
+    assert tiny["params"] == 37_738 and tiny["paper_params"] == 37_738
+    assert tiny["gmacs_espnetv2"] == pytest.approx(0.128) and tiny["miou"] == pytest.approx(94.98)
+    assert pd.isna(table.set_index("arch").loc["big", "paper_params"])
+
+
+@pytest.mark.parametrize("archs, complexity, evals, message", [
+    (["tiny", "ghost"], COMPLEXITY, EVALS, "complexity stage"),
+    (["tiny"], {"tiny": {"params": 5, "flops_all_ops": 1.0}}, EVALS, "lack"),
+    (["unused"], COMPLEXITY, EVALS, "evaluate --arch unused"),
+    (["tiny"], COMPLEXITY, {"tiny": {"mean_iou": 3}}, "no 'miou'"),
+    (["tiny"], {"tiny": {**COMPLEXITY["tiny"], "params": 1.5}}, EVALS, "whole number"),
+    (["tiny"], {"tiny": {**COMPLEXITY["tiny"], "latency_ms": "fast"}}, EVALS, "finite number"),
+    (["tiny", "tiny"], COMPLEXITY, EVALS, "twice"),
+])
+def test_gaps_and_bad_values_are_refused_with_the_fix(archs, complexity, evals, message):
+    with pytest.raises(StageError, match=message):
+        build_table(archs, complexity, evals)
+
+
+def test_markdown_uses_paper_units_and_metrics_name_the_best():
+    table = build_table(["tiny", "big"], COMPLEXITY, EVALS, {"tiny": 37_738})
+    md = to_markdown(table).splitlines()
+    assert len(md) == 4 and md[0].startswith("| Model | Params |")
+    assert "| tiny | 37.7K | 37.7K | 0.286 | 0.128 | 33.5 | 94.98 |" in md
+    assert "| big | 12.41M | – |" in md[3]
+    metrics = summary_metrics(table)
+    assert metrics["best_miou"] == {"arch": "big", "miou": 95.5}
+    assert metrics["architectures"]["tiny"]["params"] == 37_738
+
+
+def test_main_writes_every_output(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "complexity.json").write_text(json.dumps(COMPLEXITY))
+    for arch, figures in EVALS.items():
+        (tmp_path / "eval" / f"{arch}.json").write_text(json.dumps(figures))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "compare:\n  architectures: [tiny, big]\n"
+        f"  complexity: {tmp_path / 'complexity.json'}\n  eval_dir: {tmp_path / 'eval'}\n"
+        f"  out_dir: {tmp_path / 'out'}\n  metrics: {tmp_path / 'compare.json'}\n")
+    assert main(["--params", str(params)]) == 0
+    assert pd.read_csv(tmp_path / "out" / "table.csv")["arch"].tolist() == ["tiny", "big"]
+    assert (tmp_path / "out" / "table.md").read_text().count("\n") == 4
+    assert (tmp_path / "out" / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "compare.json").read_text())["best_miou"]["arch"] == "big"
+
+
+def test_main_says_which_stage_to_run_when_an_input_is_missing(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"compare:\n  architectures: [tiny]\n  complexity: {tmp_path / 'none.json'}\n"
+                      f"  out_dir: {tmp_path / 'out'}\n")
+    assert main(["--params", str(params)]) == 2
+    assert "portrait-curation complexity" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_single_architecture_still_gives_a_plot(tmp_path):
+    from pipeline.compare import plot_accuracy_vs_params
+
+    table = build_table(["tiny"], COMPLEXITY, EVALS)
+    plot_accuracy_vs_params(table, tmp_path / "one.png")
+    assert (tmp_path / "one.png").read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["one.png"]  # no temporary left behind

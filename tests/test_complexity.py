@@ -1,0 +1,71 @@
+"""Stage complexity: metrics shape and values, params validation, main end to end (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.complexity import ComplexityParams, main, measure
+from pipeline.params import ParamsError, parse_section
+from pipeline.stage import StageError
+
+
+def fake_latency(names):
+    return {name: [3.0, 1.0, 2.0 + i] for i, name in enumerate(names)}
+
+
+def test_metrics_have_exactly_the_shape_compare_reads():
+    params = ComplexityParams(architectures=["extremec3net", "extremec3net_stage1"])
+    metrics, table = measure(params, latency_fn=fake_latency, progress=False)
+    assert list(metrics) == ["extremec3net", "extremec3net_stage1"]
+    for row in metrics.values():
+        assert set(row) == {"params", "flops_all_ops", "flops_espnetv2", "latency_ms"}
+        assert isinstance(row["params"], int)
+        assert all(isinstance(row[k], float) for k in ("flops_all_ops", "flops_espnetv2", "latency_ms"))
+    full = metrics["extremec3net"]
+    assert full["params"] == 37_738
+    assert round(full["flops_espnetv2"], 3) == 0.128
+    assert full["flops_all_ops"] == pytest.approx(0.286, rel=0.01)
+    assert full["latency_ms"] == 2.0  # median of [3, 1, 2]
+    assert metrics["extremec3net_stage1"]["latency_ms"] == 3.0
+    assert metrics["extremec3net_stage1"]["flops_espnetv2"] < full["flops_espnetv2"]
+    assert list(table["architecture"]) == list(metrics)
+    assert list(table["latency_min_ms"]) == [1.0, 1.0]
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(StageError, match="no_such_net"):
+        measure(ComplexityParams(architectures=["no_such_net"]), latency_fn=fake_latency, progress=False)
+
+
+def test_params_reject_typos_and_duplicates():
+    with pytest.raises(ParamsError, match="unknown key"):
+        parse_section(ComplexityParams, {"complexity": {"architecture": ["extremec3net"]}}, "complexity")
+    with pytest.raises(ParamsError, match="more than once"):
+        parse_section(ComplexityParams, {"complexity": {"architectures": ["portraitnet", "portraitnet"]}},
+                      "complexity")
+
+
+def test_main_writes_json_and_csv(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("complexity:\n  architectures: [extremec3net_stage1]\n  input_size: 64\n"
+                      "  latency_form: train\n  latency_runs: 2\n  warmup_runs: 0\n  threads: 1\n")
+    out_json, out_csv = tmp_path / "m" / "complexity.json", tmp_path / "m" / "complexity.csv"
+    code = main(["--params", str(params), "--metrics", str(out_json), "--table", str(out_csv), "--quiet"])
+    assert code == 0
+    metrics = json.loads(out_json.read_text())
+    assert set(metrics) == {"extremec3net_stage1"}
+    assert metrics["extremec3net_stage1"]["params"] == 33_178
+    assert metrics["extremec3net_stage1"]["latency_ms"] > 0
+    table = pd.read_csv(out_csv)
+    assert table.loc[0, "runs"] == 2 and table.loc[0, "input_size"] == 64
+
+
+def test_main_bad_params_exit_2(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("complexity:\n  latency_runs: 0\n")
+    assert main(["--params", str(params), "--metrics", str(tmp_path / "c.json")]) == 2
+    assert "latency_runs" in capsys.readouterr().err
+    assert not (tmp_path / "c.json").exists()
