@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import inspect
 import json
 import math
 import time
@@ -50,7 +51,10 @@ HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "train_loss", "val_miou", "l
 
 
 class LossParams(Section):
-    kind: Literal["lovasz", "ce"] = "lovasz"
+    # lovasz / ce: the ExtremeC3Net paper's loss (Table 3 ablation). paper: the loss the
+    # architecture's own paper trains it with (``paper_loss`` in its module: the seg-nets'
+    # squared L2, C-DLinkNet's refine + 0.5 x decoder losses); other networks fall back to lovasz.
+    kind: Literal["lovasz", "ce", "paper"] = "lovasz"
     boundary_weight: float = Field(0.5, ge=0)  # official code: 0.5 x the loss on the boundary band
     boundary_kernel: int = Field(7, ge=1)  # k x k square; odd
 
@@ -239,6 +243,17 @@ def _load_resumable(path: Path, plan: StagePlan, kwargs: dict, ctx: TrainContext
     return state
 
 
+def training_loss(model: torch.nn.Module, loss: LossParams):
+    """``f(model, images, masks) -> loss``: the configured loss, or the architecture's own."""
+    if loss.kind == "paper":
+        own = getattr(inspect.getmodule(type(model)), "paper_loss", None)
+        if own is not None:
+            return own
+    segmentation = SegmentationLoss("lovasz" if loss.kind == "paper" else loss.kind, loss.boundary_weight,
+                                    loss.boundary_kernel)
+    return lambda net, images, masks: segmentation(net(images), masks)
+
+
 def train_stage(plan: StagePlan, params: TrainParams, kwargs: dict, ctx: TrainContext, history: list[dict],
                 previous_weights: dict | None, global_offset: int) -> tuple[dict, list[dict]]:
     """Train (or resume, or skip if finished) one stage; returns (exported state, history)."""
@@ -248,7 +263,7 @@ def train_stage(plan: StagePlan, params: TrainParams, kwargs: dict, ctx: TrainCo
     torch.manual_seed(derived_seed(params.seed, plan.index, -1))  # same initial weights fresh or resumed
     model = build_model(plan.arch, **kwargs).to(ctx.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    loss_fn = SegmentationLoss(params.loss.kind, params.loss.boundary_weight, params.loss.boundary_kernel)
+    loss_fn = training_loss(model, params.loss)
     state = _load_resumable(last_path, plan, kwargs, ctx) if params.resume else None
     if state is not None:
         load_weights(model, state, last_path)
@@ -278,8 +293,7 @@ def train_stage(plan: StagePlan, params: TrainParams, kwargs: dict, ctx: TrainCo
         bar = tqdm(loader, desc=f"{plan.arch} epoch {epoch + 1}/{params.epochs}", unit="batch", leave=False,
                    disable=not ctx.progress)
         for batch in bar:
-            logits = model(batch["image"].to(ctx.device))
-            loss = loss_fn(logits, batch["mask"].to(ctx.device))
+            loss = loss_fn(model, batch["image"].to(ctx.device), batch["mask"].to(ctx.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

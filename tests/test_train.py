@@ -306,3 +306,26 @@ def test_a_few_steps_lower_the_loss_on_real_portraits():
         optimizer.step()
         losses.append(loss.item())
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+
+
+def test_paper_loss_kind_uses_the_architectures_own_loss():
+    import torch
+
+    from pipeline.models import build_model
+    from pipeline.models.segnets import squared_l2_mask_loss
+    from pipeline.train import LossParams, training_loss
+
+    torch.manual_seed(0)
+    segnet = build_model("simple_seg_net").eval()
+    images = torch.randn(2, 3, 48, 48)
+    masks = (torch.rand(2, 48, 48) > 0.5).float()
+    own = training_loss(segnet, LossParams(kind="paper"))(segnet, images, masks)
+    assert torch.isclose(own, squared_l2_mask_loss(segnet.forward_native(images), masks))
+    lovasz = training_loss(segnet, LossParams(kind="lovasz"))(segnet, images, masks)
+    assert not torch.isclose(own, lovasz)
+    # a network without a paper loss of its own falls back to the Lovasz loss
+    ext = build_model("extremec3net").eval()
+    x = torch.randn(1, 3, 64, 64)
+    m = (torch.rand(1, 64, 64) > 0.5).float()
+    assert torch.isclose(training_loss(ext, LossParams(kind="paper"))(ext, x, m),
+                         training_loss(ext, LossParams(kind="lovasz"))(ext, x, m))
