@@ -1,5 +1,9 @@
 """CPU latency of ExtremeC3Net vs PortraitNet, training form and deploy form, in one run.
 
+With ``--forms`` the deploy form exported to ONNX can be timed too, run by ONNX Runtime
+(``onnxruntime``) or OpenVINO (``openvino``) through ``pipeline.onnx_runtime`` (optional
+packages: onnx, onnxscript and the runtime's own).
+
 Every form of every network is called in turn (A, B, C, D, A, B, ...) on one batch-1
 input, so a change of load on the machine touches all of them alike; warm-up calls are
 discarded; median and minimum over the timed rounds are printed. Also printed:
@@ -13,6 +17,7 @@ discarded; median and minimum over the timed rounds are printed. Also printed:
 The numbers are noisy on a shared machine: compare ratios from one run.
 
     .venv/bin/python benchmarks/latency.py --runs 200 --threads 2
+    .venv/bin/python benchmarks/latency.py --runs 200 --forms train,deploy,onnxruntime,openvino
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pipeline.flops import count_flops  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 
 ARCHS = ("extremec3net", "portraitnet")
+FORMS = ("train", "deploy", "onnxruntime", "openvino")
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -52,11 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100, help="timed rounds, at least 100 for a report (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=10, help="discarded rounds before timing (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="intra-op threads of torch and of the ONNX runtimes (default: %(default)s)")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default: %(default)s)")
     parser.add_argument("--forms", default="train,deploy",
                         help="comma-separated forms to time: train (eval-mode network as trained), "
-                             "deploy (pipeline.deploy) (default: %(default)s)")
+                             "deploy (pipeline.deploy), onnxruntime / openvino (the deploy form exported to "
+                             "ONNX, pipeline.onnx_runtime) (default: %(default)s)")
     parser.add_argument("--no-jit", action="store_true", help="deploy form without TorchScript (eager, BN folded)")
     return parser.parse_args(argv)
 
@@ -65,8 +73,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     forms = [f.strip() for f in args.forms.split(",") if f.strip()]
-    if not forms or any(f not in ("train", "deploy") for f in forms):
-        print(f"--forms: expected train and/or deploy, got {args.forms!r}", file=sys.stderr)
+    if not forms or any(f not in FORMS for f in forms):
+        print(f"--forms: expected some of {', '.join(FORMS)}, got {args.forms!r}", file=sys.stderr)
         return 2
     size = (args.size, args.size)
     runners, flops = {}, {}
@@ -78,12 +86,16 @@ def main(argv=None) -> int:
             if form == "train":
                 runners[(arch, form)] = model
             else:
-                fn = deploy(model, size, jit=not args.no_jit)
+                if form == "deploy":
+                    fn = deploy(model, size, jit=not args.no_jit)
+                else:
+                    from pipeline.onnx_runtime import onnx_runner  # optional packages: imported only here
+                    fn = onnx_runner(model, size, runtime=form, threads=args.threads)
                 scale = 1.0
                 with torch.no_grad():
                     scale = float(model(torch.randn(1, 3, *size)).abs().max())
                 diff = max_abs_difference(model, fn, size)
-                print(f"{arch} deploy form: max |train - deploy| = {diff:.2e} (output scale {scale:.2e})")
+                print(f"{arch} {form} form: max |train - {form}| = {diff:.2e} (output scale {scale:.2e})")
                 runners[(arch, form)] = fn
 
     gflops_before = matmul_gflops()
@@ -103,11 +115,11 @@ def main(argv=None) -> int:
     print(f"\ntorch {torch.__version__}, {args.threads} thread(s), batch 1, {args.size}x{args.size}, "
           f"{args.runs} timed rounds after {args.warmup} warm-up, interleaved")
     print(f"2048x2048 float32 matmul: {gflops:.1f} GFLOP/s")
-    print(f"{'network':14s} {'form':7s} {'median ms':>10s} {'min ms':>8s} {'GFLOP':>7s} {'bound ms':>9s} {'of bound':>9s}")
+    print(f"{'network':14s} {'form':11s} {'median ms':>10s} {'min ms':>8s} {'GFLOP':>7s} {'bound ms':>9s} {'of bound':>9s}")
     for (arch, form), values in times.items():
         median = statistics.median(values)
         bound = flops[arch] / 1e9 / gflops * 1e3
-        print(f"{arch:14s} {form:7s} {median:10.2f} {min(values):8.2f} {flops[arch] / 1e9:7.3f} {bound:9.2f} "
+        print(f"{arch:14s} {form:11s} {median:10.2f} {min(values):8.2f} {flops[arch] / 1e9:7.3f} {bound:9.2f} "
               f"{bound / median:9.1%}")
     for form in forms:
         a, b = times[(ARCHS[0], form)], times[(ARCHS[1], form)]

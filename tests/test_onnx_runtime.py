@@ -1,0 +1,72 @@
+"""The ONNX export run by ONNX Runtime / OpenVINO computes what the PyTorch network computes."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.models import build_model
+
+
+def _missing(*modules: str) -> list[str]:
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def calibrated_extremec3net(size=(64, 64)) -> nn.Module:
+    """ExtremeC3Net with non-trivial BN statistics and PReLU slopes (so folding and PReLU are tested)."""
+    torch.manual_seed(0)
+    model = build_model("extremec3net")
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1.0
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+        if isinstance(m, nn.PReLU):
+            nn.init.uniform_(m.weight, 0.05, 0.5)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, *size))
+    return model.eval()
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_exported_extremec3net_matches_pytorch(runtime):
+    missing = _missing(runtime, "onnx", "onnxscript")
+    if missing:
+        pytest.skip(f"optional runtime packages not installed: {', '.join(missing)}")
+    from pipeline.onnx_runtime import onnx_runner
+
+    size = (64, 96)
+    model = calibrated_extremec3net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = onnx_runner(model, size, runtime=runtime, threads=1)
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x)
+    got = run(x)
+    assert isinstance(got, torch.Tensor) and got.shape == expected.shape == (1, 1, *size)
+    assert float((got - expected).abs().max()) < 1e-4 * max(1.0, float(expected.abs().max()))
+    # A second call gives the same result (no buffer aliasing) and the model is left untouched.
+    assert torch.equal(run(x), got)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_unknown_runtime_is_refused():
+    from pipeline.onnx_runtime import onnx_runner
+
+    with pytest.raises(ValueError, match="unknown runtime"):
+        onnx_runner(build_model("extremec3net").eval(), (32, 32), runtime="tensorrt")
+
+
+def test_complexity_runtime_param_defaults_to_torch_and_needs_the_deploy_form():
+    from pydantic import ValidationError
+
+    from pipeline.complexity import ComplexityParams
+
+    assert ComplexityParams().latency_runtime == "torch"
+    assert ComplexityParams(latency_runtime="openvino").latency_form == "deploy"
+    with pytest.raises(ValidationError, match="latency_form: deploy"):
+        ComplexityParams(latency_runtime="onnxruntime", latency_form="train")
