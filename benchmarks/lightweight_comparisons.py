@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from pipeline.flops import count_flops
+from pipeline.complexity import interleaved_latencies
 from pipeline.models.registry import build_model, count_parameters, get_spec
 
 NETWORKS = ["enet", "espnet", "ds_espnet", "ds_espnet_0.5", "espnetv2_2.0", "espnetv2_1.5", "contextnet12",
@@ -26,14 +26,8 @@ NETWORKS = ["enet", "espnet", "ds_espnet", "ds_espnet_0.5", "espnetv2_2.0", "esp
 
 
 def latency_ms(model: torch.nn.Module, size: int, runs: int, warmup: int) -> tuple[float, float]:
-    x = torch.randn(1, 3, size, size)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
+    """(median, min) milliseconds per batch-1 forward, timed as the complexity stage times."""
+    times = interleaved_latencies({"model": model}, size, runs, warmup, progress=False)["model"]
     return statistics.median(times), min(times)
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from pipeline.complexity import interleaved_latencies
 from pipeline.models.registry import build_model, count_parameters, get_spec
 
 # name -> (builder kwargs for the parameter count, label of the paper's figure)
@@ -31,15 +31,9 @@ NETWORKS = {
 
 
 def time_forward(model: torch.nn.Module, size: int, runs: int, warmup: int) -> tuple[float, float]:
-    x = torch.randn(1, 3, size, size)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + runs):
-            start = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    """(median, min) seconds per batch-1 forward, timed as the complexity stage times."""
+    times = interleaved_latencies({"model": model}, size, runs, warmup, progress=False)["model"]
+    return statistics.median(times) / 1000, min(times) / 1000
 
 
 def main(argv: list[str] | None = None) -> None:

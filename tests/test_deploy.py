@@ -8,23 +8,7 @@ from torch import nn
 
 from pipeline.deploy import deploy, fold_batchnorms, fold_bn_into_conv, max_abs_difference
 from pipeline.models import build_model
-
-
-def calibrated(name: str, size=(64, 64), seed: int = 0) -> nn.Module:
-    """A network with non-trivial BN statistics and affine terms, so folding is really tested."""
-    torch.manual_seed(seed)
-    model = build_model(name)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 1.0
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.2, 0.2)
-        if isinstance(m, nn.PReLU):
-            nn.init.uniform_(m.weight, 0.05, 0.5)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, *size))  # running stats := batch stats
-    return model.eval()
+from model_helpers import calibrated
 
 
 def test_fold_bn_into_conv_is_exact():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import adam_losses, bright_rectangle_batch
 
 from pipeline.models.cdlinknet import ASPP_RATES, CDLinkNet, cdlinknet_loss
 from pipeline.models.registry import build_model, count_parameters
@@ -82,18 +83,8 @@ def test_loss_is_refined_plus_half_the_decoder_losses():
 def test_a_few_adam_steps_lower_the_loss():
     torch.manual_seed(0)
     model = build_model("c_dlinknet", num_classes=2, width=0.125)
-    image = torch.randn(2, 3, 96, 96)
-    target = torch.zeros(2, 96, 96, dtype=torch.long)
-    target[:, 24:72, 32:64] = 1
-    image[:, :, 24:72, 32:64] += 1.5
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = cdlinknet_loss(*model.forward_with_aux(image), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    image, target = bright_rectangle_batch(96, (24, 72, 32, 64))
+    losses = adam_losses(model, lambda m: cdlinknet_loss(*m.forward_with_aux(image), target), steps=8, lr=1e-3)
     assert losses[-1] < 0.8 * losses[0], losses
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import adam_losses, bright_rectangle_batch
 from torch import nn
 
 from pipeline.models.deconvnet import DeconvNet
@@ -68,18 +69,8 @@ def test_too_small_input_and_single_image_training_batch_are_refused():
 def test_a_few_adam_steps_lower_the_loss():
     torch.manual_seed(0)
     model = build_model("deconvnet", num_classes=2, width=0.0625)
-    image = torch.randn(2, 3, 224, 224)
-    target = torch.zeros(2, 224, 224, dtype=torch.long)
-    target[:, 56:168, 72:152] = 1
-    image[:, :, 56:168, 72:152] += 1.5
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(6):
-        loss = F.cross_entropy(model(image), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    image, target = bright_rectangle_batch(224, (56, 168, 72, 152))
+    losses = adam_losses(model, lambda m: F.cross_entropy(m(image), target), steps=6, lr=1e-2)
     assert losses[-1] < 0.85 * losses[0], losses
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import adam_losses, bright_rectangle_batch
 
 from pipeline.models.dilated_fcn import OFFICIAL_SKIP_SCALES, DilatedFCN2s
 from pipeline.models.registry import build_model, count_parameters
@@ -66,18 +67,8 @@ def test_shallowest_skip_is_summed_into_the_output():
 def test_a_few_adam_steps_lower_the_loss(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=2, width=0.0625, dropout=0.0)
-    image = torch.randn(2, 3, 96, 96)
-    target = torch.zeros(2, 96, 96, dtype=torch.long)
-    target[:, 24:72, 32:64] = 1
-    image[:, :, 24:72, 32:64] += 1.5
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(8):
-        loss = F.cross_entropy(model(image), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    image, target = bright_rectangle_batch(96, (24, 72, 32, 64))
+    losses = adam_losses(model, lambda m: F.cross_entropy(m(image), target), steps=8, lr=1e-3)
     assert losses[-1] < 0.85 * losses[0], losses
 
 

@@ -6,30 +6,13 @@ import importlib.util
 
 import pytest
 import torch
-from torch import nn
+from model_helpers import calibrated
 
 from pipeline.models import build_model
 
 
 def _missing(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
-
-
-def calibrated_extremec3net(size=(64, 64)) -> nn.Module:
-    """ExtremeC3Net with non-trivial BN statistics and PReLU slopes (so folding and PReLU are tested)."""
-    torch.manual_seed(0)
-    model = build_model("extremec3net")
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 1.0
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.2, 0.2)
-        if isinstance(m, nn.PReLU):
-            nn.init.uniform_(m.weight, 0.05, 0.5)
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(2, 3, *size))
-    return model.eval()
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -40,7 +23,7 @@ def test_exported_extremec3net_matches_pytorch(runtime):
     from pipeline.onnx_runtime import onnx_runner
 
     size = (64, 96)
-    model = calibrated_extremec3net()
+    model = calibrated("extremec3net")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run = onnx_runner(model, size, runtime=runtime, threads=1)
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
