@@ -14,7 +14,6 @@ regenerated after review has not been reviewed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from typing import Callable
 import pandas as pd
 
 from pipeline.atomic import atomic_dir, write_csv, write_json
+from pipeline.hashing import sha256_file
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, read_manifest
 from pipeline.params import Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
@@ -43,14 +43,6 @@ class AssembleParams(Section):
     generated_data: bool = True  # the paper's ablation: False = base source only
     include_crops: bool = True
     include_pseudo: bool = True
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def rebase_paths(frame: pd.DataFrame, source_root: str | os.PathLike, output_root: str | os.PathLike) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_json
+from pipeline.hashing import sha256_file
 from pipeline.params import Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
@@ -77,14 +78,6 @@ class UnsafeArchiveError(StageError):
 
 
 # ---------------------------------------------------------------- hashing
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def tree_files(root: Path) -> list[Path]:
     """Regular files under ``root`` in a stable order (symlinks and special files refused)."""

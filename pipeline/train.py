@@ -43,6 +43,7 @@ from pipeline.atomic import write_csv, write_json
 from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from pipeline.data import ManifestDataset, eval_transform, train_transform
 from pipeline.evaluate import resolve_device
+from pipeline.hashing import sha256_file
 from pipeline.losses import SegmentationLoss
 from pipeline.params import Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
@@ -374,10 +375,6 @@ def _finite_or_none(value):
     return round(value, 4) if math.isfinite(value) else None
 
 
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _body(args: argparse.Namespace) -> int:
     from pipeline.manifest import MANIFEST_NAME, read_manifest
     from pipeline.models import available_models
@@ -395,7 +392,7 @@ def _body(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise StageError(str(exc)) from None
     train_rows, val_rows = split_train_val(frame, params)
-    digest = _sha256_file(Path(params.train_set) / MANIFEST_NAME)
+    digest = sha256_file(Path(params.train_set) / MANIFEST_NAME)
     for arch in archs:
         train_data = SeededAugmentDataset(params.train_set, train_rows, transform=train_transform(params.input_size),
                                           seed=params.seed)

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from pipeline.hashing import sha256_file
 from pipeline.review import journal as jr
-from pipeline.review.pool import PoolItem, current_hashes, queue_order, sha256_file
+from pipeline.review.pool import PoolItem, current_hashes, queue_order
 
 MASK_FIELD = "pseudo_mask"
 QUEUE_VIEW = "queue"

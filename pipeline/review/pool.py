@@ -8,7 +8,6 @@ checks), not a value copied from a table that could be out of date.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
+from pipeline.hashing import sha256_file
 from pipeline.manifest import read_manifest
 from pipeline.stage import StageError
 
@@ -35,14 +35,6 @@ class PoolItem:
     origin: str = ""
     notes: str = ""
     components: dict = field(default_factory=dict)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_pool(pseudo_dir: str | os.PathLike) -> tuple[list[PoolItem], list[str]]:
