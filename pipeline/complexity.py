@@ -16,7 +16,9 @@ For each architecture in ``complexity.architectures``:
   machine touches all of them alike. ``latency_runtime`` (default ``torch``) may instead
   run the deploy form exported to ONNX in ``onnxruntime`` or ``openvino``
   (``pipeline.onnx_runtime``; optional packages, imported only then; needs
-  ``latency_form: deploy``).
+  ``latency_form: deploy``), or ``native``: ExtremeC3Net on its fused C kernels
+  (``pipeline.native``, compiled on first use) and every other architecture in the torch
+  deploy form. The CSV records the runtime each architecture actually ran in.
 
 Writes ``metrics/complexity.json`` (``{"<arch>": {"params", "flops_all_ops",
 "flops_espnetv2", "latency_ms"}}``, read by ``compare``) and ``metrics/complexity.csv``
@@ -52,7 +54,7 @@ class ComplexityParams(Section):
                                      min_length=1)
     input_size: int = Field(224, ge=32, le=2048)
     latency_form: Literal["deploy", "train"] = "deploy"
-    latency_runtime: Literal["torch", "onnxruntime", "openvino"] = "torch"
+    latency_runtime: Literal["torch", "onnxruntime", "openvino", "native"] = "torch"
     latency_runs: int = Field(100, ge=1)
     warmup_runs: int = Field(10, ge=0)
     threads: int = Field(2, ge=1)
@@ -67,7 +69,7 @@ class ComplexityParams(Section):
     @model_validator(mode="after")
     def _runtime_needs_deploy_form(self) -> "ComplexityParams":
         if self.latency_runtime != "torch" and self.latency_form != "deploy":
-            raise ValueError(f"latency_runtime: {self.latency_runtime} runs the deploy form exported to ONNX; "
+            raise ValueError(f"latency_runtime: {self.latency_runtime} runs an inference-only form; "
                              f"set latency_form: deploy (got {self.latency_form})")
         return self
 
@@ -101,17 +103,27 @@ def interleaved_latencies(runners: dict[str, Callable[[torch.Tensor], object]], 
 
 
 def make_runner(name: str, form: str, input_size: int, runtime: str = "torch",
-                threads: int = 2) -> Callable[[torch.Tensor], object]:
+                threads: int = 2) -> tuple[Callable[[torch.Tensor], object], str]:
+    """A callable timing ``name`` in ``form``/``runtime``, and the runtime it really uses
+    (``native`` falls back to ``torch`` for architectures without fused kernels)."""
     model = build_model(name).eval()
+    if runtime == "native":
+        from pipeline.native import NativeBuildError, NativeExtremeC3Net
+        if not isinstance(model, NativeExtremeC3Net.supported):
+            return deploy(model, (input_size, input_size)), "torch"
+        try:
+            return NativeExtremeC3Net(model, threads=threads), "native"
+        except NativeBuildError as err:
+            raise StageError(f"complexity.latency_runtime: native: {err}") from err
     if runtime != "torch":
         from pipeline.onnx_runtime import onnx_runner  # optional packages: imported only here
         try:
-            return onnx_runner(model, (input_size, input_size), runtime=runtime, threads=threads)
+            return onnx_runner(model, (input_size, input_size), runtime=runtime, threads=threads), runtime
         except (ImportError, RuntimeError) as err:
             raise StageError(f"complexity.latency_runtime: {runtime}: {err}") from err
     if form == "train":
-        return model
-    return deploy(model, (input_size, input_size))
+        return model, "torch"
+    return deploy(model, (input_size, input_size)), "torch"
 
 
 def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) -> tuple[dict, pd.DataFrame]:
@@ -121,13 +133,16 @@ def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) ->
     if unknown:
         raise StageError(f"complexity.architectures: unknown architecture(s) {unknown}; known: {known}")
     static = {name: static_complexity(name, params.input_size) for name in params.architectures}
+    runtimes = {name: params.latency_runtime for name in params.architectures}
     if latency_fn is None:
         def latency_fn(names: Sequence[str]) -> dict[str, list[float]]:
             threads = torch.get_num_threads()
             torch.set_num_threads(params.threads)
             try:
-                runners = {n: make_runner(n, params.latency_form, params.input_size, params.latency_runtime,
-                                          params.threads) for n in names}
+                runners = {}
+                for n in names:
+                    runners[n], runtimes[n] = make_runner(n, params.latency_form, params.input_size,
+                                                          params.latency_runtime, params.threads)
                 return interleaved_latencies(runners, params.input_size, params.latency_runs, params.warmup_runs,
                                              progress)
             finally:
@@ -138,7 +153,7 @@ def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) ->
         median = float(statistics.median(times[name]))
         metrics[name] = {**static[name], "latency_ms": median}
         rows.append({"architecture": name, **metrics[name], "latency_min_ms": float(min(times[name])),
-                     "latency_form": params.latency_form, "latency_runtime": params.latency_runtime,
+                     "latency_form": params.latency_form, "latency_runtime": runtimes[name],
                      "threads": params.threads,
                      "input_size": params.input_size, "runs": len(times[name])})
     return metrics, pd.DataFrame(rows)

@@ -22,6 +22,11 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# The native kernels (pipeline.native) compile once per session into a throw-away cache.
+if "PORTRAIT_CURATION_NATIVE_CACHE" not in os.environ:
+    _native_dir = tempfile.mkdtemp(prefix="pc-tests-native-")
+    os.environ["PORTRAIT_CURATION_NATIVE_CACHE"] = _native_dir
+    atexit.register(shutil.rmtree, _native_dir, ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
