@@ -20,6 +20,9 @@ removes what can be removed without changing what the network computes:
 
 The result is an inference-only callable (no training, fixed to eval-mode statistics).
 It is checked against the training form in eval mode (``max_abs_difference``).
+
+These rewrites leave ExtremeC3Net's operator count, and so its speed, mostly where it was;
+``pipeline.native`` runs it on fused C kernels instead.
 """
 
 from __future__ import annotations
