@@ -263,6 +263,7 @@ def test_weights_are_a_snapshot_taken_at_construction():
     torch.manual_seed(0)
     model = build_model("extremec3net").eval()
     native = NativeExtremeC3Net(model)
+    assert native.eval() is native  # stands in where code calls model.eval()
     x = torch.randn(1, 3, 32, 32)
     before = native(x)
     with torch.no_grad():

@@ -181,6 +181,10 @@ class NativeExtremeC3Net:
                                    torch.zeros(arena_size, dtype=torch.float32))
         return self._programs[key]
 
+    def eval(self) -> "NativeExtremeC3Net":
+        """No-op: it is inference-only already (lets it stand in where code calls model.eval())."""
+        return self
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected a (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
