@@ -99,7 +99,8 @@ def test_conv_residual_is_added_before_the_affine():
 
 @pytest.mark.parametrize("kernel,dilation,size", [((3, 1), (1, 1), (56, 56)), ((1, 15), (1, 1), (56, 56)),
                                                   ((3, 3), (8, 8), (56, 56)), ((3, 3), (2, 2), (5, 70)),
-                                                  ((7, 1), (1, 1), (3, 3)), ((3, 3), (1, 1), (112, 112))])
+                                                  ((7, 1), (1, 1), (3, 3)), ((3, 3), (1, 1), (112, 112)),
+                                                  ((3, 3), (20, 20), (50, 61)), ((1, 41), (1, 1), (9, 30))])
 def test_depthwise_conv_matches_torch(kernel, dilation, size):
     c = 4
     x = torch.randn(c, *size)
@@ -112,7 +113,7 @@ def test_depthwise_conv_matches_torch(kernel, dilation, size):
     assert torch.allclose(execute(b, x, (c, *size)), ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("k,size", [(3, (56, 56)), (15, (56, 56)), (7, (9, 100)), (5, (1, 2))])
+@pytest.mark.parametrize("k,size", [(3, (56, 56)), (15, (56, 56)), (7, (9, 100)), (5, (1, 2)), (41, (30, 20))])
 def test_depthwise_second_stage_is_the_row_conv_after_the_column_conv(k, size):
     c = 3
     x = torch.randn(c, *size)

@@ -122,5 +122,7 @@ def run_program(program: np.ndarray, weights: torch.Tensor, arena: torch.Tensor,
     program = np.ascontiguousarray(program)
     status = load_library().c3_run(program.ctypes.data, len(program), weights.data_ptr(), arena.data_ptr(),
                                    input_ptr, output_ptr, threads, None if seconds is None else seconds.ctypes.data)
+    if status < 0:
+        raise MemoryError("the native kernels could not allocate their per-thread scratch")
     if status:
         raise ValueError(f"op record {status - 1} has an unknown op code")

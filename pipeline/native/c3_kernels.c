@@ -13,8 +13,8 @@
  *     cannot be folded) and PReLU while the tile is in registers; a second output can
  *     receive the result through a further affine+PReLU (a BN over a concatenation that
  *     also needs the raw tensor);
- *   - depth-wise convolutions of any kernel shape and dilation run row by row, 16 lanes
- *     at a time over zero-padded rows;
+ *   - depth-wise convolutions of any kernel shape and dilation run a channel plane at a
+ *     time over a zero-padded copy, every tap one contiguous shifted run (dw_item);
  *   - bilinear upsampling (align_corners=True), 2x2 average pooling (ceil mode) and
  *     per-channel affine+PReLU copies complete the set.
  *
@@ -24,6 +24,7 @@
  * kernels read whole 16- or 64-lane runs and discard the lanes past the end.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef _OPENMP
@@ -230,115 +231,112 @@ static void conv_item(const op_t *op, int64_t item)
     }
 }
 
-#define DW_ROWS 8 /* output rows per depth-wise work item */
+/* Depth-wise convolution of one channel plane, flattened. The plane is copied once into a
+ * zero-padded buffer whose rows are W + pw apart (the zeros between two rows serve as the
+ * right padding of one and the left padding of the next, ph zero rows above and below), so
+ * every tap (ky, kx) is the same contiguous run shifted by ky*dh*stride + kx*dw - pw: the
+ * whole plane is one loop of 128-float blocks with all taps summed in registers, no per-row
+ * work. The (stride - W) padding columns computed along the way are dropped when storing.
+ * With a second stage (a C3 block's 1 x k2 conv after its k x 1 one) the first stage's
+ * rows go through its epilogue into a second padded plane and the row conv runs on that,
+ * so the intermediate tensor is never stored. */
+#define FLAT_BLOCK 128 /* floats per block of taps_flat: eight 16-lane accumulators */
 
-/* Depth-wise conv item: DW_ROWS output rows of one channel, two rows at a time, 64 pixels
- * at a time: eight independent accumulators hide the FMA latency of the tap chain. With a
- * second stage (a C3 block's 1 x (2d-1) conv after its (2d-1) x 1 one), each finished row
- * goes through it before it is stored, so the intermediate tensor never exists. When
- * pw > 0 every input row the block reads is first copied once, zero-padded left and right,
- * into a local buffer, so every tap is a plain 16-lane load; copying them all before any
- * tap reads them also keeps loads from waiting on the stores that just wrote them. */
-static void dw_item(const op_t *op, int64_t item)
+static size_t padded_plane_floats(int h, int w, int ph, int pw)
 {
-    const int blocks = (op->h + DW_ROWS - 1) / DW_ROWS;
-    const int c = (int)(item / blocks), first = (int)(item % blocks) * DW_ROWS;
-    const int last = first + DW_ROWS < op->h ? first + DW_ROWS : op->h;
-    const int w = op->w, kw = op->kw, dw = op->dw, kh = op->kh, pw = op->pw;
-    const int chunks = (w + 15) / 16, span = (chunks + 3) / 4 * 64; /* lanes computed, >= w */
-    const int padded = pw > 0 ? (span + 2 * pw + 15) / 16 * 16 : 16;
-    const float *wc = op->weight + (int64_t)c * kh * kw;
-    const float *plane = op->in + (int64_t)c * op->h * w;
-    /* input rows [top, bottom) feed this block */
-    int top = first - op->ph, bottom = last - 1 - op->ph + (kh - 1) * op->dh + 1;
-    if (top < 0) top = 0;
-    if (bottom > op->h) bottom = op->h;
-    float local[pw > 0 && bottom > top ? bottom - top : 1][padded] __attribute__((aligned(64)));
+    const size_t stride = (size_t)w + pw;
+    return (size_t)pw + (h + 2 * ph) * stride + 2 * FLAT_BLOCK + pw + 16; /* + room for whole-block reads */
+}
+
+static size_t dw_scratch_floats(const op_t *op)
+{
+    const size_t plane = (size_t)op->h * (op->w + op->pw) + FLAT_BLOCK;
+    size_t need = padded_plane_floats(op->h, op->w, op->ph, op->pw) + plane;
+    if (op->weight2) need += padded_plane_floats(op->h, op->w, 0, op->p2) + (size_t)op->h * (op->w + op->p2) + FLAT_BLOCK;
+    return need + 64;
+}
+
+/* Zero-padded copy of a plane: padded row r is source row r - ph (rows src_stride apart), or
+ * zeros; pw zeros follow each row. Rows are written in order with whole vectors, each
+ * spilling into the next row's start before that row is written (the source may be
+ * over-read the same way: arena tensors have slack). Returns padded row 0, column 0. */
+static float *pad_plane(float *dst, const float *src, int h, int w, int src_stride, int ph, int pw)
+{
+    const int stride = w + pw, rows = h + 2 * ph;
     const v16 zero = {0};
-    if (pw > 0)
-        for (int iy = top; iy < bottom; iy++) {
-            float *p = local[iy - top];
-            const float *src = plane + (int64_t)iy * w;
-            for (int x = 0; x < pw; x += 16) store16(p + x, zero);
-            for (int x = 0; x < w; x += 16) store16(p + pw + x, load16(src + x)); /* over-reads stay in the arena */
-            for (int x = pw + w; x < padded; x += 16) store16(p + x, zero);
+    for (int x = 0; x < pw; x += 16) store16(dst + x, zero);
+    float *base = dst + pw;
+    for (int r = 0; r < rows; r++) {
+        float *row = base + (int64_t)r * stride;
+        const int y = r - ph;
+        if (y < 0 || y >= h) {
+            for (int x = 0; x < stride; x += 16) store16(row + x, zero);
+            continue;
         }
-    const float *rows[2][kh];
-    /* second stage: each finished first-stage row, zero-padded by p2 on both sides */
-    const int staged = op->weight2 ? (span + 2 * op->p2 + 15) / 16 * 16 + 16 : 16;
-    float stage[2][staged] __attribute__((aligned(64)));
-    if (op->weight2)
-        for (int r = 0; r < 2; r++)
-            for (int x = 0; x < staged; x += 16) store16(stage[r] + x, zero);
-    for (int oy = first; oy < last; oy += 2) {
-        const int two = oy + 1 < last;
-        int lo[2], hi[2];
-        for (int r = 0; r <= two; r++) {
-            int a = 0, b = kh;
-            while (a < b && oy + r - op->ph + a * op->dh < 0) a++;
-            while (b > a && oy + r - op->ph + (b - 1) * op->dh >= op->h) b--;
-            lo[r] = a; hi[r] = b;
-            for (int ky = a; ky < b; ky++) {
-                const int iy = oy + r - op->ph + ky * op->dh;
-                rows[r][ky] = pw > 0 ? local[iy - top] : plane + (int64_t)iy * w;
-            }
-        }
-        /* the two rows share the tap loop when both have the same taps (away from the border) */
-        const int paired = two && lo[0] == lo[1] && hi[0] == hi[1];
-        const int64_t at = ((int64_t)c * op->h + oy) * w;
-        for (int x0 = 0; x0 < w; x0 += 64) {
-            v16 a0 = zero, a1 = zero, a2 = zero, a3 = zero, b0 = zero, b1 = zero, b2 = zero, b3 = zero;
-            if (paired) {
-                for (int ky = lo[0]; ky < hi[0]; ky++)
-                    for (int kx = 0; kx < kw; kx++) {
-                        const float wv = wc[ky * kw + kx];
-                        const float *p = rows[0][ky] + x0 + kx * dw, *q = rows[1][ky] + x0 + kx * dw;
-                        a0 += wv * load16(p); a1 += wv * load16(p + 16); a2 += wv * load16(p + 32); a3 += wv * load16(p + 48);
-                        b0 += wv * load16(q); b1 += wv * load16(q + 16); b2 += wv * load16(q + 32); b3 += wv * load16(q + 48);
-                    }
-            } else {
-                for (int ky = lo[0]; ky < hi[0]; ky++)
-                    for (int kx = 0; kx < kw; kx++) {
-                        const float wv = wc[ky * kw + kx];
-                        const float *p = rows[0][ky] + x0 + kx * dw;
-                        a0 += wv * load16(p); a1 += wv * load16(p + 16); a2 += wv * load16(p + 32); a3 += wv * load16(p + 48);
-                    }
-                for (int ky = lo[1]; two && ky < hi[1]; ky++)
-                    for (int kx = 0; kx < kw; kx++) {
-                        const float wv = wc[ky * kw + kx];
-                        const float *q = rows[1][ky] + x0 + kx * dw;
-                        b0 += wv * load16(q); b1 += wv * load16(q + 16); b2 += wv * load16(q + 32); b3 += wv * load16(q + 48);
-                    }
-            }
-            const v16 sums[2][4] = {{a0, a1, a2, a3}, {b0, b1, b2, b3}};
-            for (int r = 0; r <= two; r++)
-                for (int q = 0; q < 4 && x0 + 16 * q < w; q++) {
-                    const int x = x0 + 16 * q, lanes = w - x < 16 ? w - x : 16;
-                    const int64_t o = at + (int64_t)r * w + x;
-                    if (op->weight2) /* into the second stage's zero-padded row */
-                        finish16(sums[r][q], c, &op->e1, NULL, stage[r] + op->p2 + x, NULL, lanes);
-                    else
-                        finish16(sums[r][q], c, &op->e, NULL, op->out + o, op->out2 ? op->out2 + o : NULL, lanes);
-                }
-        }
-        for (int r = 0; op->weight2 && r <= two; r++) {
-            const float *w2 = op->weight2 + (int64_t)c * op->k2;
-            for (int x0 = 0; x0 < w; x0 += 64) {
-                v16 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
-                for (int kx = 0; kx < op->k2; kx++) {
-                    const float wv = w2[kx];
-                    const float *p = stage[r] + x0 + kx;
-                    a0 += wv * load16(p); a1 += wv * load16(p + 16); a2 += wv * load16(p + 32); a3 += wv * load16(p + 48);
-                }
-                const v16 sums[4] = {a0, a1, a2, a3};
-                for (int q = 0; q < 4 && x0 + 16 * q < w; q++) {
-                    const int x = x0 + 16 * q, lanes = w - x < 16 ? w - x : 16;
-                    const int64_t o = at + (int64_t)r * w + x;
-                    finish16(sums[q], c, &op->e, NULL, op->out + o, op->out2 ? op->out2 + o : NULL, lanes);
-                }
-            }
-        }
+        const float *from = src + (int64_t)y * src_stride;
+        for (int x = 0; x < w; x += 16) store16(row + x, load16(from + x));
+        for (int x = w; x < stride; x += 16) store16(row + x, zero);
     }
+    for (int x = 0; x < 2 * FLAT_BLOCK + 16; x += 16) store16(base + (int64_t)rows * stride + x, zero);
+    return base;
+}
+
+/* acc[q] = sum_t weight[t] * base[q + offset[t]] for q < n (rounded up to FLAT_BLOCK): eight
+ * independent accumulators, enough to keep both FMA units busy despite their latency. */
+static void taps_flat(const float *base, int n, const float *weight, const int *offset, int taps, float *acc)
+{
+    const v16 zero = {0};
+    for (int q = 0; q < n; q += FLAT_BLOCK) {
+        v16 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
+        for (int t = 0; t < taps; t++) {
+            const float wv = weight[t];
+            const float *p = base + q + offset[t];
+            a0 += wv * load16(p); a1 += wv * load16(p + 16); a2 += wv * load16(p + 32); a3 += wv * load16(p + 48);
+            a4 += wv * load16(p + 64); a5 += wv * load16(p + 80); a6 += wv * load16(p + 96); a7 += wv * load16(p + 112);
+        }
+        store16(acc + q, a0); store16(acc + q + 16, a1); store16(acc + q + 32, a2); store16(acc + q + 48, a3);
+        store16(acc + q + 64, a4); store16(acc + q + 80, a5); store16(acc + q + 96, a6); store16(acc + q + 112, a7);
+    }
+}
+
+static void dw_item(const op_t *op, int64_t item, float *scratch)
+{
+    const int c = (int)item, h = op->h, w = op->w, kh = op->kh, kw = op->kw;
+    const int stride = w + op->pw;
+    const int64_t plane = (int64_t)h * w;
+    float *padded = scratch;
+    float *acc = padded + padded_plane_floats(h, w, op->ph, op->pw);
+    const float *base = pad_plane(padded, op->in + c * plane, h, w, w, op->ph, op->pw);
+    int offset[kh * kw];
+    for (int ky = 0, t = 0; ky < kh; ky++)
+        for (int kx = 0; kx < kw; kx++, t++) offset[t] = ky * op->dh * stride + kx * op->dw - op->pw;
+    taps_flat(base, h * stride, op->weight + (int64_t)c * kh * kw, offset, kh * kw, acc);
+    float *out = op->out + c * plane, *out2 = op->out2 ? op->out2 + c * plane : NULL;
+    if (!op->weight2) {
+        for (int y = 0; y < h; y++)
+            finish_row(acc + (int64_t)y * stride, w, c, &op->e, NULL, out + (int64_t)y * w,
+                       out2 ? out2 + (int64_t)y * w : NULL);
+        return;
+    }
+    /* second stage: first-stage epilogue into a padded plane (rows w + p2 apart), then 1 x k2 */
+    const int stride2 = w + op->p2;
+    float *padded2 = acc + (int64_t)h * stride + FLAT_BLOCK;
+    float *acc2 = padded2 + padded_plane_floats(h, w, 0, op->p2);
+    const v16 zero = {0};
+    for (int x = 0; x < op->p2; x += 16) store16(padded2 + x, zero);
+    float *base2 = padded2 + op->p2;
+    for (int y = 0; y < h; y++) { /* in order: each row's zeros spill into the next row's start */
+        float *row = base2 + (int64_t)y * stride2;
+        finish_row(acc + (int64_t)y * stride, w, c, &op->e1, NULL, row, NULL);
+        for (int x = w; x < stride2; x += 16) store16(row + x, zero);
+    }
+    for (int x = 0; x < 2 * FLAT_BLOCK + 16; x += 16) store16(base2 + (int64_t)h * stride2 + x, zero);
+    int offset2[op->k2];
+    for (int kx = 0; kx < op->k2; kx++) offset2[kx] = kx - op->p2;
+    taps_flat(base2, h * stride2, op->weight2 + (int64_t)c * op->k2, offset2, op->k2, acc2);
+    for (int y = 0; y < h; y++)
+        finish_row(acc2 + (int64_t)y * stride2, w, c, &op->e, NULL, out + (int64_t)y * w,
+                   out2 ? out2 + (int64_t)y * w : NULL);
 }
 
 /* Bilinear upsampling item (align_corners=True): one output row of one channel, + in2, epilogue.
@@ -354,15 +352,26 @@ static void upsample_item(const op_t *op, int64_t item)
     const int y1 = y0 + 1 < h ? y0 + 1 : h - 1;
     const float fy = src_y - (float)y0;
     const float *r0 = op->in + ((int64_t)c * h + y0) * w, *r1 = op->in + ((int64_t)c * h + y1) * w;
-    /* column table from the weights: left source column (int32 bits) then weight, per output column */
-    const alias_i32 *left = (const alias_i32 *)op->weight;
-    const float *frac = op->weight + wo;
-    float blend[w + 1], row[wo + 16];
+    /* column table from the weights, per block of 16 output columns: the block's first source
+     * column, each lane's source column relative to it, each lane's weight (upsample_columns) */
+    const int blocks = (wo + 15) / 16;
+    const alias_i32 *first = (const alias_i32 *)op->weight;
+    const float *lane_index = op->weight + blocks, *lane_weight = op->weight + blocks + 16 * blocks;
+    float blend[w + 48], row[wo + 16];
     for (int x = 0; x < w; x++) blend[x] = r0[x] + fy * (r1[x] - r0[x]);
-    blend[w] = blend[w - 1]; /* the last column's right neighbour (its weight is 0) */
-    for (int x = 0; x < wo; x++) {
-        const float a = blend[left[x]], b = blend[left[x] + 1];
-        row[x] = a + frac[x] * (b - a);
+    for (int x = w; x < w + 48; x++) blend[x] = blend[w - 1]; /* right neighbours of the last column */
+    for (int k = 0; k < blocks; k++) {
+        i16v idx;
+        memcpy(&idx, lane_index + 16 * k, sizeof idx);
+        const v16 f = load16(lane_weight + 16 * k);
+        const float *src = blend + first[k];
+        if (idx[15] < 31) { /* upsampling: 16 outputs read at most 32 consecutive inputs */
+            const v16 a = load16(src), b = load16(src + 16);
+            const v16 lo = __builtin_shuffle(a, b, idx), hi = __builtin_shuffle(a, b, idx + 1);
+            store16(row + 16 * k, lo + f * (hi - lo));
+        } else {
+            for (int i = 0; i < 16; i++) row[16 * k + i] = src[idx[i]] + f[i] * (src[idx[i] + 1] - src[idx[i]]);
+        }
     }
     const int64_t at = ((int64_t)c * op->ho + oy) * wo;
     finish_row(row, wo, c, &op->e, op->in2 ? op->in2 + at : NULL, op->out + at, op->out2 ? op->out2 + at : NULL);
@@ -431,7 +440,7 @@ static op_t decode(const int64_t *r, float *const *bases)
         op.pointwise = op.kh == 1 && op.kw == 1 && op.s == 1 && op.ph == 0 && op.pw == 0;
         op.items = op.pointwise ? ((int64_t)op.ho * op.wo + TILE_N - 1) / TILE_N : op.ho;
         break;
-    case OP_DWCONV: op.items = (int64_t)op.cin * ((op.h + DW_ROWS - 1) / DW_ROWS); break;
+    case OP_DWCONV: op.items = op.cin; break;
     case OP_AFFINE: op.items = (int64_t)op.cin * op.h; break;
     case OP_UPSAMPLE: case OP_AVGPOOL2: op.items = (int64_t)op.cin * op.ho; break;
     default: op.items = -1;
@@ -439,11 +448,11 @@ static op_t decode(const int64_t *r, float *const *bases)
     return op;
 }
 
-static void run_item(const op_t *op, int64_t item)
+static void run_item(const op_t *op, int64_t item, float *scratch)
 {
     switch (op->kind) {
     case OP_CONV: conv_item(op, item); break;
-    case OP_DWCONV: dw_item(op, item); break;
+    case OP_DWCONV: dw_item(op, item, scratch); break;
     case OP_UPSAMPLE: upsample_item(op, item); break;
     case OP_AVGPOOL2: avgpool_item(op, item); break;
     case OP_AFFINE: affine_item(op, item); break;
@@ -452,22 +461,36 @@ static void run_item(const op_t *op, int64_t item)
 
 /* Run `count` op records (F_RECORD int64 each). bases: 0 weights, 1 arena, 2 input, 3 output.
  * If `seconds` is not NULL, seconds[i] receives the wall time at the end of record i.
- * Returns 0, or the 1-based index of the first record with an unknown op code. */
+ * Returns 0; the 1-based index of the first record with an unknown op code; or -1 when a
+ * thread's scratch (the largest depth-wise plane buffers) cannot be allocated. */
 int c3_run(const int64_t *program, int count, const float *weights, float *arena, const float *input,
            float *output, int threads, double *seconds)
 {
     float *bases[4] = {(float *)weights, arena, (float *)input, output};
+    size_t scratch_floats = 16; /* per thread: the largest depth-wise plane buffers */
     for (int i = 0; i < count; i++) {
-        const int64_t op = program[(int64_t)i * F_RECORD + F_OP];
-        if (op < OP_CONV || op > OP_AFFINE) return i + 1; /* checked before any thread starts */
+        const int64_t *r = program + (int64_t)i * F_RECORD;
+        if (r[F_OP] < OP_CONV || r[F_OP] > OP_AFFINE) return i + 1; /* checked before any thread starts */
+        if (r[F_OP] == OP_DWCONV) {
+            const op_t op = decode(r, bases);
+            const size_t need = dw_scratch_floats(&op);
+            if (need > scratch_floats) scratch_floats = need;
+        }
     }
+    int failed = 0;
     #pragma omp parallel num_threads(threads)
     {
-        for (int i = 0; i < count; i++) {
+        void *scratch = NULL;
+        if (posix_memalign(&scratch, 64, scratch_floats * sizeof(float)) != 0) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp barrier
+        for (int i = 0; i < count && !failed; i++) {
             const op_t op = decode(program + (int64_t)i * F_RECORD, bases);
             /* static: a thread keeps the same channels/rows from op to op, so they stay in its cache */
             #pragma omp for schedule(static)
-            for (int64_t item = 0; item < op.items; item++) run_item(&op, item);
+            for (int64_t item = 0; item < op.items; item++) run_item(&op, item, scratch);
 #ifdef _OPENMP
             if (seconds) {
                 #pragma omp master
@@ -475,8 +498,9 @@ int c3_run(const int64_t *program, int count, const float *weights, float *arena
             }
 #endif
         }
+        free(scratch);
     }
-    return 0;
+    return failed ? -1 : 0;
 }
 
 int c3_record_size(void) { return F_RECORD; }

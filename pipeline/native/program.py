@@ -83,13 +83,20 @@ def describe_record(rec: np.ndarray) -> dict:
 
 
 def upsample_columns(in_size: int, out_size: int) -> np.ndarray:
-    """Per output column: its left source column (int32 bits) then its weight, as PyTorch's
-    bilinear upsampling with align_corners=True computes them (float32 arithmetic)."""
+    """Column table of a bilinear upsampling with align_corners=True, as PyTorch computes it
+    (float32): per block of 16 output columns, its first source column (int32 bits); then per
+    lane, its source column relative to that (int32 bits; padding lanes repeat the block's
+    last column); then per lane, the weight of the column to its right."""
     scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
     src = scale * np.arange(out_size, dtype=np.float32)
     left = np.minimum(src.astype(np.int32), in_size - 1)
     frac = (src - left.astype(np.float32)).astype(np.float32)
-    return np.concatenate([left.view(np.float32), frac])
+    blocks = -(-out_size // 16)
+    pad = blocks * 16 - out_size
+    left = np.concatenate([left, np.full(pad, left[-1], np.int32)]).reshape(blocks, 16)
+    frac = np.concatenate([frac, np.zeros(pad, np.float32)])
+    first = left[:, 0].copy()
+    return np.concatenate([first.view(np.float32), (left - first[:, None]).reshape(-1).view(np.float32), frac])
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
