@@ -315,3 +315,31 @@ def test_complexity_native_runtime_falls_back_to_torch_for_other_networks():
     assert runtime == "native" and isinstance(runner, NativeExtremeC3Net)
     _, runtime = make_runner("extremec3net_stage1", "deploy", 64, runtime="native", threads=1)
     assert runtime == "torch"
+
+
+@pytest.mark.parametrize("march", ["x86-64-v2", "x86-64-v3"])
+def test_portable_builds_without_avx512_compute_the_same(march, tmp_path):
+    """The kernels' vector code also compiles for SSE and AVX2 machines (checked in a child
+    process, which loads only that build)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 targets only")
+    script = (
+        "import torch\n"
+        "from pipeline.models import build_model\n"
+        "from pipeline.native import NativeExtremeC3Net\n"
+        "torch.manual_seed(0)\n"
+        "m = build_model('extremec3net').eval()\n"
+        "x = torch.randn(1, 3, 61, 45)\n"
+        "with torch.no_grad():\n"
+        "    ref = m(x)\n"
+        "print(float((NativeExtremeC3Net(m, threads=2)(x) - ref).abs().max() / ref.abs().max()))\n")
+    env = {**os.environ, native_build.MARCH_ENV: march, native_build.CACHE_ENV: str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
+    assert len(list(tmp_path.glob("c3_kernels-*.so"))) == 1

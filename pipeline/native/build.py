@@ -1,9 +1,10 @@
 """Compile and load ``c3_kernels.c`` on first use, cached per source, flags and CPU.
 
-A plain C compiler (``$CC``, else ``cc``) is all it needs: no PyTorch headers, so the
-build takes about a second. ``-march=native`` makes the library specific to this CPU, so
-the cache key includes the CPU's model and flags; a cache copied to another machine is
-rebuilt, never run. The library is loaded after torch: both then share torch's OpenMP
+A plain C compiler (``$CC``, else ``cc``; GCC, for its vector extensions) is all it
+needs: no PyTorch headers, so the build takes about a second. ``-march=native`` makes the
+library specific to this CPU, so the cache key includes the CPU's model and flags; a cache
+copied to another machine is rebuilt, never run. ``PORTRAIT_CURATION_NATIVE_MARCH`` sets
+another ``-march`` (``x86-64-v3``: AVX2 machines; ``x86-64-v2``: any recent x86). The library is loaded after torch: both then share torch's OpenMP
 runtime (same soname ``libgomp.so.1``), so the two thread pools do not compete for cores.
 """
 
@@ -25,8 +26,13 @@ import numpy as np
 import torch  # noqa: F401  (loaded first: the kernels then share its OpenMP runtime)
 
 SOURCE = Path(__file__).with_name("c3_kernels.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
+BASE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
 CACHE_ENV = "PORTRAIT_CURATION_NATIVE_CACHE"
+MARCH_ENV = "PORTRAIT_CURATION_NATIVE_MARCH"  # e.g. x86-64-v3 for a library other CPUs can run
+
+
+def compiler_flags() -> tuple[str, ...]:
+    return (*BASE_FLAGS, f"-march={os.environ.get(MARCH_ENV) or 'native'}")
 
 
 class NativeBuildError(RuntimeError):
@@ -66,7 +72,8 @@ def library_path() -> Path:
     """Path of the compiled library for this source, compiler and CPU; builds it if missing."""
     compiler = _compiler()
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _compiler_version(compiler).encode(),
+    flags = compiler_flags()
+    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), _compiler_version(compiler).encode(),
                  _cpu_identity().encode(), platform.machine().encode()):
         key.update(part)
         key.update(b"\0")
@@ -76,7 +83,7 @@ def library_path() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=".c3_kernels-", suffix=".so", dir=target.parent)
     os.close(fd)
-    command = [*compiler, *FLAGS, str(SOURCE), "-o", tmp_name, "-lm"]
+    command = [*compiler, *flags, str(SOURCE), "-o", tmp_name, "-lm"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:

@@ -18,10 +18,11 @@
  *   - bilinear upsampling (align_corners=True), 2x2 average pooling (ceil mode) and
  *     per-channel affine+PReLU copies complete the set.
  *
- * Portable C with GCC vector extensions: the build uses -march=native, so the 16-lane
- * vectors become AVX-512 here and pairs of AVX2 / quads of SSE registers elsewhere.
+ * Portable C with GCC vector extensions: the build uses -march=native, and the vector
+ * width (VL) and register tiles follow what it enables: 16 lanes with AVX-512, 8 with AVX2,
+ * 4 with SSE.
  * Every arena tensor has 64 floats of slack after it (the Python side allocates it):
- * kernels read whole 16- or 64-lane runs and discard the lanes past the end.
+ * kernels read whole vectors or GEMM tiles (at most 64 floats) and drop the lanes past the end.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -30,16 +31,30 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#ifdef __AVX512F__
-#include <immintrin.h> /* masked stores for row tails; the portable path copies instead */
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h> /* masked stores for row tails; the SSE path copies instead */
 #endif
 
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t i16v __attribute__((vector_size(64)));
+/* Vector width and GEMM register tile per instruction set: the tile (6 output channels x
+ * TILE_V vectors of accumulators) must fit the register file (32 with AVX-512, 16 below). */
+#if defined(__AVX512F__)
+#define VL 16
+#define TILE_V 4
+#elif defined(__AVX__)
+#define VL 8
+#define TILE_V 2
+#else
+#define VL 4
+#define TILE_V 2
+#endif
+#define TILE_N (VL * TILE_V) /* output pixels per GEMM tile; the builder's 64-float slack covers it */
+
+typedef float vf __attribute__((vector_size(VL * 4)));
+typedef int32_t iv __attribute__((vector_size(VL * 4)));
 typedef int32_t alias_i32 __attribute__((may_alias)); /* int32 tables stored in the float weight blob */
 
-static inline v16 load16(const float *p) { v16 r; memcpy(&r, p, sizeof r); return r; }
-static inline void store16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline vf loadv(const float *p) { vf r; memcpy(&r, p, sizeof r); return r; }
+static inline void storev(float *p, vf v) { memcpy(p, &v, sizeof v); }
 
 enum { OP_CONV = 1, OP_DWCONV = 2, OP_UPSAMPLE = 3, OP_AVGPOOL2 = 4, OP_AFFINE = 5 };
 
@@ -53,8 +68,6 @@ enum {
     F_WEIGHT2, F_BIAS2, F_K2, F_P2,
     F_RECORD = 40
 };
-
-#define TILE_N 64
 
 typedef struct {
     const float *bias, *aff1, *prelu1, *aff2, *prelu2; /* per local channel; aff = scale[C] then shift[C] */
@@ -74,81 +87,88 @@ typedef struct {
     int64_t items;
 } op_t;
 
-static inline v16 prelu16(v16 v, float slope)
+static inline vf preluv(vf v, float slope)
 {
-    const v16 zero = {0};
-    const i16v positive = v > zero;
-    const v16 scaled = slope * v;
-    return (v16)((positive & (i16v)v) | (~positive & (i16v)scaled)); /* GCC vectors have no ?: in C */
+    const vf zero = {0};
+    const iv positive = v > zero;
+    const vf scaled = slope * v;
+    return (vf)((positive & (iv)v) | (~positive & (iv)scaled)); /* GCC vectors have no ?: in C */
 }
 
-static inline void put16(float *dst, v16 v, int n)
+/* Store the first n (<= VL) lanes of v. */
+static inline void putv(float *dst, vf v, int n)
 {
-    if (n == 16) { store16(dst, v); return; }
-#ifdef __AVX512F__
+    if (n == VL) { storev(dst, v); return; }
+#if defined(__AVX512F__)
     _mm512_mask_storeu_ps(dst, (__mmask16)((1u << n) - 1u), (__m512)v);
-    return;
-#endif
-    float tmp[16];
-    store16(tmp, v);
+#elif defined(__AVX__)
+    const iv lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const iv count = {n, n, n, n, n, n, n, n};
+    _mm256_maskstore_ps(dst, (__m256i)(lane < count), (__m256)v);
+#else
+    float tmp[VL];
+    storev(tmp, v);
     memcpy(dst, tmp, (size_t)n * sizeof(float));
+#endif
 }
 
-/* Epilogue of 16 lanes of local channel c, then store the first n lanes. With dst2, dst gets
+/* Epilogue of VL lanes of local channel c, then store the first n lanes. With dst2, dst gets
  * the value before the second affine/PReLU and dst2 the value after it. */
-static inline void finish16(v16 v, int c, const epilogue_t *e, const float *res, float *dst, float *dst2, int n)
+static inline void finishv(vf v, int c, const epilogue_t *e, const float *res, float *dst, float *dst2, int n)
 {
     if (e->bias) v += e->bias[c];
-    if (res) v += load16(res);
+    if (res) v += loadv(res);
     if (e->aff1) v = v * e->aff1[c] + e->aff1[e->channels + c];
-    if (e->prelu1) v = prelu16(v, e->prelu1[c]);
-    if (dst2) put16(dst, v, n);
+    if (e->prelu1) v = preluv(v, e->prelu1[c]);
+    if (dst2) putv(dst, v, n);
     if (e->aff2) v = v * e->aff2[c] + e->aff2[e->channels + c];
-    if (e->prelu2) v = prelu16(v, e->prelu2[c]);
-    put16(dst2 ? dst2 : dst, v, n);
+    if (e->prelu2) v = preluv(v, e->prelu2[c]);
+    putv(dst2 ? dst2 : dst, v, n);
 }
 
-/* A row of n values of channel c through finish16, 16 lanes at a time. */
+/* A row of n values of channel c through finishv, VL lanes at a time. */
 static inline void finish_row(const float *row, int n, int c, const epilogue_t *e, const float *res, float *dst,
                               float *dst2)
 {
-    for (int x = 0; x < n; x += 16) {
-        const int lanes = n - x < 16 ? n - x : 16;
-        finish16(load16(row + x), c, e, res ? res + x : NULL, dst + x, dst2 ? dst2 + x : NULL, lanes);
+    for (int x = 0; x < n; x += VL) {
+        const int lanes = n - x < VL ? n - x : VL;
+        finishv(loadv(row + x), c, e, res ? res + x : NULL, dst + x, dst2 ? dst2 + x : NULL, lanes);
     }
 }
 
-/* acc[j][q] = sum_k a[TC*k + j] * B_k[16q .. 16q + 16) for j < TC output channels;
- * B_k = rows[k] + offset, or base + k * stride + offset when rows is NULL. TC * 4
- * accumulators stay in registers (24 of the 32 AVX-512 registers for TC = 6). */
+/* acc[j][q] = sum_k a[TC*k + j] * B_k[VL*q .. VL*q + VL) for j < TC output channels, q <
+ * TILE_V; B_k = rows[k] + offset, or base + k * stride + offset when rows is NULL. The
+ * TC * TILE_V accumulators stay in registers. */
 #define DEFINE_GEMM_TILE(NAME, TC)                                                                        \
     static inline void NAME(int K, const float *restrict a, const float *const *restrict rows,           \
-                            const float *base, int64_t stride, int64_t offset, v16 acc[][4])              \
+                            const float *base, int64_t stride, int64_t offset, vf acc[][TILE_V])          \
     {                                                                                                     \
-        v16 c[TC][4];                                                                                     \
-        _Pragma("GCC unroll 8") for (int j = 0; j < TC; j++) c[j][0] = c[j][1] = c[j][2] = c[j][3] = (v16){0}; \
+        vf c[TC][TILE_V];                                                                                 \
+        _Pragma("GCC unroll 8") for (int j = 0; j < TC; j++)                                             \
+            _Pragma("GCC unroll 4") for (int q = 0; q < TILE_V; q++) c[j][q] = (vf){0};                  \
         for (int k = 0; k < K; k++) {                                                                     \
             const float *b = (rows ? rows[k] : base + k * stride) + offset;                               \
-            const v16 b0 = load16(b), b1 = load16(b + 16), b2 = load16(b + 32), b3 = load16(b + 48);     \
+            vf bv[TILE_V];                                                                                \
+            _Pragma("GCC unroll 4") for (int q = 0; q < TILE_V; q++) bv[q] = loadv(b + VL * q);         \
             _Pragma("GCC unroll 8") for (int j = 0; j < TC; j++) {                                        \
                 const float aj = a[TC * k + j];                                                           \
-                c[j][0] += aj * b0; c[j][1] += aj * b1; c[j][2] += aj * b2; c[j][3] += aj * b3;           \
+                _Pragma("GCC unroll 4") for (int q = 0; q < TILE_V; q++) c[j][q] += aj * bv[q];          \
             }                                                                                             \
         }                                                                                                 \
         _Pragma("GCC unroll 8") for (int j = 0; j < TC; j++)                                             \
-            acc[j][0] = c[j][0], acc[j][1] = c[j][1], acc[j][2] = c[j][2], acc[j][3] = c[j][3];           \
+            _Pragma("GCC unroll 4") for (int q = 0; q < TILE_V; q++) acc[j][q] = c[j][q];                \
     }
 DEFINE_GEMM_TILE(gemm_tile4, 4)
 DEFINE_GEMM_TILE(gemm_tile6, 6)
 
-/* All output channels of one tile of up to 64 output pixels starting at plane position pos. */
+/* All output channels of one tile of up to TILE_N output pixels starting at plane position pos. */
 static void conv_tile(const op_t *op, const float *const *rows, const float *base, int64_t stride,
                       int64_t b_offset, int64_t pos, int valid)
 {
     const int K = op->cin * op->kh * op->kw;
     const int64_t plane = (int64_t)op->ho * op->wo;
     const int tc = op->tile_c;
-    v16 acc[6][4];
+    vf acc[6][TILE_V];
     for (int c0 = 0; c0 < op->cout; c0 += tc) {
         if (tc == 6) gemm_tile6(K, op->weight + (int64_t)c0 * K, rows, base, stride, b_offset, acc);
         else gemm_tile4(K, op->weight + (int64_t)c0 * K, rows, base, stride, b_offset, acc);
@@ -156,27 +176,33 @@ static void conv_tile(const op_t *op, const float *const *rows, const float *bas
         for (int j = 0; j < nc; j++) {
             const int c = c0 + j;
             const int64_t at = c * plane + pos;
-            for (int q = 0; q < 4 && 16 * q < valid; q++) {
-                const int lanes = valid - 16 * q < 16 ? valid - 16 * q : 16;
-                finish16(acc[j][q], c, &op->e, op->res ? op->res + at + 16 * q : NULL, op->out + at + 16 * q,
-                         op->out2 ? op->out2 + at + 16 * q : NULL, lanes);
+            for (int q = 0; q < TILE_V && VL * q < valid; q++) {
+                const int lanes = valid - VL * q < VL ? valid - VL * q : VL;
+                finishv(acc[j][q], c, &op->e, op->res ? op->res + at + VL * q : NULL, op->out + at + VL * q,
+                        op->out2 ? op->out2 + at + VL * q : NULL, lanes);
             }
         }
     }
 }
 
-/* dst[j] = src[2j] for j < n, 16 at a time from the even lanes of two vectors; the last 16
+/* dst[j] = src[2j] for j < n, VL at a time from the even lanes of two vectors; the last VL
  * come from the odd lanes of a window starting one float earlier, so nothing past
  * src[2n - 2] is read. */
 static void gather_even(float *restrict dst, const float *restrict src, int n)
 {
-    const i16v even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-    const i16v odd = even + 1;
-    if (n < 17) { for (int j = 0; j < n; j++) dst[j] = src[2 * j]; return; }
-    for (int j = 0; j + 17 <= n; j += 16)
-        store16(dst + j, __builtin_shuffle(load16(src + 2 * j), load16(src + 2 * j + 16), even));
-    const float *tail = src + 2 * (n - 16) - 1;
-    store16(dst + n - 16, __builtin_shuffle(load16(tail), load16(tail + 16), odd));
+#if VL == 16
+    const iv even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+#elif VL == 8
+    const iv even = {0, 2, 4, 6, 8, 10, 12, 14};
+#else
+    const iv even = {0, 2, 4, 6};
+#endif
+    const iv odd = even + 1;
+    if (n < VL + 1) { for (int j = 0; j < n; j++) dst[j] = src[2 * j]; return; }
+    for (int j = 0; j + VL + 1 <= n; j += VL)
+        storev(dst + j, __builtin_shuffle(loadv(src + 2 * j), loadv(src + 2 * j + VL), even));
+    const float *tail = src + 2 * (n - VL) - 1;
+    storev(dst + n - VL, __builtin_shuffle(loadv(tail), loadv(tail + VL), odd));
 }
 
 /* dst[j] = row[s*j + first] for j < n; zero where that column is outside [0, w), or
@@ -194,10 +220,10 @@ static void fill_phase_row(float *restrict dst, const float *row, int w, int s, 
     else for (int j = 0; j < hi - lo; j++) dst[lo + j] = src[s * j];
 }
 
-/* Convolution item. 1x1 stride 1: a 64-pixel tile of the flattened plane, read in place.
- * Otherwise one output row, 64 columns at a time: the kh input rows it needs are split
+/* Convolution item. 1x1 stride 1: a TILE_N-pixel tile of the flattened plane, read in place.
+ * Otherwise one output row, TILE_N columns at a time: the kh input rows it needs are split
  * into `s` column phases in a small per-thread buffer (phase p, column j holds input
- * column s*j + p - pw), so every (ci, ky, kx) tap is a contiguous run of 64 values. */
+ * column s*j + p - pw), so every (ci, ky, kx) tap is a contiguous run of TILE_N values. */
 static void conv_item(const op_t *op, int64_t item)
 {
     if (op->pointwise) {
@@ -235,17 +261,17 @@ static void conv_item(const op_t *op, int64_t item)
  * zero-padded buffer whose rows are W + pw apart (the zeros between two rows serve as the
  * right padding of one and the left padding of the next, ph zero rows above and below), so
  * every tap (ky, kx) is the same contiguous run shifted by ky*dh*stride + kx*dw - pw: the
- * whole plane is one loop of 128-float blocks with all taps summed in registers, no per-row
+ * whole plane is one loop of 8-vector blocks with all taps summed in registers, no per-row
  * work. The (stride - W) padding columns computed along the way are dropped when storing.
  * With a second stage (a C3 block's 1 x k2 conv after its k x 1 one) the first stage's
  * rows go through its epilogue into a second padded plane and the row conv runs on that,
  * so the intermediate tensor is never stored. */
-#define FLAT_BLOCK 128 /* floats per block of taps_flat: eight 16-lane accumulators */
+#define FLAT_BLOCK (8 * VL) /* floats per block of taps_flat: eight accumulators */
 
 static size_t padded_plane_floats(int h, int w, int ph, int pw)
 {
     const size_t stride = (size_t)w + pw;
-    return (size_t)pw + (h + 2 * ph) * stride + 2 * FLAT_BLOCK + pw + 16; /* + room for whole-block reads */
+    return (size_t)pw + (h + 2 * ph) * stride + 2 * FLAT_BLOCK + pw + 16 + VL; /* + room for whole-block reads */
 }
 
 static size_t dw_scratch_floats(const op_t *op)
@@ -263,21 +289,21 @@ static size_t dw_scratch_floats(const op_t *op)
 static float *pad_plane(float *dst, const float *src, int h, int w, int src_stride, int ph, int pw)
 {
     const int stride = w + pw, rows = h + 2 * ph;
-    const v16 zero = {0};
-    for (int x = 0; x < pw; x += 16) store16(dst + x, zero);
+    const vf zero = {0};
+    for (int x = 0; x < pw; x += VL) storev(dst + x, zero);
     float *base = dst + pw;
     for (int r = 0; r < rows; r++) {
         float *row = base + (int64_t)r * stride;
         const int y = r - ph;
         if (y < 0 || y >= h) {
-            for (int x = 0; x < stride; x += 16) store16(row + x, zero);
+            for (int x = 0; x < stride; x += VL) storev(row + x, zero);
             continue;
         }
         const float *from = src + (int64_t)y * src_stride;
-        for (int x = 0; x < w; x += 16) store16(row + x, load16(from + x));
-        for (int x = w; x < stride; x += 16) store16(row + x, zero);
+        for (int x = 0; x < w; x += VL) storev(row + x, loadv(from + x));
+        for (int x = w; x < stride; x += VL) storev(row + x, zero);
     }
-    for (int x = 0; x < 2 * FLAT_BLOCK + 16; x += 16) store16(base + (int64_t)rows * stride + x, zero);
+    for (int x = 0; x < 2 * FLAT_BLOCK + 16; x += VL) storev(base + (int64_t)rows * stride + x, zero);
     return base;
 }
 
@@ -285,17 +311,19 @@ static float *pad_plane(float *dst, const float *src, int h, int w, int src_stri
  * independent accumulators, enough to keep both FMA units busy despite their latency. */
 static void taps_flat(const float *base, int n, const float *weight, const int *offset, int taps, float *acc)
 {
-    const v16 zero = {0};
+    const vf zero = {0};
     for (int q = 0; q < n; q += FLAT_BLOCK) {
-        v16 a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
+        vf a0 = zero, a1 = zero, a2 = zero, a3 = zero, a4 = zero, a5 = zero, a6 = zero, a7 = zero;
         for (int t = 0; t < taps; t++) {
             const float wv = weight[t];
             const float *p = base + q + offset[t];
-            a0 += wv * load16(p); a1 += wv * load16(p + 16); a2 += wv * load16(p + 32); a3 += wv * load16(p + 48);
-            a4 += wv * load16(p + 64); a5 += wv * load16(p + 80); a6 += wv * load16(p + 96); a7 += wv * load16(p + 112);
+            a0 += wv * loadv(p); a1 += wv * loadv(p + VL); a2 += wv * loadv(p + 2 * VL); a3 += wv * loadv(p + 3 * VL);
+            a4 += wv * loadv(p + 4 * VL); a5 += wv * loadv(p + 5 * VL); a6 += wv * loadv(p + 6 * VL);
+            a7 += wv * loadv(p + 7 * VL);
         }
-        store16(acc + q, a0); store16(acc + q + 16, a1); store16(acc + q + 32, a2); store16(acc + q + 48, a3);
-        store16(acc + q + 64, a4); store16(acc + q + 80, a5); store16(acc + q + 96, a6); store16(acc + q + 112, a7);
+        storev(acc + q, a0); storev(acc + q + VL, a1); storev(acc + q + 2 * VL, a2); storev(acc + q + 3 * VL, a3);
+        storev(acc + q + 4 * VL, a4); storev(acc + q + 5 * VL, a5); storev(acc + q + 6 * VL, a6);
+        storev(acc + q + 7 * VL, a7);
     }
 }
 
@@ -322,15 +350,15 @@ static void dw_item(const op_t *op, int64_t item, float *scratch)
     const int stride2 = w + op->p2;
     float *padded2 = acc + (int64_t)h * stride + FLAT_BLOCK;
     float *acc2 = padded2 + padded_plane_floats(h, w, 0, op->p2);
-    const v16 zero = {0};
-    for (int x = 0; x < op->p2; x += 16) store16(padded2 + x, zero);
+    const vf zero = {0};
+    for (int x = 0; x < op->p2; x += VL) storev(padded2 + x, zero);
     float *base2 = padded2 + op->p2;
     for (int y = 0; y < h; y++) { /* in order: each row's zeros spill into the next row's start */
         float *row = base2 + (int64_t)y * stride2;
         finish_row(acc + (int64_t)y * stride, w, c, &op->e1, NULL, row, NULL);
-        for (int x = w; x < stride2; x += 16) store16(row + x, zero);
+        for (int x = w; x < stride2; x += VL) storev(row + x, zero);
     }
-    for (int x = 0; x < 2 * FLAT_BLOCK + 16; x += 16) store16(base2 + (int64_t)h * stride2 + x, zero);
+    for (int x = 0; x < 2 * FLAT_BLOCK + 16; x += VL) storev(base2 + (int64_t)h * stride2 + x, zero);
     int offset2[op->k2];
     for (int kx = 0; kx < op->k2; kx++) offset2[kx] = kx - op->p2;
     taps_flat(base2, h * stride2, op->weight2 + (int64_t)c * op->k2, offset2, op->k2, acc2);
@@ -357,22 +385,25 @@ static void upsample_item(const op_t *op, int64_t item)
     const int blocks = (wo + 15) / 16;
     const alias_i32 *first = (const alias_i32 *)op->weight;
     const float *lane_index = op->weight + blocks, *lane_weight = op->weight + blocks + 16 * blocks;
-    float blend[w + 48], row[wo + 16];
+    float blend[w + 64], row[wo + 16];
     for (int x = 0; x < w; x++) blend[x] = r0[x] + fy * (r1[x] - r0[x]);
-    for (int x = w; x < w + 48; x++) blend[x] = blend[w - 1]; /* right neighbours of the last column */
-    for (int k = 0; k < blocks; k++) {
-        i16v idx;
-        memcpy(&idx, lane_index + 16 * k, sizeof idx);
-        const v16 f = load16(lane_weight + 16 * k);
-        const float *src = blend + first[k];
-        if (idx[15] < 31) { /* upsampling: 16 outputs read at most 32 consecutive inputs */
-            const v16 a = load16(src), b = load16(src + 16);
-            const v16 lo = __builtin_shuffle(a, b, idx), hi = __builtin_shuffle(a, b, idx + 1);
-            store16(row + 16 * k, lo + f * (hi - lo));
-        } else {
-            for (int i = 0; i < 16; i++) row[16 * k + i] = src[idx[i]] + f[i] * (src[idx[i] + 1] - src[idx[i]]);
+    for (int x = w; x < w + 64; x++) blend[x] = blend[w - 1]; /* right neighbours of the last column */
+    for (int k = 0; k < blocks; k++)
+        for (int sub = 0; sub < 16; sub += VL) { /* VL lanes of the table's 16-column block */
+            iv idx;
+            memcpy(&idx, lane_index + 16 * k + sub, sizeof idx);
+            const vf f = loadv(lane_weight + 16 * k + sub);
+            const float *src = blend + first[k] + idx[0];
+            idx -= idx[0];
+            if (idx[VL - 1] < 2 * VL - 1) { /* upsampling: VL outputs within 2 VL inputs, two shuffles */
+                const vf a = loadv(src), b = loadv(src + VL);
+                const vf lo = __builtin_shuffle(a, b, idx), hi = __builtin_shuffle(a, b, idx + 1);
+                storev(row + 16 * k + sub, lo + f * (hi - lo));
+            } else {
+                for (int i = 0; i < VL; i++)
+                    row[16 * k + sub + i] = src[idx[i]] + f[i] * (src[idx[i] + 1] - src[idx[i]]);
+            }
         }
-    }
     const int64_t at = ((int64_t)c * op->ho + oy) * wo;
     finish_row(row, wo, c, &op->e, op->in2 ? op->in2 + at : NULL, op->out + at, op->out2 ? op->out2 + at : NULL);
 }
