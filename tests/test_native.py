@@ -343,3 +343,15 @@ def test_portable_builds_without_avx512_compute_the_same(march, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
     assert len(list(tmp_path.glob("c3_kernels-*.so"))) == 1
+
+
+def test_record_fields_match_the_c_enum():
+    """program.FIELDS and the C kernels' F_* enum must list the same fields in the same order."""
+    import re
+
+    source = native_build.SOURCE.read_text()
+    enum = source[source.index("F_OP,"):source.index("F_RECORD")]
+    names = [name.lower() for name in re.findall(r"F_([A-Z0-9_]+)", enum)]
+    from pipeline.native.program import FIELDS, RECORD
+    assert names == list(FIELDS)
+    assert int(re.search(r"F_RECORD = (\d+)", source).group(1)) == RECORD >= len(FIELDS)

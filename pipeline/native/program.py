@@ -4,7 +4,7 @@ A network is lowered once per input size into (records, weight blob, arena size)
 are planar NCHW at batch 1 and live in buffer 1 (the arena), 2 (the input) or 3 (the
 output); weights live in buffer 0. A channel slice of a tensor is the same buffer at a
 later offset, which is how concatenations cost nothing. Every arena tensor is followed
-by ``SLACK`` floats because the GEMM kernel reads whole 64-lane rows.
+by ``SLACK`` floats because kernels read whole vectors and GEMM tiles (up to 64 floats).
 """
 
 from __future__ import annotations
