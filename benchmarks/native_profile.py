@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.complexity import interleaved_latencies  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.native import NativeExtremeC3Net  # noqa: E402
 
@@ -34,14 +34,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     native = NativeExtremeC3Net(build_model("extremec3net").eval(), threads=args.threads)
     ops = pd.DataFrame(native.profile(args.size, args.size, args.runs))
-    x = torch.randn(1, 3, args.size, args.size)
-    for _ in range(10):
-        native(x)
-    plain = []
-    for _ in range(args.runs):
-        start = time.perf_counter()
-        native(x)
-        plain.append((time.perf_counter() - start) * 1e3)
+    plain = interleaved_latencies({"native": native}, args.size, args.runs, warmup=10, progress=False)["native"]
     table = (ops.groupby(["op", "detail", "in", "out"]).ms.agg(["sum", "count"])
              .sort_values("sum", ascending=False).rename(columns={"sum": "ms", "count": "ops"}))
     table["share"] = table.ms / table.ms.sum()

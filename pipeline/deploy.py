@@ -35,20 +35,26 @@ import torch
 from torch import nn
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel with which the eval-mode ``bn`` is ``x * scale + shift``."""
+    if bn.running_var is None:
+        raise ValueError("cannot fold a BatchNorm2d without running statistics")
+    weight = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
+    bias = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_var)
+    scale = weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bias - bn.running_mean * scale
+
+
 def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """A conv computing ``bn(conv(x))`` with ``bn``'s running statistics (eval mode)."""
     if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
         raise TypeError("fold_bn_into_conv needs a Conv2d followed by a BatchNorm2d")
-    if bn.running_var is None:
-        raise ValueError("cannot fold a BatchNorm2d without running statistics")
+    scale, shift = batchnorm_affine(bn)
     fused = copy.deepcopy(conv)
-    scale = bn.weight.detach() if bn.affine else torch.ones_like(bn.running_var)
-    shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_var)
-    scale = scale / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scale)
     with torch.no_grad():
         fused.weight.copy_(conv.weight.detach() * scale.reshape(-1, 1, 1, 1))
-        fused.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+        fused.bias = nn.Parameter(bias * scale + shift)
     return fused
 
 

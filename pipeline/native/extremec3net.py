@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.deploy import batchnorm_affine, fold_bn_into_conv
 from pipeline.models.extremec3net import AdvancedC3, BNPReLU, CoarseEncoder, ExtremeC3Net
 from pipeline.native.build import load_library, run_program
 from pipeline.native.program import Post, ProgramBuilder, Tensor, describe_record
@@ -30,8 +31,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     """(scale, shift) with which an eval-mode BN is x * scale + shift."""
-    scale = _np(bn.weight) / np.sqrt(_np(bn.running_var) + bn.eps)
-    return scale, _np(bn.bias) - _np(bn.running_mean) * scale
+    scale, shift = batchnorm_affine(bn)
+    return _np(scale), _np(shift)
 
 
 def prelu_slopes(act: nn.PReLU, channels: int) -> np.ndarray:
@@ -39,13 +40,10 @@ def prelu_slopes(act: nn.PReLU, channels: int) -> np.ndarray:
 
 
 def folded(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d] = None) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Weight and bias of ``bn(conv(x))`` (or of ``conv`` alone)."""
-    weight = _np(conv.weight)
-    bias = None if conv.bias is None else _np(conv.bias)
-    if bn is None:
-        return weight, bias
-    scale, shift = bn_affine(bn)
-    return weight * scale.reshape(-1, 1, 1, 1), (0 if bias is None else bias) * scale + shift
+    """Weight and bias of ``bn(conv(x))`` (or of ``conv`` alone), folded as the deploy form folds."""
+    if bn is not None:
+        conv = fold_bn_into_conv(conv, bn)
+    return _np(conv.weight), None if conv.bias is None else _np(conv.bias)
 
 
 def bn_prelu_post(block: BNPReLU) -> Post:
@@ -167,7 +165,7 @@ class NativeExtremeC3Net:
         self.model = copy.deepcopy(model).eval()
         self.num_classes = self.model.classifier.out_channels
         self.threads = threads
-        self._lib = load_library()
+        load_library()  # compile now, so a build error surfaces here rather than at the first call
         self._programs: dict[tuple[int, int], tuple[np.ndarray, torch.Tensor, torch.Tensor]] = {}
         self._lock = threading.Lock()
 
@@ -199,12 +197,8 @@ class NativeExtremeC3Net:
         per_image = 3 * height * width
         with self._lock:
             for i in range(n):
-                self._run(program, weights, arena, x.data_ptr() + 4 * i * per_image, out[i].data_ptr(), threads)
+                run_program(program, weights, arena, x.data_ptr() + 4 * i * per_image, out[i].data_ptr(), threads)
         return out
-
-    def _run(self, program, weights, arena, input_ptr: int, output_ptr: int, threads: int,
-             seconds: Optional[np.ndarray] = None) -> None:
-        run_program(program, weights, arena, input_ptr, output_ptr, threads, seconds)
 
     def profile(self, height: int = 224, width: int = 224, runs: int = 50) -> list[dict]:
         """Median wall time of every op over ``runs`` calls (after one warm-up), in program order.
@@ -222,7 +216,7 @@ class NativeExtremeC3Net:
         for r in range(-1, runs):
             row = np.zeros(len(program))
             start = time.perf_counter()
-            self._run(program, weights, arena, x.data_ptr(), out.data_ptr(), threads, row)
+            run_program(program, weights, arena, x.data_ptr(), out.data_ptr(), threads, row)
             if r >= 0:
                 # omp_get_wtime and perf_counter share no epoch: rebase on the first op's end
                 stamps[r, 1:] = row - row[0]
