@@ -14,6 +14,17 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from pipeline.errors import StageError
+
+# Every folder atomic_dir writes holds this file; a folder without it was not made by a
+# stage, so it is never replaced (a mistyped output path must not swap away /etc).
+OWNER_MARKER = ".portrait-curation-output"
+_MARKER_TEXT = "written by a portrait-curation stage: the stage replaces this folder as a whole\n"
+
+
+class ForeignOutputError(StageError):
+    """An output folder that a stage did not create: refused instead of replaced."""
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -78,20 +89,37 @@ def write_csv(target: str | os.PathLike, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def check_replaceable(target: str | os.PathLike) -> None:
+    """Raise ForeignOutputError unless ``target`` is absent, an empty folder or a stage's own output."""
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise ForeignOutputError(f"{target}: exists and is not a folder a stage wrote; refusing to replace it "
+                                 "(choose another output path or remove it yourself)")
+    if target.is_dir() and any(target.iterdir()) and not (target / OWNER_MARKER).is_file():
+        raise ForeignOutputError(f"{target}: this folder was not written by a portrait-curation stage (no "
+                                 f"{OWNER_MARKER}); refusing to replace it. Choose another output path, or "
+                                 "remove the folder yourself if it really is an old output")
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary directory; swap it in as ``target`` on success.
 
     The old ``target`` (if any) stays in place until the new one is complete, so an
-    interrupted stage never leaves a half-written dataset where the old one was.
+    interrupted stage never leaves a half-written dataset where the old one was. Only a
+    folder a stage wrote (it holds ``OWNER_MARKER``) or an empty one is ever replaced;
+    anything else is refused before any work starts.
     """
     target = Path(target)
+    check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        (tmp / OWNER_MARKER).write_text(_MARKER_TEXT)
+        check_replaceable(target)  # it may have appeared while the stage ran
         old = None
-        if target.exists() or target.is_symlink():
+        if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             if old.exists():
                 shutil.rmtree(old)

@@ -11,11 +11,10 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from pipeline.errors import StageError
 from pipeline.params import DEFAULT_PARAMS, ParamsError
 
-
-class StageError(RuntimeError):
-    """An expected failure a user can fix (missing input, unusable data, refused checkpoint)."""
+__all__ = ["StageError", "make_parser", "run_main"]
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -1,12 +1,16 @@
 import pytest
 
-from pipeline.atomic import atomic_dir, atomic_path, remove_stale_temporaries, write_json
+from pipeline.atomic import OWNER_MARKER, ForeignOutputError, atomic_dir, atomic_path, remove_stale_temporaries, write_json
+
+
+def _stage_output(target, name="old.txt", text="old"):
+    with atomic_dir(target) as tmp:
+        (tmp / name).write_text(text)
 
 
 def test_atomic_dir_keeps_old_output_when_the_writer_crashes(tmp_path):
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
+    _stage_output(target)
     with pytest.raises(RuntimeError):
         with atomic_dir(target) as tmp:
             (tmp / "new.txt").write_text("half")
@@ -18,12 +22,38 @@ def test_atomic_dir_keeps_old_output_when_the_writer_crashes(tmp_path):
 
 def test_atomic_dir_replaces_output_on_success(tmp_path):
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "old.txt").write_text("old")
+    _stage_output(target)
     with atomic_dir(target) as tmp:
         (tmp / "new.txt").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in target.iterdir()) == sorted([OWNER_MARKER, "new.txt"])
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_atomic_dir_never_replaces_a_folder_no_stage_wrote(tmp_path):
+    foreign = tmp_path / "etc"
+    foreign.mkdir()
+    (foreign / "passwd").write_text("root")
+    ran = []
+    with pytest.raises(ForeignOutputError, match="not written by a portrait-curation stage"):
+        with atomic_dir(foreign) as tmp:
+            ran.append(tmp)
+    assert not ran  # refused before any work
+    assert (foreign / "passwd").read_text() == "root"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["etc"]
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    with pytest.raises(ForeignOutputError, match="not a folder"):
+        with atomic_dir(a_file):
+            pass
+    assert a_file.read_text() == "mine"
+
+
+def test_atomic_dir_accepts_an_empty_folder(tmp_path):
+    empty = tmp_path / "fresh"
+    empty.mkdir()
+    with atomic_dir(empty) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (empty / "a.txt").read_text() == "a" and (empty / OWNER_MARKER).is_file()
 
 
 def test_atomic_path_leaves_previous_file_on_error(tmp_path):
