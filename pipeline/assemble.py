@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, Sequence
 
 import pandas as pd
+from pydantic import Field
 
 from pipeline.atomic import atomic_dir, write_csv, write_json
 from pipeline.hashing import sha256_file
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, read_manifest
-from pipeline.params import Section, load_section
+from pipeline.params import InputPath, OutputPath, Section, load_params, parse_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
 
 INPUT_BASE, INPUT_CROPS, INPUT_PSEUDO = "base", "crops", "pseudo"
@@ -31,44 +33,100 @@ OUTPUT_COLUMNS = ManifestRow.columns() + ["input", "origin_split"]
 DECISIONS = ("accept", "reject")
 
 
+SplitName = Literal["train", "val", "test", "unlabelled"]  # manifest.SPLITS
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
 class AssembleParams(Section):
-    prepared_dir: str = "data/prepared"
-    crops_dir: str = "data/crops"
-    pseudo_dir: str = "data/pseudo"
-    decisions: str = "reviews/decisions.csv"
-    output_dir: str = "data/train_set"
-    summary: str = "metrics/assemble.json"
-    base_source: str = "eg1800"
-    base_split: str = "train"
+    prepared_dir: InputPath = "data/prepared"
+    crops_dir: InputPath = "data/crops"
+    pseudo_dir: InputPath = "data/pseudo"
+    decisions: InputPath = "reviews/decisions.csv"
+    output_dir: OutputPath = "data/train_set"
+    summary: OutputPath = "metrics/assemble.json"
+    base_source: str = Field("eg1800", min_length=1)
+    base_split: SplitName = "train"
     generated_data: bool = True  # the paper's ablation: False = base source only
     include_crops: bool = True
     include_pseudo: bool = True
 
 
-def rebase_paths(frame: pd.DataFrame, source_root: str | os.PathLike, output_root: str | os.PathLike) -> pd.DataFrame:
-    """Rewrite ``image``/``mask`` (relative to ``source_root``) relative to ``output_root``."""
+def is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def portable_relpath(target: str | os.PathLike, folder: str | os.PathLike, anchors: Sequence[str | os.PathLike]
+                     ) -> str:
+    """``target`` relative to ``folder``, as a manifest stores it: the same bytes on every checkout.
+
+    Lexical (a symlinked data folder stays where it is named). Both must lie in the same
+    anchor (the project, or one folder of ``allow_outside_project``): a path climbing out
+    of it would depend on where this machine keeps the checkout. Raises ValueError.
+    """
+    target, folder = os.path.abspath(target), os.path.abspath(folder)
+    for anchor in (os.path.abspath(a) for a in anchors):
+        if is_within(folder, anchor):
+            if not is_within(target, anchor):
+                raise ValueError(f"{target} is outside {anchor}, which holds {folder}: a relative path from one "
+                                 "to the other would differ between checkouts")
+            return Path(os.path.relpath(target, folder)).as_posix()
+    raise ValueError(f"{folder} is outside the project ({os.path.abspath(anchors[0])})")
+
+
+def rebase_paths(frame: pd.DataFrame, source_root: str | os.PathLike, output_root: str | os.PathLike,
+                 anchors: Sequence[str | os.PathLike] | None = None) -> pd.DataFrame:
+    """Rewrite ``image``/``mask`` (relative to ``source_root``) relative to ``output_root``.
+
+    With ``anchors``, a path that would leave them (an absolute or climbing manifest entry)
+    is a StageError naming the row.
+    """
     frame = frame.copy()
     for column in ("image", "mask"):
-        frame[column] = [
-            Path(os.path.relpath(Path(source_root) / p, output_root)).as_posix() if p else ""
-            for p in frame[column]
-        ]
+        rebased = []
+        for index, p in frame[column].items():
+            if not p:
+                rebased.append("")
+            elif anchors is None:
+                rebased.append(Path(os.path.relpath(Path(source_root) / p, output_root)).as_posix())
+            else:
+                try:
+                    rebased.append(portable_relpath(Path(source_root) / p, output_root, anchors))
+                except ValueError as exc:
+                    raise StageError(f"{frame.at[index, 'id']}: {column} {p!r}: {exc}") from None
+        frame[column] = rebased
     return frame
 
 
 def latest_decisions(decisions: pd.DataFrame, where: str = "decisions") -> pd.DataFrame:
-    """Validated decisions, one per id (the last one written wins), indexed by id."""
+    """Validated decisions, one per id, indexed by id.
+
+    export-reviews writes one row per id, so a repeated id (a hand edit, two exports pasted
+    together) is refused rather than resolved by row order; columns beyond the three read
+    here (reviewer, decided_at, ...) are allowed.
+    """
     missing = [c for c in ("id", "decision", "mask_sha256") if c not in decisions.columns]
     if missing:
         raise StageError(f"{where}: missing column(s) {missing}; expected at least id, decision, mask_sha256")
     decisions = decisions.copy()
+    decisions["id"] = decisions["id"].astype(str).str.strip()
     decisions["decision"] = decisions["decision"].astype(str).str.strip().str.lower()
-    bad = decisions[~decisions["decision"].isin(DECISIONS)]
-    if len(bad):
-        first = bad.iloc[0]
-        raise StageError(f"{where}: decision {first['decision']!r} for {first['id']!r} is neither accept nor reject")
     decisions["mask_sha256"] = decisions["mask_sha256"].astype(str).str.strip().str.lower()
-    return decisions.drop_duplicates("id", keep="last").set_index("id")
+    for position, row in enumerate(decisions.to_dict("records"), start=1):
+        if not row["id"]:
+            raise StageError(f"{where}: row {position}: blank id")
+        if row["decision"] not in DECISIONS:
+            raise StageError(f"{where}: row {position}: decision {row['decision']!r} for {row['id']!r} is neither "
+                             "accept nor reject")
+        if not _SHA256.match(row["mask_sha256"]):
+            raise StageError(f"{where}: row {position}: mask_sha256 {row['mask_sha256']!r} for {row['id']!r} is not "
+                             "a sha256 (64 hex digits)")
+    repeated = decisions["id"].duplicated(keep=False)
+    if repeated.any():
+        sample_id = decisions.loc[repeated, "id"].iloc[0]
+        rows = [str(i + 1) for i in decisions.index[decisions["id"] == sample_id]]
+        raise StageError(f"{where}: id {sample_id!r} has more than one decision (rows {', '.join(rows)}); "
+                         "export-reviews writes one per id")
+    return decisions.set_index("id")
 
 
 def accepted_pseudo_labels(pseudo: pd.DataFrame, decisions: pd.DataFrame,
@@ -79,7 +137,8 @@ def accepted_pseudo_labels(pseudo: pd.DataFrame, decisions: pd.DataFrame,
     """
     labelled = pseudo[pseudo["mask"] != ""]
     latest = latest_decisions(decisions)
-    counts = {"candidates": len(labelled), "accepted": 0, "rejected": 0, "unreviewed": 0, "stale_decision": 0}
+    counts = {"candidates": len(labelled), "accepted": 0, "rejected": 0, "unreviewed": 0, "stale_decision": 0,
+              "decisions_for_other_ids": int((~latest.index.isin(labelled["id"])).sum())}
     keep = []
     for index, row in labelled.iterrows():
         if row["id"] not in latest.index:
@@ -162,7 +221,10 @@ def _optional_manifest(enabled: bool, directory: str, what: str) -> pd.DataFrame
 
 
 def _body(args: argparse.Namespace) -> int:
-    params = load_section(AssembleParams, "assemble", args.params)
+    raw = load_params(args.params)
+    params = parse_section(AssembleParams, raw, "assemble", args.params)
+    rules = path_rules(raw, args.params)
+    anchors = (rules.root, *rules.allowed_outside)
     out = params.output_dir
     try:
         base = read_manifest(params.prepared_dir)
@@ -170,19 +232,32 @@ def _body(args: argparse.Namespace) -> int:
         raise StageError(str(exc)) from None
     crops = _optional_manifest(params.generated_data and params.include_crops, params.crops_dir, "face-detected crops")
     pseudo = _optional_manifest(params.generated_data and params.include_pseudo, params.pseudo_dir, "pseudo-labels")
+    roots = {INPUT_BASE: ("prepared_dir", params.prepared_dir), INPUT_CROPS: ("crops_dir", params.crops_dir),
+             INPUT_PSEUDO: ("pseudo_dir", params.pseudo_dir)}
+    for name, frame in ((INPUT_BASE, base), (INPUT_CROPS, crops), (INPUT_PSEUDO, pseudo)):
+        key, root = roots[name]
+        if frame is not None:
+            try:
+                portable_relpath(root, out, anchors)
+            except ValueError as exc:
+                raise StageError(f"assemble.{key} {root!r}: the manifest in {out} would point into it with paths "
+                                 f"that differ between checkouts ({exc}); keep inputs and output in the project "
+                                 "(a symlink inside it works)") from None
     decisions = None
     if pseudo is not None:
         if not Path(params.decisions).is_file():
             raise StageError(f"pseudo-labels are switched on but {params.decisions} does not exist; "
                              "export the review decisions (portrait-curation export-reviews) or switch them off")
-        decisions = pd.read_csv(params.decisions, dtype=str, keep_default_na=False)
+        try:
+            decisions = pd.read_csv(params.decisions, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise StageError(f"{params.decisions}: not a readable CSV ({exc})") from None
         latest_decisions(decisions, params.decisions)  # fails early, naming the file
     frame, summary = assemble_training_set(
         base, base_source=params.base_source, base_split=params.base_split, crops=crops, pseudo=pseudo,
         decisions=decisions, mask_sha256=lambda rel: sha256_file(Path(params.pseudo_dir) / rel))
-    roots = {INPUT_BASE: params.prepared_dir, INPUT_CROPS: params.crops_dir, INPUT_PSEUDO: params.pseudo_dir}
-    frame = pd.concat([rebase_paths(frame[frame["input"] == name], root, out) for name, root in roots.items()],
-                      ignore_index=True)
+    frame = pd.concat([rebase_paths(frame[frame["input"] == name], root, out, anchors)
+                       for name, (_, root) in roots.items()], ignore_index=True)
     lost = missing_files(frame, out)
     if lost:
         raise StageError(f"{len(lost)} file(s) named by the input manifests do not exist, e.g. "

@@ -46,6 +46,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     On an exception the temporary file is removed and ``target`` is untouched.
     """
     target = Path(target)
+    if target.is_dir():
+        raise ForeignOutputError(f"{target}: is a folder; an output file cannot replace it (check the path)")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)

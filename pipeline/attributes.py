@@ -47,12 +47,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Annotated, Iterable, Literal, Mapping, Sequence
 
 import pandas as pd
 from pydantic import Field
 
-from pipeline.params import Section, load_section
+from pipeline.params import InputPath, OutputPath, Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
 UNKNOWN = "unknown"
@@ -284,23 +284,35 @@ def assign_faces(table: pd.DataFrame, faces: Mapping[str, Sequence[tuple[float, 
 
 
 def detect_face_boxes(image_paths: Mapping[str, Path], detector, min_confidence: float,
-                      batch_size: int = 8) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Relative face boxes per image id from a ``pipeline.detectors.FaceDetector``."""
+                      batch_size: int = 8, notes: list[str] | None = None
+                      ) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Relative face boxes per image id from a ``pipeline.detectors.FaceDetector``.
+
+    An image that does not decode is left out (no boxes) and a note in ``notes`` says why.
+    """
     from tqdm import tqdm
 
-    from pipeline.images import read_rgb
+    from pipeline.images import BadImageError, read_rgb
 
     found: dict[str, list[tuple[float, float, float, float]]] = {}
     items = list(image_paths.items())
     with tqdm(total=len(items), desc="faces", unit="img") as bar:
         for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            images = [read_rgb(path) for _, path in chunk]
-            for (image_id, _), image, faces in zip(chunk, images, detector.detect(images)):
+            batch = items[start:start + batch_size]
+            chunk, images = [], []
+            for image_id, path in batch:
+                try:
+                    images.append(read_rgb(path))
+                except (BadImageError, OSError) as exc:
+                    if notes is not None:
+                        notes.append(f"{image_id}: image skipped, no face detection ({exc})")
+                    continue
+                chunk.append((image_id, path))
+            for (image_id, _), image, faces in zip(chunk, images, detector.detect(images) if images else []):
                 height, width = image.shape[:2]
                 found[image_id] = [relative_box(f.box, width, height) for f in faces
                                    if f.probability >= min_confidence]
-            bar.update(len(chunk))
+            bar.update(len(batch))
     return found
 
 
@@ -415,15 +427,17 @@ def _box_centre(box) -> float:
 
 
 class AttributesParams(Section):
-    csv: str = Field("../shared/datasets/eg1800_test_attributes.csv",
-                     description="attribute CSV that import and annotate read")
-    export_csv: str = Field("annotations/attributes.csv", description="CSV that export writes (DVC tracks it)")
-    dataset: str = Field("eg1800-attributes", min_length=1)
-    source: str = Field("eg1800", description="manifest source whose keys are the CSV's image ids")
-    manifest: str = Field("data/prepared", description="canonical dataset where images are looked up")
-    splits: list[str] = Field(["test"], description="manifest splits offered for annotation")
+    csv: InputPath = Field("../shared/datasets/eg1800_test_attributes.csv",
+                           description="attribute CSV that import and annotate read")
+    export_csv: OutputPath = Field("annotations/attributes.csv", description="CSV that export writes (DVC tracks it)")
+    dataset: str = Field("eg1800-attributes", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: str = Field("eg1800", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                        description="manifest source whose keys are the CSV's image ids")
+    manifest: str = Field("data/prepared", description="canonical dataset where images are looked up; '' = none")
+    splits: list[Literal["train", "val", "test", "unlabelled"]] = Field(
+        ["test"], min_length=1, description="manifest splits offered for annotation")
     image_dir: str = Field("", description="fallback folder of <image_id>.jpg|png when not in the manifest")
-    detector_size: tuple[int, int] = (320, 480)
+    detector_size: tuple[Annotated[int, Field(ge=32)], Annotated[int, Field(ge=32)]] = (320, 480)
     min_face_confidence: float = Field(0.9, ge=0.0, le=1.0)
 
 
@@ -435,7 +449,10 @@ def find_images(params: AttributesParams, image_ids: Iterable[str], include_spli
     wanted = set(image_ids)
     root = Path(params.manifest)
     if params.manifest and (root / "manifest.csv").is_file():
-        manifest = read_manifest(root)
+        try:
+            manifest = read_manifest(root)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
         manifest = manifest[manifest["source"] == params.source]
         for row in manifest.to_dict("records"):
             key = row["id"].split("/", 1)[1]
@@ -519,9 +536,10 @@ def _add_face_boxes(table: pd.DataFrame, images: Mapping[str, Path], params: Att
     from pipeline.detectors import build_detector
 
     detector = build_detector("mtcnn", detect_size=tuple(params.detector_size))
-    faces = detect_face_boxes(todo, detector, params.min_face_confidence)
+    skipped: list[str] = []
+    faces = detect_face_boxes(todo, detector, params.min_face_confidence, notes=skipped)
     table, notes = assign_faces(table, faces)
-    for note in notes:
+    for note in skipped + notes:
         print(f"note: {note}")
     return table
 

@@ -33,36 +33,91 @@ Outputs per architecture: ``reports/bias/<arch>/report.md`` (tables, disparity, 
 from __future__ import annotations
 
 import math
+import os
+import re
+import string
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.attributes import ATTRIBUTES, CLASSES, UNKNOWN, read_table, with_classes
-from pipeline.params import Section, load_section
+from pipeline.params import InputPath, OutputPath, Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
 GROUPINGS = ("race", "gender", "age", "class")
 NO_CLASS = "no class (an attribute unknown)"
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # an architecture becomes a folder and a file name
+
+
+def check_arch_template(template: str, what: str) -> str:
+    """A path in which ``{arch}`` is the only placeholder (``str.format`` would run anything else)."""
+    if any(placeholder != ("arch", "", None) for placeholder in _placeholders(template, what)):
+        raise ValueError(f"{what} {template!r}: the only placeholder allowed is a plain {{arch}}")
+    return template
+
+
+def _placeholders(template: str, what: str = "path") -> list[tuple[str, str, str | None]]:
+    try:
+        return [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{what} {template!r}: {exc} (write {{arch}} for the architecture, {{{{ for a brace)") from None
+
+
 class BiasReportParams(Section):
     architectures: list[str] = Field(min_length=1)
-    per_image: str = Field("models/{arch}/per_image.csv", description="per-image IoU table; {arch} is replaced")
-    attributes_csv: str = "../shared/datasets/eg1800_test_attributes.csv"
-    source: str = Field("eg1800", description="dataset source the attribute table's image ids belong to")
+    per_image: InputPath = Field("models/{arch}/per_image.csv", description="per-image IoU table; {arch} is replaced")
+    attributes_csv: InputPath = "../shared/datasets/eg1800_test_attributes.csv"
+    source: str = Field("eg1800", pattern=_NAME.pattern,
+                        description="dataset source the attribute table's image ids belong to")
     manifest: str = Field("data/prepared", description="manifest giving each image's split; '' = one split")
-    default_split: str = Field("test", description="split name for images the manifest does not list")
+    default_split: Literal["train", "val", "test", "unlabelled"] = Field(
+        "test", description="split name for images the manifest does not list")
     min_group_size: int = Field(5, ge=1, description="groups with fewer images are flagged, not compared")
     bootstrap_resamples: int = Field(2000, ge=100)
     confidence_level: float = Field(0.9, gt=0.0, lt=1.0)
-    seed: int = 0
-    report_dir: str = "reports/bias/{arch}"
-    metrics: str = "metrics/bias/{arch}.json"
+    seed: int = Field(0, ge=0)  # numpy refuses negative seeds
+    # Output templates are checked as paths with "{arch}" as one folder or file name; an
+    # architecture name is one plain component (no "/", no leading "."), so the check holds
+    # for every substitution.
+    report_dir: OutputPath = "reports/bias/{arch}"
+    metrics: OutputPath = "metrics/bias/{arch}.json"
+
+    @field_validator("architectures")
+    @classmethod
+    def _architecture_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not _NAME.match(name):
+                raise ValueError(f"{name!r} is not an architecture name (letters, digits, '_', '-', '.')")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"named more than once: {', '.join(repeated)}")
+        return names
+
+    @field_validator("per_image", "report_dir", "metrics")
+    @classmethod
+    def _arch_templates(cls, template: str, info: ValidationInfo) -> str:
+        check_arch_template(template, info.field_name)
+        if len(info.data.get("architectures") or []) > 1 and not _placeholders(template):
+            raise ValueError(f"{template!r} has no {{arch}}: every architecture would use the same file")
+        return template
+
+    @model_validator(mode="after")
+    def _metrics_outside_the_report(self):
+        for arch in self.architectures:
+            report_dir, metrics = self.report_dir.format(arch=arch), self.metrics.format(arch=arch)
+            folder = os.path.abspath(report_dir)
+            if os.path.commonpath([folder, os.path.abspath(metrics)]) == folder:
+                raise ValueError(f"metrics {metrics!r} lies inside report_dir {report_dir!r}, which is replaced "
+                                 "as a whole")
+        return self
 
 
 # --- inputs ----------------------------------------------------------------------------
@@ -108,7 +163,10 @@ def read_per_image(path: str | Path, source: str) -> tuple[pd.Series, list[str]]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: per-image IoU table not found (has `evaluate` run for this architecture?)")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: not a readable CSV ({exc})") from None
     return per_image_iou(frame, source, str(path))
 
 
@@ -508,7 +566,10 @@ def split_lookup(manifest: str, source: str) -> dict[str, str]:
         return {}
     from pipeline.manifest import read_manifest
 
-    frame = read_manifest(manifest)
+    try:
+        frame = read_manifest(manifest)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
     frame = frame[frame["source"] == source]
     return {i.split("/", 1)[1]: s for i, s in zip(frame["id"], frame["split"])}
 

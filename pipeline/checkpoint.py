@@ -22,9 +22,13 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` atomically: a crash mid-save leaves the previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write ``state`` atomically: a crash mid-save leaves the previous checkpoint intact.
+
+    Saved through a file object: given a path, torch names the archive's inner folder after
+    the (random) temporary file name, so the same weights would give different bytes.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: str | os.PathLike, *, expected_arch: str | None = None,
@@ -38,6 +42,10 @@ def load_checkpoint(path: str | os.PathLike, *, expected_arch: str | None = None
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a portrait-curation checkpoint (no 'model' entry)")
+    config = state.get("config", {})
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise CheckpointError(f"{path}: config must be a mapping of builder argument names to values "
+                              f"(got {config!r})")
     arch = state.get("arch")
     if expected_arch is not None and arch != expected_arch:
         raise CheckpointError(f"{path}: checkpoint is for architecture {arch!r}, but {expected_arch!r} is configured")
@@ -48,6 +56,29 @@ def load_checkpoint(path: str | os.PathLike, *, expected_arch: str | None = None
             details = ", ".join(f"{k}: checkpoint {a!r} vs configured {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(f"{path}: checkpoint does not match the configured model ({details})")
     return state
+
+
+def build_from_checkpoint(state: dict[str, Any], path: str | os.PathLike = "checkpoint") -> torch.nn.Module:
+    """The registry network a checkpoint names, built from its saved ``config``.
+
+    The config is checked like params' ``model_kwargs`` first, so a key the builder does not
+    take or a value it refuses is one CheckpointError naming the file and the key.
+    """
+    from pipeline.models.registry import ModelArgumentError, build_model, check_model_kwargs, get_spec
+
+    arch, config = state.get("arch"), dict(state.get("config") or {})
+    try:
+        get_spec(arch)
+    except (KeyError, TypeError):
+        raise CheckpointError(f"{path}: arch {arch!r} is not a registered architecture") from None
+    try:
+        check_model_kwargs(arch, config)
+        return build_model(arch, **config)
+    except ModelArgumentError as exc:
+        where = f"config.{exc.argument}" if exc.argument else "config"
+        raise CheckpointError(f"{path}: {where}: {exc}") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: config {config!r} does not build {arch}: {exc}") from None
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, Any], path: str | os.PathLike = "checkpoint") -> None:

@@ -16,10 +16,11 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.atomic import atomic_path, write_csv, write_json, write_text
-from pipeline.params import Section, load_section
+from pipeline.models.registry import Architecture
+from pipeline.params import InputPath, OutputPath, Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
 COMPLEXITY_KEYS = ("params", "flops_all_ops", "flops_espnetv2", "latency_ms")
@@ -27,11 +28,19 @@ COLUMNS = ["arch", "params", "paper_params", "gflops_all_ops", "gmacs_espnetv2",
 
 
 class CompareParams(Section):
-    architectures: list[str] = Field(min_length=1)
-    complexity: str = "metrics/complexity.json"
-    eval_dir: str = "metrics/eval"
-    out_dir: str = "reports/compare"
-    metrics: str = "metrics/compare.json"
+    architectures: list[Architecture] = Field(min_length=1)
+    complexity: InputPath = "metrics/complexity.json"
+    eval_dir: InputPath = "metrics/eval"
+    out_dir: OutputPath = "reports/compare"
+    metrics: OutputPath = "metrics/compare.json"
+
+    @field_validator("architectures")
+    @classmethod
+    def _listed_once(cls, value: list[str]) -> list[str]:
+        twice = sorted({a for a in value if value.count(a) > 1})
+        if twice:
+            raise ValueError(f"architectures listed more than once: {twice}")
+        return value
 
 
 # ---------------------------------------------------------------- pure core
@@ -175,12 +184,7 @@ def run(params: CompareParams) -> pd.DataFrame:
     evals = {arch: _read_json(Path(params.eval_dir) / f"{arch}.json",
                               f"run `portrait-curation evaluate --arch {arch}` after training it")
              for arch in params.architectures}
-    paper = {}
-    for arch in params.architectures:
-        try:
-            paper[arch] = get_spec(arch).paper_params
-        except KeyError:
-            paper[arch] = None  # evaluated under a name the registry no longer has: no paper figure
+    paper = {arch: get_spec(arch).paper_params for arch in params.architectures}
     table = build_table(params.architectures, complexity, evals, paper)
     out = Path(params.out_dir)
     write_csv(out / "table.csv", table)

@@ -41,8 +41,8 @@ from tqdm import tqdm
 from pipeline.atomic import write_csv, write_json
 from pipeline.deploy import deploy
 from pipeline.flops import count_flops
-from pipeline.models.registry import available_models, build_model, count_parameters
-from pipeline.params import Section, load_section
+from pipeline.models.registry import Architecture, ModelArgumentError, build_model, check_forward, count_parameters
+from pipeline.params import ParamsError, Section, check_output_path, load_params, load_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
 
 DEFAULT_JSON = Path("metrics/complexity.json")
@@ -50,14 +50,14 @@ DEFAULT_CSV = Path("metrics/complexity.csv")
 
 
 class ComplexityParams(Section):
-    architectures: list[str] = Field(default_factory=lambda: ["extremec3net", "extremec3net_stage1", "portraitnet"],
-                                     min_length=1)
+    architectures: list[Architecture] = Field(
+        default_factory=lambda: ["extremec3net", "extremec3net_stage1", "portraitnet"], min_length=1)
     input_size: int = Field(224, ge=32, le=2048)
     latency_form: Literal["deploy", "train"] = "deploy"
     latency_runtime: Literal["torch", "onnxruntime", "openvino", "native"] = "torch"
     latency_runs: int = Field(100, ge=1)
     warmup_runs: int = Field(10, ge=0)
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1, le=256)
 
     @field_validator("architectures")
     @classmethod
@@ -71,6 +71,15 @@ class ComplexityParams(Section):
         if self.latency_runtime != "torch" and self.latency_form != "deploy":
             raise ValueError(f"latency_runtime: {self.latency_runtime} runs an inference-only form; "
                              f"set latency_form: deploy (got {self.latency_form})")
+        return self
+
+    @model_validator(mode="after")
+    def _networks_run_at_input_size(self) -> "ComplexityParams":
+        for name in self.architectures:
+            try:
+                check_forward(name, {}, self.input_size, batch=1, training=False)
+            except ModelArgumentError as exc:
+                raise ValueError(f"input_size {self.input_size}: {exc}") from None
         return self
 
 
@@ -128,10 +137,6 @@ def make_runner(name: str, form: str, input_size: int, runtime: str = "torch",
 
 def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) -> tuple[dict, pd.DataFrame]:
     """Metrics dict (the JSON) and the table. ``latency_fn(names) -> {name: [ms, ...]}`` replaces timing."""
-    known = available_models()
-    unknown = [a for a in params.architectures if a not in known]
-    if unknown:
-        raise StageError(f"complexity.architectures: unknown architecture(s) {unknown}; known: {known}")
     static = {name: static_complexity(name, params.input_size) for name in params.architectures}
     runtimes = {name: params.latency_runtime for name in params.architectures}
     if latency_fn is None:
@@ -167,6 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body(args: argparse.Namespace) -> int:
         params = load_section(ComplexityParams, "complexity", args.params)
+        rules = path_rules(load_params(args.params), args.params)
+        for option, value in (("--metrics", args.metrics), ("--table", args.table)):
+            try:
+                check_output_path(value, rules)
+            except ValueError as exc:
+                raise ParamsError(f"complexity {option}: {exc}") from None
         metrics, table = measure(params, progress=not args.quiet)
         write_json(args.metrics, metrics)
         write_csv(args.table, table)

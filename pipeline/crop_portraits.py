@@ -11,6 +11,10 @@ face box, landmarks, probability, crop box, shift/padding) in extra manifest col
 The stage also compares its crops with EG1800's portraits (mask fraction, face size and
 position) so the default geometry can be checked against the data it imitates.
 
+A photo that cannot be read is dropped with its reason; a run that yields no crop at
+all fails (keeping the previous crops) unless ``allow_empty`` says an empty output is
+expected.
+
 The core (box geometry, border policies, crop of image and mask, the drop rules) is
 pure; ``main`` only reads the prepared dataset, runs the detector and writes files.
 """
@@ -19,21 +23,27 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Annotated, Literal, Sequence
 
 import cv2
 import numpy as np
 import pandas as pd
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from pipeline.atomic import atomic_dir, atomic_path, write_csv, write_json
 from pipeline.detectors import Face, FaceDetector
-from pipeline.images import BadImageError, write_image, write_mask_png
-from pipeline.manifest import MANIFEST_NAME, ManifestRow, load_sample, mask_statistics, read_manifest, safe_key
-from pipeline.params import Section, load_section
+from pipeline.devices import Device, resolve_device
+from pipeline.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImageError, check_max_pixels, strip_root, write_image,
+                             write_mask_png)
+from pipeline.manifest import (MANIFEST_NAME, ManifestRow, is_safe_key, load_sample, mask_statistics, read_manifest,
+                               safe_key)
+from pipeline.params import InputPath, OutputPath, Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
@@ -61,15 +71,16 @@ class GeometryParams(Section):
     # are 0.58 / 0.58 / 0.43 / 0.69, but CCP's street clothes fill more of such a crop
     # (median mask fraction 0.65 against EG1800's 0.63), so the margins are 5% wider:
     # median mask fraction 0.63, face height 43% of the crop (EG1800: 46%, IQR 40-53%).
-    expand_left: float = Field(0.63, ge=0)
-    expand_right: float = Field(0.63, ge=0)
-    expand_top: float = Field(0.48, ge=0)
-    expand_bottom: float = Field(0.75, ge=0)
+    # (at most 10 face sizes: a larger box is not a portrait, and a padded one would be huge)
+    expand_left: float = Field(0.63, ge=0, le=10)
+    expand_right: float = Field(0.63, ge=0, le=10)
+    expand_top: float = Field(0.48, ge=0, le=10)
+    expand_bottom: float = Field(0.75, ge=0, le=10)
     # Output size; its ratio is the crops' aspect ratio (EG1800: 600x800, 3:4). CCP faces
     # are about 75 px high, so a crop holds about 120x160 real pixels: 300x400 stays above
     # the 224-px training input without storing 5x-upscaled pixels as 600x800 would.
-    output_width: int = Field(300, ge=16)
-    output_height: int = Field(400, ge=16)
+    output_width: int = Field(300, ge=16, le=4096)
+    output_height: int = Field(400, ge=16, le=4096)
     # Random (but reproducible: seeded by the crop's id) zoom and offset of the crop box,
     # so crops spread over face sizes and positions as EG1800's portraits do instead of
     # all sharing one framing. Zoom: box side times exp(U(-jitter_scale, +jitter_scale));
@@ -110,43 +121,97 @@ class QualityParams(Section):
         return self
 
 
+# MTCNN's first network looks at 12x12 windows: nothing smaller can hold a face.
+MTCNN_MIN_SIDE = 12
+Probability = Annotated[float, Field(ge=0, le=1)]
+CanvasSide = Annotated[int, Field(ge=MTCNN_MIN_SIDE, le=8192)]
+
+
 class DetectorParams(Section):
     name: Literal["mtcnn"] = "mtcnn"
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
-    batch_size: int = Field(16, ge=1)
+    device: Device = "cpu"  # auto, cpu, cuda, cuda:N
+    batch_size: int = Field(16, ge=1, le=1024)
     # Photos are letterboxed onto a canvas of this (width, height) for detection, boxes
     # mapped back to full resolution; null detects at full size (about 2.4x slower).
-    detect_size: tuple[int, int] | None = (320, 480)
+    detect_size: tuple[CanvasSide, CanvasSide] | None = (320, 480)
     # MTCNN's smallest face in canvas pixels. 24 on the 320x480 canvas is about 41 px in a
     # 550x825 photo, just above quality.min_face_height: smaller faces would be dropped
     # anyway, and skipping the finest pyramid levels makes detection about 1.4x faster
     # (benchmarks/crops.py: no face that becomes a crop is lost).
-    min_face_size: int = Field(24, ge=12)
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    min_face_size: int = Field(24, ge=MTCNN_MIN_SIDE)
+    # Score thresholds of MTCNN's three stages (P-, R-, O-Net), each a probability.
+    thresholds: tuple[Probability, Probability, Probability] = (0.6, 0.7, 0.7)
     pyramid_factor: float = Field(0.709, gt=0.1, lt=1)
+
+    @model_validator(mode="after")
+    def _canvas_holds_a_face(self):
+        # MTCNN builds no pyramid level (and fails) when the canvas is smaller than a face.
+        if self.detect_size is not None and min(self.detect_size) < self.min_face_size:
+            raise ValueError(f"detect_size {list(self.detect_size)} is smaller than min_face_size "
+                             f"{self.min_face_size}: no face could be found")
+        return self
+
+
+LabelledSplit = Literal["train", "val", "test"]  # "unlabelled" photos have no mask to crop
+SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]  # as prepare's dataset names
+
+
+def _distinct(values: list) -> list:
+    if not values:
+        raise ValueError("must name at least one")
+    if len(set(values)) != len(values):
+        raise ValueError(f"repeated entries in {values}")
+    return values
 
 
 class CalibrationParams(Section):
-    reference_source: str = "eg1800"
-    reference_splits: list[str] = ["train", "test"]
+    reference_source: SourceName = "eg1800"
+    reference_splits: Annotated[list[LabelledSplit], AfterValidator(_distinct)] = ["train", "test"]
     reference_limit: int = Field(150, ge=0)  # EG1800 portraits whose faces are detected; 0 = all
-    quantiles: list[float] = [0.05, 0.25, 0.5, 0.75, 0.95]
+    quantiles: Annotated[list[Probability], AfterValidator(_distinct)] = [0.05, 0.25, 0.5, 0.75, 0.95]
 
 
 class CropParams(Section):
-    input_dir: str = "data/prepared"
-    output_dir: str = "data/crops"
-    source: str = "ccp"
-    splits: list[str] = ["train", "val"]
-    output_source: str = "ccp_crops"
+    input_dir: InputPath = "data/prepared"
+    output_dir: OutputPath = "data/crops"
+    source: SourceName = "ccp"
+    splits: Annotated[list[LabelledSplit], AfterValidator(_distinct)] = ["train", "val"]
+    # Crop ids are "<output_source>/<photo key>_f<i>"; also a folder name in the output.
+    output_source: SourceName = "ccp_crops"
     limit: int = Field(0, ge=0)  # photos to process (first by id); 0 = all
     image_format: Literal["jpg", "png"] = "jpg"
-    metrics_file: str = "metrics/crops.json"
-    report_dir: str = "reports/crops"
+    metrics_file: OutputPath = "metrics/crops.json"
+    report_dir: OutputPath = "reports/crops"
+    # No crop at all (every face dropped, thresholds too strict) fails the stage unless allowed.
+    allow_empty: bool = False
+    # Larger photos are dropped with a reason instead of decoded.
+    max_image_pixels: Annotated[int, AfterValidator(check_max_pixels)] = DEFAULT_MAX_IMAGE_PIXELS
     geometry: GeometryParams = GeometryParams()
     quality: QualityParams = QualityParams()
     detector: DetectorParams = DetectorParams()
     calibration: CalibrationParams = CalibrationParams()
+
+    @model_validator(mode="after")
+    def _apart(self):
+        if self.output_source == self.source:
+            raise ValueError(f"output_source must differ from source ({self.source!r}): crops are new samples")
+        inputs, output = _absolute(self.input_dir), _absolute(self.output_dir)
+        if _nested(output, inputs) or _nested(inputs, output):
+            raise ValueError(f"output_dir ({self.output_dir}) and input_dir ({self.input_dir}) overlap; "
+                             "the crops would replace their own input")
+        for name in ("metrics_file", "report_dir"):
+            if _nested(_absolute(getattr(self, name)), output):
+                raise ValueError(f"{name} ({getattr(self, name)}) must not lie inside output_dir "
+                                 f"({self.output_dir}), which is replaced as a whole")
+        return self
+
+
+def _absolute(path: str) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _nested(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
 
 
 # --------------------------------------------------------------------------- geometry
@@ -402,9 +467,28 @@ def _centre_inside(face_box: Sequence[float], box: Box) -> bool:
 
 
 def crop_key(parent_id: str, face_index: int) -> str:
-    """``ccp/0001`` face 0 -> ``0001_f0`` (the crop's key within its source)."""
+    """``ccp/0001`` face 0 -> ``0001_f0`` (the crop's key within its source).
+
+    A parent key that is already a key (every prepared id's is) is kept as it is, so a
+    photo ``a b.jpg`` (key ``a~20b``) gives ``a~20b_f0``; any other text is encoded.
+    """
     parent_key = parent_id.split("/", 1)[-1]
-    return f"{safe_key(parent_key)}_f{face_index}"
+    return f"{parent_key if is_safe_key(parent_key) else safe_key(parent_key)}_f{face_index}"
+
+
+class CropIds:
+    """The crop ids given so far: a second parent giving the same id is an error naming both."""
+
+    def __init__(self):
+        self._parents: dict[str, str] = {}
+
+    def claim(self, plan: "CropPlan") -> str:
+        key = crop_key(plan.parent_id, plan.face_index)
+        other = self._parents.setdefault(key, plan.parent_id)
+        if other != plan.parent_id:
+            raise StageError(f"crop_portraits: photos {other} and {plan.parent_id} both give the crop key {key!r}; "
+                             "rename one of them")
+        return key
 
 
 def provenance(plan: CropPlan) -> dict:
@@ -473,7 +557,8 @@ def plot_calibration(crops: pd.DataFrame, reference: pd.DataFrame, reference_nam
                 ax.hist(np.clip(values, 0, 1), bins=bins, alpha=0.5, density=True,
                         label=f"{label} (n={len(values)}, median {np.median(values):.2f})")
         ax.set_title(titles[column], fontsize=10)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # nothing to show when there are no crops (allow_empty)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
@@ -530,13 +615,14 @@ def crop_photos(frame: pd.DataFrame, input_root: Path, output_root: Path, detect
     rows: list[dict] = []
     dropped: list[Dropped] = []
     faces_detected = 0
+    ids = CropIds()
     bar = tqdm(total=len(frame), desc="crop_portraits", unit="photo", disable=not progress)
     for batch in _batches(frame, params.detector.batch_size):
         loaded = []
         for _, row in batch.iterrows():
             try:
-                image, mask = load_sample(input_root, row)
-            except (BadImageError, ValueError, OSError) as exc:
+                image, mask = read_photo(input_root, row, params.max_image_pixels)
+            except BadImageError as exc:
                 dropped.append(Dropped(row["id"], -1, UNREADABLE, str(exc)))
                 continue
             loaded.append((row, image, mask))
@@ -546,7 +632,8 @@ def crop_photos(frame: pd.DataFrame, input_root: Path, output_root: Path, detect
             result = plan_crops(row["id"], mask, faces, params)
             dropped.extend(result.dropped)
             for plan in result.plans:
-                rows.append(_write_crop(plan, row, image, mask, output_root, source, size, params))
+                key = ids.claim(plan)
+                rows.append(_write_crop(plan, key, row, image, mask, output_root, source, size, params))
         bar.update(len(batch))
     bar.close()
     manifest = pd.DataFrame(rows)
@@ -557,9 +644,19 @@ def crop_photos(frame: pd.DataFrame, input_root: Path, output_root: Path, detect
     return manifest, dropped_frame, faces_detected
 
 
-def _write_crop(plan: CropPlan, parent, image: np.ndarray, mask: np.ndarray, output_root: Path, source: str,
-                size: tuple[int, int], params: CropParams) -> dict:
-    key = crop_key(plan.parent_id, plan.face_index)
+def read_photo(input_root: Path, row, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A manifest row's image and mask; BadImageError (naming files relative to the dataset) if unusable."""
+    try:
+        return load_sample(input_root, row, max_pixels)
+    except (BadImageError, ValueError, OSError) as exc:
+        raise BadImageError(strip_root(str(exc), input_root)) from None
+    except Exception as exc:  # any other decode failure is this photo's problem, not the stage's
+        raise BadImageError(strip_root(f"{row['image']}: cannot read ({type(exc).__name__}: {exc})",
+                                       input_root)) from None
+
+
+def _write_crop(plan: CropPlan, key: str, parent, image: np.ndarray, mask: np.ndarray, output_root: Path,
+                source: str, size: tuple[int, int], params: CropParams) -> dict:
     image_rel = f"images/{source}/{key}.{params.image_format}"
     mask_rel = f"masks/{source}/{key}.png"
     crop_rgb, crop_mask = crop_image_and_mask(image, mask, plan.placement.box, size)
@@ -579,8 +676,12 @@ def _write_crop(plan: CropPlan, parent, image: np.ndarray, mask: np.ndarray, out
 
 
 def detect_reference(frame: pd.DataFrame, input_root: Path, detector: FaceDetector, batch_size: int,
-                     progress: bool = True) -> pd.DataFrame:
-    """Face and mask figures of the reference portraits (EG1800), one row per image with a face."""
+                     progress: bool = True, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+                     unreadable: list[Dropped] | None = None) -> pd.DataFrame:
+    """Face and mask figures of the reference portraits (EG1800), one row per image with a face.
+
+    Unreadable reference images are appended to ``unreadable`` (when given) with the reason.
+    """
     from tqdm import tqdm
 
     rows = []
@@ -589,8 +690,10 @@ def detect_reference(frame: pd.DataFrame, input_root: Path, detector: FaceDetect
         loaded = []
         for _, row in batch.iterrows():
             try:
-                image, mask = load_sample(input_root, row)
-            except (BadImageError, ValueError, OSError):
+                image, mask = read_photo(input_root, row, max_pixels)
+            except BadImageError as exc:
+                if unreadable is not None:
+                    unreadable.append(Dropped(row["id"], -1, UNREADABLE, str(exc)))
                 continue
             fraction = float(mask.mean()) if mask is not None else float("nan")
             loaded.append((row["id"], image, fraction))
@@ -625,10 +728,20 @@ def select_photos(manifest: pd.DataFrame, source: str, splits: Sequence[str], li
     return chosen.head(limit)
 
 
+def empty_output_error(n_photos: int, dropped: pd.DataFrame) -> StageError:
+    counts = Counter(dropped["reason"]) if len(dropped) else Counter()
+    top = "; ".join(f"{reason} {n}" for reason, n in counts.most_common(4)) or "nothing dropped"
+    return StageError(f"crop_portraits: no crop from {n_photos} photo(s) ({top}); check the detector thresholds and "
+                      "the quality params, or set crop_portraits.allow_empty: true to accept an empty output")
+
+
 def _run(args: argparse.Namespace) -> int:
     params = load_section(CropParams, "crop_portraits", args.params)
     input_root = Path(params.input_dir)
-    manifest = read_manifest(input_root)
+    try:
+        manifest = read_manifest(input_root)
+    except ValueError as exc:  # duplicate ids, missing columns, not a CSV
+        raise StageError(str(exc)) from None
     photos = select_photos(manifest, params.source, params.splits, params.limit)
     if photos.empty:
         raise StageError(f"{input_root / MANIFEST_NAME}: no labelled photos of source {params.source!r} "
@@ -642,8 +755,9 @@ def _run(args: argparse.Namespace) -> int:
     from pipeline.detectors import build_detector
 
     d = params.detector
+    device = resolve_device(d.device)
     try:
-        detector = build_detector(d.name, device=d.device, detect_size=d.detect_size, min_face_size=d.min_face_size,
+        detector = build_detector(d.name, device=device, detect_size=d.detect_size, min_face_size=d.min_face_size,
                                   thresholds=d.thresholds, pyramid_factor=d.pyramid_factor)
     except ValueError as exc:
         raise StageError(f"detector: {exc}") from exc
@@ -651,19 +765,26 @@ def _run(args: argparse.Namespace) -> int:
     remove_own_leftovers(Path(params.output_dir))
     with atomic_dir(params.output_dir) as tmp:
         crops, dropped, faces_detected = crop_photos(photos, input_root, tmp, detector, params, progress)
+        if crops.empty and not params.allow_empty:
+            raise empty_output_error(len(photos), dropped)  # before the swap: the previous crops stay
         write_csv(tmp / MANIFEST_NAME, crops)
         write_csv(tmp / "dropped.csv", dropped)
-    reference_figures = detect_reference(reference, input_root, detector, d.batch_size, progress)
+    unreadable_reference: list[Dropped] = []
+    reference_figures = detect_reference(reference, input_root, detector, d.batch_size, progress,
+                                         params.max_image_pixels, unreadable_reference)
     name = calibration.reference_source
     report_dir = Path(params.report_dir)
     write_csv(report_dir / "calibration.csv", calibration_table(crops, reference_figures, calibration.quantiles, name))
     write_csv(report_dir / "reference_faces.csv", reference_figures)
     plot_calibration(crops, reference_figures, name, report_dir / "calibration.png")
     metrics = summarize(len(photos), crops, dropped, reference_figures, name, faces_detected)
+    metrics["reference_unreadable"] = len(unreadable_reference)
     write_json(params.metrics_file, metrics)
     if not args.quiet:
         print(f"crop_portraits: {metrics['crops_kept']} crops from {metrics['photos_with_crop']}/{len(photos)} photos, "
               f"{metrics['dropped_total']} dropped; median mask fraction {metrics['median_mask_fraction']}")
+    for item in unreadable_reference:
+        print(f"crop_portraits: reference image {item.parent_id} skipped: {item.detail}", file=sys.stderr)
     return 0
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.images import strip_root
 from pipeline.manifest import load_sample
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,6 +89,30 @@ class ManifestDataset(Dataset):
             out = self.transform(image=image, mask=mask_u8)
             image, mask_u8 = out["image"], out["mask"]
         return {"image": to_tensor(image), "mask": torch.from_numpy(mask_u8.astype(np.float32)), "id": row["id"]}
+
+
+# What reading one sample can raise when its files are bad: BadImageError (a ValueError;
+# pipeline.images also turns PIL's DecompressionBombError into it) and load_sample's size check.
+UNREADABLE_SAMPLE = (ValueError, OSError)
+
+
+def readable_rows(root: str | os.PathLike, frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
+    """The rows whose image (and mask) decode, and ``{"id", "reason"}`` for every other one.
+
+    Reasons name files relative to ``root``, so a skip list is the same on every checkout.
+
+    Decoding each sample once up front costs a pass over the files, but a bad file found
+    inside a DataLoader would abort a training run midway instead of being skipped.
+    """
+    keep, skipped = [], []
+    for index, row in frame.iterrows():
+        try:
+            load_sample(root, row)
+        except UNREADABLE_SAMPLE as exc:
+            skipped.append({"id": row["id"], "reason": strip_root(str(exc), root)})
+        else:
+            keep.append(index)
+    return frame.loc[keep], skipped
 
 
 def select(frame: pd.DataFrame, splits: Sequence[str] | None = None, sources: Sequence[str] | None = None) -> pd.DataFrame:

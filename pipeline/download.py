@@ -8,41 +8,57 @@ checked against the pinned sha256, and extracted with every member's path checke
 a member that would land outside the target (zip-slip / tar-slip, absolute paths,
 links) refuses the whole archive. Directories are copied and hashed as a tree.
 
-Each source lands atomically in ``data/raw/<name>/``; ``data/raw/SOURCES.json``
-records where each came from and its hash.
+All sources are built together in one temporary folder that replaces ``data/raw`` as a
+whole, so a failing source leaves every earlier source and ``SOURCES.json`` as they
+were. ``SOURCES.json`` records each source as the params name it (URL, or mirror root
+plus the path inside it), never as a resolved path, so it is the same in every checkout.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import lzma
 import os
 import shutil
 import stat
 import tarfile
+import tempfile
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.hashing import sha256_file
-from pipeline.params import Section, load_section
+from pipeline.params import InputPath, OutputPath, Section, SubPath, check_sub_path, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
 CHUNK = 1 << 20
 
 
+SOURCES_FILE = "SOURCES.json"
+
+
 class SourceParams(Section):
-    url: str = Field(description="upstream location: http(s) URL, file:// URL or local path")
+    url: str = Field(min_length=1, description="upstream location: http(s) URL, file:// URL or local path")
     sha256: str | None = Field(None, description="sha256 of the file (or tree hash of a directory); null = not pinned")
-    subdir: str | None = Field(None, description="folder inside the archive/directory that holds the dataset")
-    mirror: str | None = Field(None, description="path of this source under download.mirror")
+    subdir: SubPath | None = Field(None, description="folder inside the archive/directory that holds the dataset")
+    mirror: SubPath | None = Field(None, description="path of this source under download.mirror")
     mirror_sha256: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _not_blank(cls, value):
+        if not value.strip():
+            raise ValueError("must be a URL or a path, not blank")
+        return value
 
     @field_validator("sha256", "mirror_sha256")
     @classmethod
@@ -53,10 +69,10 @@ class SourceParams(Section):
 
 
 class DownloadParams(Section):
-    mirror: str | None = Field(None, description="offline mirror root; when set, sources are read from there")
+    mirror: InputPath | None = Field(None, description="offline mirror root; when set, sources are read from there")
     sources: dict[str, SourceParams]
-    out_dir: str = "data/raw"
-    cache_dir: str = "data/.cache/downloads"
+    out_dir: OutputPath = "data/raw"
+    cache_dir: OutputPath = "data/.cache/downloads"
 
     @field_validator("sources")
     @classmethod
@@ -64,9 +80,19 @@ class DownloadParams(Section):
         if not value:
             raise ValueError("at least one source is needed")
         for name in value:
-            if not name or any(c in name for c in "/\\") or name.startswith("."):
-                raise ValueError(f"source name {name!r} must be a plain folder name")
+            if (not name or any(c in name for c in "/\\:") or name.startswith(".") or name == SOURCES_FILE
+                    or any(ord(c) < 32 for c in name)):
+                raise ValueError(f"source name {name!r} must be a plain folder name (not {SOURCES_FILE!r})")
         return value
+
+    @model_validator(mode="after")
+    def _cache_apart_from_output(self):
+        # out_dir is replaced as a whole: a cache inside it would be wiped (and shipped as data).
+        out, cache = (Path(os.path.normpath(p)) for p in (self.out_dir, self.cache_dir))
+        if out == cache or out in cache.parents or cache in out.parents:
+            raise ValueError(f"cache_dir {self.cache_dir!r} and out_dir {self.out_dir!r} must not contain each other "
+                             "(out_dir is replaced as a whole on every run)")
+        return self
 
 
 class ChecksumError(StageError):
@@ -77,6 +103,10 @@ class UnsafeArchiveError(StageError):
     pass
 
 
+class CorruptArchiveError(StageError):
+    pass
+
+
 # ---------------------------------------------------------------- hashing
 
 def tree_files(root: Path) -> list[Path]:
@@ -84,6 +114,10 @@ def tree_files(root: Path) -> list[Path]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames.sort()
+        for name in dirnames:
+            if (Path(dirpath) / name).is_symlink():
+                raise UnsafeArchiveError(f"{Path(dirpath) / name}: symbolic links are not copied from a source "
+                                         "directory")
         for name in sorted(filenames):
             path = Path(dirpath) / name
             mode = path.lstat().st_mode
@@ -114,7 +148,10 @@ def local_path(location: str, base: Path) -> Path | None:
         return None
     if parsed.scheme and len(parsed.scheme) > 1:
         raise StageError(f"unsupported URL scheme {parsed.scheme!r} in {location!r}")
-    path = Path(location).expanduser()
+    try:
+        path = Path(location).expanduser()
+    except RuntimeError as exc:  # "~nobody/x"
+        raise StageError(f"cannot read location {location!r}: {exc}") from None
     return path if path.is_absolute() else base / path
 
 
@@ -179,16 +216,41 @@ def check_member_path(name: str, archive: str) -> PurePosixPath:
     return posix
 
 
-def safe_extract(archive: Path, target: Path) -> None:
-    """Extract ``archive`` into the empty folder ``target``, checking every member first."""
+# What a damaged archive raises while it is read (bad CRC, truncated stream, broken headers).
+CORRUPT_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.ReadError, tarfile.CompressionError,
+                          gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, NotImplementedError)
+
+
+def safe_extract(archive: Path, target: Path, progress: bool = True) -> None:
+    """Extract ``archive`` into the empty folder ``target``, checking every member first.
+
+    A damaged archive raises CorruptArchiveError (one line naming the file), not the
+    zipfile/tarfile/gzip exception it came from.
+    """
+    try:
+        _extract_checked(archive, target, progress)
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(f"{archive.name}: {exc}; archive refused") from None
+    except CORRUPT_ARCHIVE_ERRORS as exc:
+        raise CorruptArchiveError(f"{archive.name}: corrupt or truncated archive "
+                                  f"({type(exc).__name__}: {exc})") from None
+    except OSError as exc:
+        if exc.errno is None:  # bz2 "Invalid data stream" and the like: the archive, not the disk
+            raise CorruptArchiveError(f"{archive.name}: corrupt or truncated archive ({exc})") from None
+        raise StageError(f"{archive.name}: cannot extract into {target}: {exc}") from None  # disk full, permissions
+
+
+def _extract_checked(archive: Path, target: Path, progress: bool) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             for info in infos:
                 check_member_path(info.filename, archive.name)
                 if stat.S_ISLNK(info.external_attr >> 16):
-                    raise UnsafeArchiveError(f"{archive.name}: member {info.filename!r} is a symbolic link; archive refused")
-            for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False):
+                    raise UnsafeArchiveError(f"{archive.name}: member {info.filename!r} is a symbolic link; "
+                                             "archive refused")
+            for info in tqdm(infos, desc=f"extract {archive.name}", unit="file", leave=False,
+                             disable=not progress):
                 zf.extract(info, target)
         return
     if _is_tar(archive):
@@ -203,7 +265,7 @@ def safe_extract(archive: Path, target: Path) -> None:
                                              "archive refused")
             tf.extractall(target, members=members, filter="data")
         return
-    raise StageError(f"{archive}: not a zip or tar archive")
+    raise CorruptArchiveError(f"{archive.name}: named like an archive but not a readable zip or tar archive")
 
 
 # ---------------------------------------------------------------- one source
@@ -211,11 +273,19 @@ def safe_extract(archive: Path, target: Path) -> None:
 @dataclass
 class FetchResult:
     name: str
-    location: str
+    location: str  # as the params name it: the URL / path, or the path under ``mirror``
     kind: str  # directory | archive | file
     sha256: str
     pinned: bool
     files: int
+    mirror: str | None = None  # the mirror root as the params name it, when read from the mirror
+
+    def record(self) -> dict:
+        """This source's entry in SOURCES.json: only values from the params and the data."""
+        entry = {"location": self.location}
+        if self.mirror is not None:
+            entry["mirror"] = self.mirror
+        return {**entry, "kind": self.kind, "sha256": self.sha256, "pinned": self.pinned, "files": self.files}
 
 
 def copy_tree(src: Path, dst: Path, files: list[Path], progress: bool = True) -> None:
@@ -225,26 +295,62 @@ def copy_tree(src: Path, dst: Path, files: list[Path], progress: bool = True) ->
         shutil.copy2(path, out)
 
 
-def fetch_source(name: str, location: str, expected: str | None, subdir: str | None, out_dir: Path,
-                 cache_dir: Path, base: Path, progress: bool = True) -> FetchResult:
-    """Bring one source into ``out_dir/name`` atomically; verify ``expected`` when pinned."""
+def _sub_parts(name: str, subdir: str | None, key: str = "subdir") -> tuple[str, ...]:
+    """The parts of ``subdir`` (None: the root itself); absolute or climbing values refused."""
+    if subdir is None:
+        return ()
+    try:
+        check_sub_path(subdir)
+    except ValueError as exc:
+        raise StageError(f"source {name}: {key} {exc}") from None
+    normal = os.path.normpath(subdir.replace("\\", "/"))  # "a/./b/" -> "a/b"; never climbs (checked above)
+    return tuple(part for part in PurePosixPath(normal).parts if part != ".")
+
+
+def inner_folder(name: str, root: Path, subdir: str | None, what: str) -> Path:
+    """``root/subdir``, refused unless it is a real folder inside ``root`` (after resolving links)."""
+    parts = _sub_parts(name, subdir)
+    inner = root.joinpath(*parts)
+    real_root, real_inner = root.resolve(), inner.resolve()
+    if real_inner != real_root and real_root not in real_inner.parents:
+        raise StageError(f"source {name}: subdir {subdir!r} leads outside {what}; refused")
+    if inner.is_symlink() or not inner.is_dir():
+        raise StageError(f"source {name}: no folder {subdir!r} inside {what}")
+    return inner
+
+
+def fetch_source(name: str, location: str, expected: str | None, subdir: str | None, dest: Path,
+                 cache_dir: Path, base: Path, progress: bool = True, label: str | None = None,
+                 mirror: str | None = None) -> FetchResult:
+    """Build source ``name`` as the new folder ``dest``; verify ``expected`` when pinned.
+
+    ``dest`` must not exist; it is meant to sit inside a staging folder that the caller
+    swaps in atomically (``run`` does). Nothing outside ``dest`` is moved or deleted,
+    except this source's own corrupt download in ``cache_dir``. ``label`` is how the
+    source is recorded (default: ``location``).
+    """
+    label = location if label is None else label
+    if dest.exists():
+        raise StageError(f"source {name}: {dest} already exists; fetch_source builds a new folder")
     local = local_path(location, base)
-    target = out_dir / name
     if local is not None and local.is_dir():
         files = tree_files(local)
         if not files:
             raise StageError(f"source {name}: {local} is an empty directory")
+        real_local, real_dest = local.resolve(), dest.parent.resolve()
+        if real_dest == real_local or real_local in real_dest.parents:
+            raise StageError(f"source {name}: {location!r} is a folder that holds the stage's own output; "
+                             "name the dataset's folder instead")
         digest = tree_sha256(local, files)
         _verify(name, location, digest, expected)
-        with atomic_dir(target) as tmp:
-            copy_tree(local, tmp / "_all", files, progress)
-            inner = tmp / "_all" / subdir if subdir else tmp / "_all"
-            if not inner.is_dir():
-                raise StageError(f"source {name}: no folder {subdir!r} inside {local}")
-            for entry in inner.iterdir():
-                os.replace(entry, tmp / entry.name)
-            shutil.rmtree(tmp / "_all")
-        return FetchResult(name, location, "directory", digest, expected is not None, len(files))
+        inner = inner_folder(name, local, subdir, str(local))
+        parts = _sub_parts(name, subdir)
+        chosen = [f for f in files if f.relative_to(local).parts[:len(parts)] == parts]
+        if not chosen:
+            raise StageError(f"source {name}: folder {subdir!r} inside {local} holds no files")
+        dest.mkdir(parents=True)
+        copy_tree(inner, dest, [inner.joinpath(*f.relative_to(local).parts[len(parts):]) for f in chosen], progress)
+        return FetchResult(name, label, "directory", digest, expected is not None, len(chosen), mirror)
 
     if local is not None:
         if not local.is_file():
@@ -263,28 +369,41 @@ def fetch_source(name: str, location: str, expected: str | None, subdir: str | N
         if local is None:
             file_path.unlink(missing_ok=True)  # a bad download must not be reused next time
         raise
-    with atomic_dir(target) as tmp:
-        if is_archive(file_path):
-            staging = tmp / "_extract"
-            staging.mkdir()
-            safe_extract(file_path, staging)
-            inner = staging / subdir if subdir else _single_top_folder(staging)
-            if not inner.is_dir():
-                raise StageError(f"source {name}: no folder {subdir!r} inside {file_path.name}")
-            for entry in list(inner.iterdir()):
-                os.replace(entry, tmp / entry.name)
-            shutil.rmtree(staging)
-            kind = "archive"
+    if not is_archive(file_path):
+        if subdir is not None:
+            raise StageError(f"source {name}: subdir {subdir!r} is set but {file_path.name} is a single file, "
+                             "not an archive or a folder")
+        dest.mkdir(parents=True)
+        shutil.copy2(file_path, dest / file_path.name)
+        return FetchResult(name, label, "file", digest, expected is not None, 1, mirror)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
+    try:
+        try:
+            safe_extract(file_path, staging, progress)
+        except CorruptArchiveError as exc:
+            if local is None:
+                file_path.unlink(missing_ok=True)  # fetch it again next run
+                exc = f"{exc}; the cached download was removed, run again to fetch it anew"
+            raise CorruptArchiveError(f"source {name}: {exc}") from None
+        except StageError as exc:
+            raise type(exc)(f"source {name}: {exc}") from None
+        if subdir is not None:
+            inner = inner_folder(name, staging, subdir, file_path.name)
         else:
-            shutil.copy2(file_path, tmp / file_path.name)
-            kind = "file"
-        count = sum(1 for p in tmp.rglob("*") if p.is_file())
-    return FetchResult(name, location, kind, digest, expected is not None, count)
+            inner = _single_top_folder(staging)
+        os.replace(inner, dest)  # both inside the staging tree: nothing outside moves
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    count = sum(1 for p in dest.rglob("*") if p.is_file())
+    return FetchResult(name, label, "archive", digest, expected is not None, count, mirror)
 
 
 def _single_top_folder(folder: Path) -> Path:
     entries = list(folder.iterdir())
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink() else folder
 
 
 def _verify(name: str, location: str, digest: str, expected: str | None) -> None:
@@ -293,26 +412,39 @@ def _verify(name: str, location: str, digest: str, expected: str | None) -> None
                             "The file changed upstream or the download is corrupt; nothing was written.")
 
 
-def resolve_location(params: DownloadParams, name: str, base: Path) -> tuple[str, str | None]:
+@dataclass(frozen=True)
+class Plan:
+    """Where one source is read from, and how SOURCES.json names it."""
+
+    location: str  # what fetch_source opens
+    expected: str | None
+    subdir: str | None
+    label: str  # what the params say: the URL, or the path under the mirror
+    mirror: str | None
+
+
+def resolve_location(params: DownloadParams, name: str, base: Path) -> Plan:
     source = params.sources[name]
     if params.mirror and source.mirror:
         mirror_root = local_path(params.mirror, base)
-        return str((mirror_root / source.mirror).resolve()), source.mirror_sha256
-    return source.url, source.sha256
+        if mirror_root is None:
+            raise StageError(f"download.mirror {params.mirror!r} must be a local folder (a path or file:// URL)")
+        parts = _sub_parts(name, source.mirror, "mirror")  # refused here too when the section was built in code
+        return Plan(str(mirror_root.joinpath(*parts)), source.mirror_sha256, None, source.mirror, params.mirror)
+    return Plan(source.url, source.sha256, source.subdir, source.url, None)
 
 
 def run(params: DownloadParams, base: Path, progress: bool = True) -> list[FetchResult]:
+    """Fetch every source into one new ``out_dir``: all of it replaces the old one, or none."""
     out_dir = base / params.out_dir
     cache_dir = base / params.cache_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for name, source in params.sources.items():
-        location, expected = resolve_location(params, name, base)
-        subdir = None if (params.mirror and source.mirror) else source.subdir
-        result = fetch_source(name, location, expected, subdir, out_dir, cache_dir, base, progress)
-        results.append(result)
-    write_json(out_dir / "SOURCES.json", {r.name: {"location": r.location, "kind": r.kind, "sha256": r.sha256,
-                                                   "pinned": r.pinned, "files": r.files} for r in results})
+    with atomic_dir(out_dir) as staging:
+        for name in params.sources:
+            plan = resolve_location(params, name, base)
+            results.append(fetch_source(name, plan.location, plan.expected, plan.subdir, staging / name, cache_dir,
+                                        base, progress, label=plan.label, mirror=plan.mirror))
+        write_json(staging / SOURCES_FILE, {r.name: r.record() for r in results})
     return results
 
 
@@ -325,7 +457,8 @@ def main(argv=None) -> int:
         results = run(params, Path.cwd(), progress=not args.quiet)
         for r in results:
             pin = "verified" if r.pinned else "NOT PINNED (add this sha256 to params.yaml)"
-            print(f"{r.name:10s} {r.kind:9s} {r.files:6d} files  sha256 {r.sha256}  {pin}  <- {r.location}")
+            where = f"{r.mirror}: {r.location}" if r.mirror is not None else r.location
+            print(f"{r.name:10s} {r.kind:9s} {r.files:6d} files  sha256 {r.sha256}  {pin}  <- {where}")
         return 0
 
     return run_main(body, parser, argv)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
-from pipeline.params import Section, load_params, load_section
+from pipeline.devices import Device, resolve_device
+from pipeline.params import InputPath, OutputPath, Section, load_params, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
 PER_IMAGE_COLUMNS = ["id", "image_key", "iou", "boundary_f1"]
@@ -151,38 +153,38 @@ def evaluate_model(model: torch.nn.Module, loader, *, tolerance_px: float = 3.0,
 
 
 class EvaluateParams(Section):
-    prepared_dir: str = "data/prepared"
-    source: str = "eg1800"
-    split: str = "test"
-    models_dir: str = "models"
-    metrics_dir: str = "metrics/eval"
-    boundary_tolerance_px: float = Field(3.0, ge=0)
+    prepared_dir: InputPath = "data/prepared"
+    source: str = Field("eg1800", min_length=1)
+    split: Literal["train", "val", "test"] = "test"
+    models_dir: OutputPath = "models"  # reads models/<arch>/model.pt, writes models/<arch>/per_image.csv
+    metrics_dir: OutputPath = "metrics/eval"
+    boundary_tolerance_px: float = Field(3.0, ge=0, allow_inf_nan=False)
     batch_size: int = Field(8, ge=1)
-    workers: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=64)
     max_images: int = Field(0, ge=0)  # 0 = all (a smaller number only for smoke runs)
-    device: str = "cpu"
-    threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch's default
+    device: Device = "cpu"
+    threads: int = Field(0, ge=0, le=256)  # torch CPU threads; 0 = torch's default
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StageError(f"device {name!r} requested but CUDA is not available")
-    return name
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 4096  # train.input_size's range
 
 
 def load_trained_model(path: str | os.PathLike, arch: str) -> tuple[torch.nn.Module, dict]:
-    """The network saved by ``train`` in ``path``; refuses a file of another architecture."""
-    from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights
-    from pipeline.models import build_model
+    """The network saved by ``train`` in ``path``; refuses a file of another architecture, or
+    one whose saved builder config or input size the network cannot take."""
+    from pipeline.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, load_weights
 
     try:
         state = load_checkpoint(path, expected_arch=arch)
-        model = build_model(arch, **dict(state.get("config", {})))
+        model = build_from_checkpoint(state, path)
         load_weights(model, state, path)
     except CheckpointError as exc:
         raise StageError(str(exc)) from None
+    size = state.get("input_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE):
+        raise StageError(f"{path}: input_size must be an integer in {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} "
+                         f"(got {size!r})")
     return model, state
 
 
@@ -197,10 +199,16 @@ def evaluate_arch(arch: str, params: EvaluateParams, progress: bool = True) -> d
     device = resolve_device(params.device)
     model.to(device)
     input_size = int(state.get("input_size") or get_spec(arch).input_size)
-    frame = read_manifest(params.prepared_dir)
-    frame = frame[(frame["source"] == params.source) & (frame["split"] == params.split) & (frame["mask"] != "")]
+    try:
+        frame = read_manifest(params.prepared_dir)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
+    labelled = frame[frame["mask"] != ""]
+    frame = labelled[(labelled["source"] == params.source) & (labelled["split"] == params.split)]
     if frame.empty:
-        raise StageError(f"{params.prepared_dir}: no labelled rows of source {params.source!r}, split {params.split!r}")
+        present = sorted({f"{s}/{p}" for s, p in zip(labelled["source"], labelled["split"])})
+        raise StageError(f"{params.prepared_dir}: no labelled rows of source {params.source!r}, split "
+                         f"{params.split!r} (labelled source/split pairs there: {', '.join(present) or 'none'})")
     if params.max_images:
         frame = frame.iloc[: params.max_images]
     dataset = OriginalSizeDataset(params.prepared_dir, frame, input_size)
@@ -219,11 +227,19 @@ def evaluate_arch(arch: str, params: EvaluateParams, progress: bool = True) -> d
 
 def archs_to_run(args: argparse.Namespace) -> list[str]:
     """``--arch`` if given, else every architecture ``train.archs`` lists."""
+    from pipeline.models import available_models
+
     if args.arch:
-        return [args.arch]
-    archs = (load_params(args.params).get("train") or {}).get("archs") or []
-    if not archs:
-        raise StageError("no architecture given: pass --arch NAME or list them in params.yaml train.archs")
+        archs = [args.arch]
+    else:
+        archs = (load_params(args.params).get("train") or {}).get("archs") or []
+        if not archs:
+            raise StageError("no architecture given: pass --arch NAME or list them in params.yaml train.archs")
+        if not isinstance(archs, list):
+            raise StageError(f"train.archs must be a list of architectures (got {archs!r})")
+    unknown = [a for a in archs if a not in available_models()]
+    if unknown:
+        raise StageError(f"unknown architecture(s) {unknown}; known: {', '.join(available_models())}")
     return list(archs)
 
 

@@ -1,13 +1,16 @@
 """Decoding images and masks the same way everywhere, with explicit notes on conversions.
 
 Real datasets hold grayscale, RGBA, CMYK, 16-bit and EXIF-rotated files. Every such
-case is normalised to 8-bit RGB here and *recorded*, never silently guessed at.
+case is normalised to 8-bit RGB here and *recorded*, never silently guessed at. Every
+way a file can fail to decode (corrupt, truncated, a decompression bomb, more pixels
+than the caller's ``max_pixels``) is one ``BadImageError`` the caller records as a skip.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +35,48 @@ _ORIENTATION_OPS = {
 
 
 class BadImageError(ValueError):
-    """An image or mask file that cannot be used (corrupt, truncated, not an image)."""
+    """An image or mask file that cannot be used (corrupt, truncated, not an image, too large)."""
+
+
+# Larger images are refused, not decoded: a few-KB PNG can claim 20000x20000 pixels and
+# take gigabytes to decode. Stages make it a param (``max_image_pixels``).
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+
+
+def pil_pixel_limit() -> int | None:
+    """Pixels above which PIL itself refuses to open a file (its DecompressionBombError)."""
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+
+
+def check_max_pixels(value: int) -> int:
+    """A ``max_image_pixels`` param: positive and not above what PIL opens at all."""
+    limit = pil_pixel_limit()
+    if value < 1:
+        raise ValueError("must be at least 1")
+    if limit is not None and value > limit:
+        raise ValueError(f"must be at most {limit} (above it PIL refuses every image as a decompression bomb)")
+    return value
+
+
+def _max_file_bytes(max_pixels: int) -> int:
+    # 8 bytes a pixel (uncompressed 16-bit RGBA) plus room for metadata: no honest image
+    # within the pixel limit is bigger, and nothing bigger is read into memory.
+    return 8 * max_pixels + (64 << 20)
+
+
+def strip_root(text: str, root: str | os.PathLike) -> str:
+    """``text`` with every ``<root>/`` removed, so messages name files relative to their dataset."""
+    root = Path(root)
+    forms = sorted({str(root), os.path.abspath(root), str(root.resolve())} - {".", ""}, key=len, reverse=True)
+    for form in forms:
+        # only where a path starts (line start, blank, quote, bracket): "x/" must not eat "ax/"
+        text = re.sub(r"(?<![^\s'\"(\[])" + re.escape(form.rstrip(os.sep) + os.sep), "", text)
+    return text
+
+
+def _bomb_pixels(exc: Exception) -> str:
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    return match.group(1) if match else "?"
 
 
 @dataclass
@@ -51,20 +95,39 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _open_fully(path: Path) -> Image.Image:
+def _open_fully(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode a whole file; every way it can fail is a BadImageError naming ``path``."""
+    path = Path(path)
     try:
+        size = path.stat().st_size
+        if max_pixels is not None and size > _max_file_bytes(max_pixels):
+            raise BadImageError(f"{path}: file too large: {size} bytes for an image of at most {max_pixels} pixels")
         data = path.read_bytes()
     except OSError as exc:
-        raise BadImageError(f"{path}: cannot read: {exc}") from exc
+        raise BadImageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     if not data:
         raise BadImageError(f"{path}: empty file")
     try:
         img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise BadImageError(f"{path}: image too large: {width * height} pixels ({width}x{height}), "
+                                f"limit {max_pixels}")
         img.load()  # forces a full decode: truncated files fail here, not later
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL's own limit (or its warning turned into an error): same refusal, same words.
+        pixels = _bomb_pixels(exc)
+        over_ours = max_pixels is not None and pixels.isdigit() and int(pixels) > max_pixels
+        limit = max_pixels if over_ours else f"{Image.MAX_IMAGE_PIXELS} (PIL's Image.MAX_IMAGE_PIXELS)"
+        raise BadImageError(f"{path}: image too large: {pixels} pixels, limit {limit}") from None
     except UnidentifiedImageError as exc:
         raise BadImageError(f"{path}: not an image file (unknown format or corrupt header)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(f"{path}: corrupt or truncated image ({exc})") from exc
+    except Exception as exc:  # PIL's parsers also fail with struct.error, IndexError, ...
+        raise BadImageError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from exc
     return img
 
 
@@ -95,10 +158,22 @@ def _to_rgb8(img: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_image(path: str | os.PathLike) -> LoadedImage:
-    """Decode ``path`` into upright 8-bit RGB; raise BadImageError if it cannot be used."""
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> LoadedImage:
+    """Decode ``path`` into upright 8-bit RGB; raise BadImageError if it cannot be used.
+
+    Images of more than ``max_pixels`` pixels are refused before they are decoded.
+    """
     path = Path(path)
-    img = _open_fully(path)
+    img = _open_fully(path, max_pixels)
+    try:
+        return _upright_rgb(img)
+    except BadImageError:
+        raise
+    except Exception as exc:  # a decodable file whose pixels still cannot be converted
+        raise BadImageError(f"{path}: cannot convert to RGB ({type(exc).__name__}: {exc})") from exc
+
+
+def _upright_rgb(img: Image.Image) -> LoadedImage:
     stored_size = img.size
     orientation = 1
     try:
@@ -152,13 +227,22 @@ def binarize_mask(values: np.ndarray, what: str = "mask") -> tuple[np.ndarray, l
     return values > top // 2, notes
 
 
-def read_mask_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a canonical mask (PNG, 0/255) as a boolean array."""
-    path = Path(path)
-    img = _open_fully(path)
-    arr = np.asarray(img)
-    mask, _ = binarize_mask(arr, str(path))
+def read_mask_png(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read a mask stored as an image (canonical: PNG 0/255) as a boolean array."""
+    mask, _ = read_mask_image(path, max_pixels)
     return mask
+
+
+def read_mask_image(path: str | os.PathLike,
+                    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, list[str]]:
+    """A mask image (0/1, 0/255, palette indices 0/1, soft) as booleans and the binarisation notes."""
+    path = Path(path)
+    img = _open_fully(path, max_pixels)
+    try:
+        arr = np.asarray(img)
+    except Exception as exc:
+        raise BadImageError(f"{path}: cannot read the mask's pixels ({type(exc).__name__}: {exc})") from exc
+    return binarize_mask(arr, str(path))
 
 
 def mask_to_png_bytes(mask: np.ndarray) -> bytes:
@@ -186,6 +270,6 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, quality: int = 95) -> 
             img.save(tmp, format=fmt)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Upright 8-bit RGB array of an image file (for stages reading canonical data)."""
-    return load_image(path).rgb
+    return load_image(path, max_pixels).rgb

@@ -10,28 +10,39 @@ truncated images and masks are skipped with a reason; a mask whose size differs 
 its image is skipped; grayscale, RGBA, CMYK, palette and 16-bit images are converted
 to 8-bit RGB and the conversion noted; EXIF orientation is applied to the image, and
 to the mask too when the mask is laid out like the stored pixels (as MATLAB and most
-annotation tools read them).
+annotation tools read them). Images and masks above ``max_image_pixels`` are skipped
+before they are decoded (a few-KB file can claim 20000x20000 pixels), and so is any
+file that lies outside its dataset's root (a ``..`` in a list, a symlink out of it).
+
+Ids are ``<dataset>/<safe_key(name)>``, and ``safe_key`` is injective, so two names
+never share an id; two different files that still give one id (``a.jpg`` and ``a.png``)
+stop the stage naming both, while the same file listed twice is a counted duplicate.
+A dataset that yields no usable sample stops the stage with its skip reasons. Reasons
+name files relative to their dataset root, so the outputs are the same in every checkout.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_csv, write_json
-from pipeline.images import BadImageError, LoadedImage, apply_orientation, load_image, mask_to_png_bytes
-from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, safe_key, to_frame
-from pipeline.params import Section, load_section
+from pipeline.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImageError, LoadedImage, apply_orientation, check_max_pixels,
+                             load_image, mask_to_png_bytes, strip_root)
+from pipeline.manifest import KEY_MAX_LENGTH, MANIFEST_NAME, ManifestRow, mask_statistics, safe_key, to_frame
+from pipeline.params import InputPath, OutputPath, Section, SubPath, load_section
 from pipeline.sources import LOADERS, LoaderReport, RawItem
+from pipeline.sources.base import confine
 from pipeline.stage import StageError, make_parser, run_main
 
 Format = Literal["eg1800_original", "eg1800_portraitnet", "baidu", "ccp", "folder", "unlabelled"]
@@ -40,24 +51,35 @@ Format = Literal["eg1800_original", "eg1800_portraitnet", "baidu", "ccp", "folde
 class DatasetSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     format: Format
-    root: str
+    root: InputPath  # read only: a mirror outside the project (../shared/datasets/x) is fine
     max_items: int | None = Field(None, ge=1, description="keep only the first N usable items (quick runs)")
     # format options (ignored by formats that have no use for them)
     val_fraction: float = Field(0.1, ge=0.0, le=1.0)
     carried_items: list[str] = ["bag", "purse", "wallet"]
     carried_items_are_person: bool = False
     include_unlabelled: bool = True
-    images_dir: str | None = None  # folder/unlabelled formats; default "images" / the root itself
-    masks_dir: str | None = None  # folder format; default "masks"
+    images_dir: SubPath | None = None  # folder/unlabelled formats; default "images" / the root itself
+    masks_dir: SubPath | None = None  # folder format; default "masks"
     mask_suffix: str | None = None  # folder format; default ".png" (e.g. "_mask.png")
     split: Literal["train", "val", "test", "unlabelled"] = "train"
+
+    @field_validator("mask_suffix")
+    @classmethod
+    def _plain_suffix(cls, value):
+        # "<stem><suffix>" must stay a file name inside masks_dir
+        if value is not None and (not value or any(c in value for c in "/\\") or not value.isprintable()):
+            raise ValueError("must be a non-empty file-name ending without a path separator (e.g. '_mask.png')")
+        return value
 
 
 class PrepareParams(Section):
     datasets: list[DatasetSpec]
-    out_dir: str = "data/prepared"
-    metrics: str = "metrics/prepare.json"
+    out_dir: OutputPath = "data/prepared"
+    metrics: OutputPath = "metrics/prepare.json"
     workers: int = Field(2, ge=1, le=64)
+    # Larger images (and masks) are skipped with a reason instead of decoded: a few-KB
+    # file can claim 20000x20000 pixels. At most PIL's own decompression-bomb limit.
+    max_image_pixels: Annotated[int, AfterValidator(check_max_pixels)] = DEFAULT_MAX_IMAGE_PIXELS
 
     @field_validator("datasets")
     @classmethod
@@ -70,6 +92,28 @@ class PrepareParams(Section):
             raise ValueError(f"dataset names must be unique; repeated: {sorted(dup)}")
         return value
 
+    @model_validator(mode="after")
+    def _outputs_apart(self):
+        # out_dir is replaced as a whole: nothing else may live in it, least of all the
+        # data it is made from.
+        out, metrics = _absolute(self.out_dir), _absolute(self.metrics)
+        if _nested(metrics, out):
+            raise ValueError(f"metrics ({self.metrics}) must not lie inside out_dir ({self.out_dir}), "
+                             "which is replaced as a whole")
+        for spec in self.datasets:
+            if _nested(_absolute(spec.root), out):
+                raise ValueError(f"the root of dataset {spec.name} ({spec.root}) lies inside out_dir "
+                                 f"({self.out_dir}): prepare would replace its own input")
+        return self
+
+
+def _absolute(path: str) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _nested(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
 
 @dataclass
 class Decoded:
@@ -78,15 +122,15 @@ class Decoded:
     notes: list[str]
 
 
-def decode_item(item: RawItem) -> Decoded:
+def decode_item(item: RawItem, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded:
     """Decode and check one raw item; raise BadImageError with the reason to skip it."""
     if item.image_path is None:
         raise BadImageError(item.skip_reason or "no image")
-    image = load_image(item.image_path)
+    image = load_image(item.image_path, max_pixels)
     notes = list(image.notes)
     mask = None
     if item.read_mask is not None:
-        mask = item.read_mask()
+        mask = item.read_mask(max_pixels)
         stored_hw = (image.stored_size[1], image.stored_size[0])
         upright_hw = image.rgb.shape[:2]
         if mask.shape == stored_hw:
@@ -108,19 +152,35 @@ def _is_plain_jpeg(path: Path, decoded: Decoded) -> bool:
         return fh.read(3) == b"\xff\xd8\xff"
 
 
-def process_item(item: RawItem, source: str, out_root: Path) -> tuple[ManifestRow | None, dict | None]:
-    """Write one item into ``out_root``; return its manifest row, or a skip record."""
+def skip_reason(exc: Exception, item: RawItem, root: Path) -> str:
+    """The reason to record for a failed item: no absolute path, files named relative to ``root``."""
+    reason = str(exc)
+    if item.image_path is not None:
+        reason = reason.replace(f"{item.image_path}: ", "")  # the row names the image already
+    return strip_root(reason, root)
+
+
+def _skip(source: str, key: str, item: RawItem, reason: str) -> dict:
+    return {"source": source, "key": key, "split": item.split, "reason": reason, "origin": item.origin}
+
+
+def process_item(item: RawItem, source: str, out_root: Path, key: str | None = None, root: Path | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[ManifestRow | None, dict | None]:
+    """Write one item into ``out_root``; return its manifest row, or a skip record.
+
+    ``key`` is the item's safe key (``safe_key(item.key)`` when not given); ``root`` is the
+    dataset root that reasons name files relative to.
+    """
+    key = safe_key(item.key) if key is None else key
     if item.skip_reason:
-        return None, {"source": source, "key": item.key, "split": item.split, "reason": item.skip_reason,
-                      "origin": item.origin}
+        return None, _skip(source, key, item, item.skip_reason)
     try:
-        decoded = decode_item(item)
+        decoded = decode_item(item, max_pixels)
     except BadImageError as exc:
-        reason = str(exc)
-        if item.image_path is not None and str(item.image_path) in reason:
-            reason = reason.replace(f"{item.image_path}: ", "")
-        return None, {"source": source, "key": item.key, "split": item.split, "reason": reason, "origin": item.origin}
-    key = safe_key(item.key)
+        return None, _skip(source, key, item, skip_reason(exc, item, root or item.image_path.parent))
+    except Exception as exc:  # a reader failing some other way: still this item's problem, not the stage's
+        wrapped = BadImageError(f"cannot decode ({type(exc).__name__}: {exc})")
+        return None, _skip(source, key, item, skip_reason(wrapped, item, root or item.image_path.parent))
     image_rel = Path("images") / source / (f"{key}.jpg" if _is_plain_jpeg(item.image_path, decoded) else f"{key}.png")
     (out_root / image_rel).parent.mkdir(parents=True, exist_ok=True)
     if image_rel.suffix == ".jpg":
@@ -143,25 +203,92 @@ def process_item(item: RawItem, source: str, out_root: Path) -> tuple[ManifestRo
     return row, None
 
 
-def prepare_source(spec: DatasetSpec, base: Path, out_root: Path, workers: int, progress: bool = True):
+def _files(item: RawItem) -> tuple[Path | None, Path | None]:
+    def real(path: Path | None) -> Path | None:
+        return None if path is None else path.resolve()
+
+    return real(item.image_path), real(item.mask_path)
+
+
+def _describe(item: RawItem, root: Path) -> str:
+    if item.image_path is None:
+        return item.origin or repr(item.key)
+    return strip_root(str(item.image_path), root)
+
+
+def unique_items(spec_name: str, items, root: Path, report: LoaderReport) -> list[tuple[str, RawItem]]:
+    """(safe key, item) per id; the same files listed again are a counted duplicate.
+
+    Two different files that give one id (``a.jpg`` and ``a.png``, ``a b.jpg`` when keys
+    were lossy) are a StageError naming both: the dataset must not silently keep either.
+    Items whose files lie outside ``root``, or whose name gives no usable key, become skips.
+    """
+    chosen: dict[str, RawItem] = {}
+    out: list[tuple[str, RawItem]] = []
+    for item in items:
+        item = confine(item, root)
+        try:
+            key = safe_key(item.key)
+        except ValueError:
+            key = ""
+        if not key or len(key) > KEY_MAX_LENGTH:
+            what = ("no name" if not key else
+                    f"name too long for an id ({len(key)} characters encoded, at most {KEY_MAX_LENGTH})")
+            out.append(("", RawItem(item.key, item.split, None, origin=item.origin, skip_reason=what)))
+            continue
+        first = chosen.get(key)
+        if first is not None:
+            if first.image_path is None or item.image_path is None or _files(first) == _files(item):
+                report.count("id listed more than once (first listing kept)")
+                continue
+            raise StageError(f"dataset {spec_name}: {_describe(first, root)} and {_describe(item, root)} both give "
+                             f"the id {spec_name}/{key}; rename or remove one of them")
+        chosen[key] = item
+        out.append((key, item))
+    return out
+
+
+def _count_of(record: dict) -> tuple[str, int]:
+    """(reason, items) of a skip record; a loader's aggregate row (key "*") says "reason (xN)"."""
+    reason = record["reason"]
+    if record["key"] == "*" and reason.endswith(")") and " (x" in reason:
+        head, count = reason.rsplit(" (x", 1)
+        if count[:-1].isdigit():
+            return head, int(count[:-1])
+    return reason, 1
+
+
+def _no_usable_item(spec: DatasetSpec, skipped: list[dict]) -> StageError:
+    reasons: Counter = Counter()
+    for record in skipped:
+        reason, n = _count_of(record)
+        reasons[reason] += n
+    top = "; ".join(f"{reason} {n}" for reason, n in reasons.most_common(3))
+    found = f"{sum(reasons.values())} item(s) skipped: {top}" if skipped else "no item found"
+    return StageError(f"dataset {spec.name}: no usable sample in {spec.root} ({found}); fix the dataset or "
+                      "its format options, or remove it from prepare.datasets")
+
+
+def prepare_source(spec: DatasetSpec, base: Path, out_root: Path, workers: int, progress: bool = True,
+                   max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
     root = base / spec.root
     if not root.is_dir():
         raise StageError(f"dataset {spec.name}: {root} not found (did `download` run? is prepare.datasets.root right?)")
     report = LoaderReport()
     loader = LOADERS[spec.format]
     options = spec.model_dump(exclude={"name", "format", "root", "max_items"}, exclude_none=True)
-    items = []
-    seen: set[str] = set()
-    for item in loader(root, report, **options):
-        if item.key in seen:
-            report.count("id listed more than once (first listing kept)")
-            continue
-        seen.add(item.key)
-        items.append(item)
+    items = unique_items(spec.name, loader(root, report, **options), root, report)
     rows: list[ManifestRow] = []
     skipped: list[dict] = []
+
+    def process(entry):
+        key, item = entry
+        if not key:
+            return None, _skip(spec.name, key, item, item.skip_reason)
+        return process_item(item, spec.name, out_root, key, root, max_pixels)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda it: process_item(it, spec.name, out_root), items)
+        results = pool.map(process, items)
         for row, skip in tqdm(results, total=len(items), desc=f"prepare {spec.name}", unit="img", disable=not progress):
             if row is not None:
                 if spec.max_items is None or len(rows) < spec.max_items:
@@ -174,6 +301,8 @@ def prepare_source(spec: DatasetSpec, base: Path, out_root: Path, workers: int, 
     for reason, count in report.ignored.items():
         skipped.append({"source": spec.name, "key": "*", "split": "", "reason": f"{reason} (x{count})",
                         "origin": ""})
+    if not rows:
+        raise _no_usable_item(spec, skipped)
     return rows, skipped, report
 
 
@@ -188,11 +317,8 @@ def summarise(manifest: pd.DataFrame, skipped: pd.DataFrame) -> dict:
     summary["conversions"] = dict(notes)
     grouped: dict = defaultdict(dict)
     for _, row in skipped.iterrows():
-        reason = row["reason"]
-        n = 1
-        if reason.endswith(")") and " (x" in reason:
-            reason, n = reason.rsplit(" (x", 1)[0], int(reason.rsplit(" (x", 1)[1][:-1])
-        elif row["key"] != "*" and ":" not in reason and len(reason) > 80:
+        reason, n = _count_of(row)
+        if row["key"] != "*" and ":" not in reason and len(reason) > 80:
             reason = reason[:80]
         grouped[row["source"]][reason] = grouped[row["source"]].get(reason, 0) + n
     summary["skipped"] = {s: dict(sorted(r.items())) for s, r in grouped.items()}
@@ -223,13 +349,17 @@ def run(params: PrepareParams, base: Path, progress: bool = True) -> dict:
     all_skipped: list[dict] = []
     with atomic_dir(base / params.out_dir) as tmp:
         for spec in params.datasets:
-            rows, skipped, _ = prepare_source(spec, base, tmp, params.workers, progress)
+            rows, skipped, _ = prepare_source(spec, base, tmp, params.workers, progress, params.max_image_pixels)
             all_rows += rows
             all_skipped += skipped
         manifest = to_frame(all_rows)
         skipped_frame = pd.DataFrame(all_skipped, columns=["source", "key", "split", "reason", "origin"])
-        if manifest.empty:
-            raise StageError("prepare: no usable sample in any dataset; see the skip reasons above")
+        if manifest.empty:  # each dataset already refuses to be empty; kept as the last guard
+            raise StageError("prepare: no usable sample in any dataset")
+        duplicated = manifest["id"].duplicated(keep=False)
+        if duplicated.any():  # unique by construction; a repeat here is a bug, never a silent overwrite
+            clash = manifest[duplicated].head(2)
+            raise StageError(f"prepare: id {clash['id'].iloc[0]} given to both {' and '.join(clash['origin'])}")
         write_csv(tmp / MANIFEST_NAME, manifest)
         write_csv(tmp / "skipped.csv", skipped_frame)
         summary = summarise(manifest, skipped_frame)

@@ -30,56 +30,94 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
+from pipeline.assemble import is_within, portable_relpath
 from pipeline.atomic import atomic_dir, write_csv, write_json
 from pipeline.checkpoint import CheckpointError
-from pipeline.images import BadImageError, mask_to_png_bytes, read_mask_png, read_rgb
+from pipeline.data import UNREADABLE_SAMPLE
+from pipeline.devices import Device, resolve_device
+from pipeline.images import mask_to_png_bytes, read_mask_png, read_rgb, strip_root
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, read_manifest, safe_key, to_frame
-from pipeline.params import Section, load_params, parse_section
+from pipeline.params import InputPath, OutputPath, Section, load_params, parse_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.teacher import OUTPUT_STRIDE, Prediction, TeacherRunner, load_teacher, mask_iou, native_bfloat16
-from pipeline.train_teacher import DataSource, TeacherParams, gather_rows, pick_device
+from pipeline.teacher import (OUTPUT_STRIDE, Prediction, TeacherRunner, checked_input_size, load_teacher, mask_iou,
+                              native_bfloat16)
+from pipeline.train_teacher import DataSource, SplitName, TeacherParams, gather_rows
 
 COMPONENTS = ("confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence")
+
+
+ComponentName = Literal["confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence"]
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # becomes a folder name and the prefix of every id
 
 
 class ScoreParams(Section):
     uncertain_band: float = Field(0.1, gt=0, lt=0.5)  # p in (band, 1 - band) counts as uncertain
     min_mask_fraction: float = Field(0.02, gt=0, le=1)  # smaller masks: "no person found"
-    weights: dict[Literal["confidence", "boundary_certainty", "flip_agreement", "largest_component_share",
-                          "presence"], float] = {c: 1.0 for c in COMPONENTS}
+    weights: dict[ComponentName, float] = {c: 1.0 for c in COMPONENTS}
+
+    @field_validator("weights")
+    @classmethod
+    def _usable_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"weights must be finite and >= 0 (got {bad})")
+        if not any(v > 0 for v in weights.values()):
+            raise ValueError("at least one weight must be > 0, else every score is undefined")
+        return weights
 
 
 class ValidationParams(Section):
     data: list[DataSource] = [DataSource(root="data/prepared", splits=["val"], sources=["ccp"])]
+    allow_empty_validation: bool = False  # true: no validation images is a note, not an error
     max_images: int | None = Field(None, ge=1)
     iou_threshold: float = Field(0.9, gt=0, le=1)  # IoU below this = a pseudo-label a person should reject
-    per_image_csv: str = "metrics/pseudo_label_validation.csv"
+    per_image_csv: OutputPath = "metrics/pseudo_label_validation.csv"
 
 
 class PseudoLabelParams(Section):
-    teacher: str = "models/teacher/teacher.pt"
-    pool_root: str = "data/prepared"
-    pool_splits: list[str] = ["unlabelled"]
-    pool_sources: list[str] | None = None
+    teacher: InputPath = "models/teacher/teacher.pt"
+    pool_root: InputPath = "data/prepared"
+    pool_splits: list[SplitName] = Field(["unlabelled"], min_length=1)
+    pool_sources: list[str] | None = Field(None, min_length=1)
     max_images: int | None = Field(None, ge=1)
     input_size: int | None = Field(None, ge=OUTPUT_STRIDE)  # null: the size the teacher trained at
     batch_size: int = Field(4, ge=1)
     flip_tta: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     channels_last: bool = True
     bfloat16: bool | Literal["auto"] = "auto"  # auto: where the device computes bf16 natively
-    source_name: str = "pseudo"
-    output: str = "data/pseudo"
-    metrics: str = "metrics/pseudo_label.json"
+    source_name: str = Field("pseudo", pattern=_NAME)
+    output: OutputPath = "data/pseudo"
+    metrics: OutputPath = "metrics/pseudo_label.json"
     score: ScoreParams = ScoreParams()
     validation: ValidationParams = ValidationParams()
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_stride(cls, value: int | None) -> int | None:
+        if value is not None and value % OUTPUT_STRIDE:
+            raise ValueError(f"must be a multiple of {OUTPUT_STRIDE} (DeepLabv3+ output stride)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.flip_tta and not any(v > 0 for k, v in self.score.weights.items() if k != "flip_agreement"):
+            raise ValueError("score.weights: only flip_agreement has weight, but flip_tta is off; no image would "
+                             "get a score")
+        files = {"metrics": self.metrics, "validation.per_image_csv": self.validation.per_image_csv}
+        if os.path.normpath(self.metrics) == os.path.normpath(self.validation.per_image_csv):
+            raise ValueError("metrics and validation.per_image_csv are the same file; each output needs its own")
+        for key, value in files.items():
+            if is_within(os.path.abspath(value), os.path.abspath(self.output)):
+                raise ValueError(f"{key} {value!r} lies inside output {self.output!r}, which is replaced as a whole")
+        return self
 
 
 # ---------------------------------------------------------------------------- pure cores
@@ -148,7 +186,10 @@ def failure_auc(scores: Iterable[float], ious: Iterable[float], threshold: float
 
 def predict_rows(runner: TeacherRunner, root: Path, rows: pd.DataFrame, batch_size: int, desc: str,
                  progress: bool = True) -> Iterator[tuple[dict, np.ndarray | None, Prediction | None, str]]:
-    """Yield (row, image, prediction, "") per readable row, (row, None, None, reason) otherwise."""
+    """Yield (row, image, prediction, "") per readable row, (row, None, None, reason) otherwise.
+
+    The reason names the file relative to ``root``, so skip lists are the same on every checkout.
+    """
     pending: list[tuple[dict, np.ndarray]] = []
     bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress)
 
@@ -162,9 +203,9 @@ def predict_rows(runner: TeacherRunner, root: Path, rows: pd.DataFrame, batch_si
     for row in rows.to_dict("records"):
         try:
             image = read_rgb(root / row["image"])
-        except (BadImageError, OSError) as exc:
+        except UNREADABLE_SAMPLE as exc:
             bar.update(1)
-            yield row, None, None, str(exc)
+            yield row, None, None, strip_root(str(exc), root)
             continue
         pending.append((row, image))
         if len(pending) >= batch_size:
@@ -174,20 +215,51 @@ def predict_rows(runner: TeacherRunner, root: Path, rows: pd.DataFrame, batch_si
     bar.close()
 
 
+def pseudo_keys(pool: pd.DataFrame) -> dict[str, str]:
+    """Pool id -> the file-safe key of its pseudo-label; two ids sharing a key is an error naming both.
+
+    The key joins source and key with ``_``, so ``a_b/c`` and ``a/b_c`` would otherwise write
+    one mask file for two images.
+    """
+    keys: dict[str, str] = {}
+    owner: dict[str, dict] = {}
+    for row in pool.to_dict("records"):
+        key = safe_key(row["id"].replace("/", "_"))
+        if key in owner:
+            first = owner[key]
+            raise StageError(f"pool ids {first['id']!r} ({first['image']}) and {row['id']!r} ({row['image']}) both "
+                             f"become pseudo-label key {key!r}; rename one of the files")
+        owner[key] = row
+        keys[row["id"]] = key
+    return keys
+
+
 def build_pseudo_dataset(runner: TeacherRunner, pool_root: Path, pool: pd.DataFrame, settings: PseudoLabelParams,
-                         out_dir: Path, final_dir: Path, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                         out_dir: Path, final_dir: Path, progress: bool = True,
+                         anchors: Sequence[str | os.PathLike] | None = None
+                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Write masks under ``out_dir``; return (manifest, scores, skipped) frames.
 
-    Image paths are relative to ``final_dir`` (where ``out_dir`` is renamed to).
+    Image paths are relative to ``final_dir`` (where ``out_dir`` is renamed to), computed
+    lexically; with ``anchors`` (see ``assemble.portable_relpath``) a pool row whose image
+    lies outside them is skipped with the reason.
     """
     rows, scores, skipped = [], [], []
     source = settings.source_name
+    keys = pseudo_keys(pool)
     for row, image, prediction, reason in predict_rows(runner, pool_root, pool, settings.batch_size,
                                                        "pseudo-label", progress):
-        if prediction is None:
+        image_rel = None
+        if prediction is not None:
+            try:
+                image_rel = (portable_relpath(pool_root / row["image"], final_dir, anchors) if anchors is not None
+                             else Path(os.path.relpath(pool_root / row["image"], final_dir)).as_posix())
+            except ValueError:
+                reason = f"image {row['image']!r} lies outside the project: the manifest cannot point at it portably"
+        if image_rel is None:
             skipped.append({"id": row["id"], "image": row["image"], "reason": reason})
             continue
-        key = safe_key(row["id"].replace("/", "_"))
+        key = keys[row["id"]]
         mask = prediction.mask
         png = mask_to_png_bytes(mask)
         mask_rel = f"masks/{source}/{key}.png"
@@ -195,9 +267,8 @@ def build_pseudo_dataset(runner: TeacherRunner, pool_root: Path, pool: pd.DataFr
         (out_dir / mask_rel).write_bytes(png)
         components = score_components(prediction.probability, prediction.flip_iou, settings.score)
         score = combine_score(components, settings.score.weights)
-        image_rel = os.path.relpath(pool_root.resolve() / row["image"], final_dir.resolve())
         rows.append(ManifestRow(
-            id=f"{source}/{key}", source=source, split="train", image=Path(image_rel).as_posix(), mask=mask_rel,
+            id=f"{source}/{key}", source=source, split="train", image=image_rel, mask=mask_rel,
             width=image.shape[1], height=image.shape[0], **mask_statistics(mask), origin=row["id"],
             notes=row.get("notes", "") or ""))
         scores.append({"id": f"{source}/{key}", "origin": row["id"], "score": score,
@@ -223,8 +294,8 @@ def validate_teacher(runner: TeacherRunner, rows: pd.DataFrame, settings: Pseudo
                 continue
             try:
                 truth = read_mask_png(Path(root) / row["mask"])
-            except BadImageError as exc:
-                skipped.append({"id": row["id"], "reason": str(exc)})
+            except UNREADABLE_SAMPLE as exc:
+                skipped.append({"id": row["id"], "reason": strip_root(str(exc), root)})
                 continue
             if truth.shape != prediction.probability.shape:
                 skipped.append({"id": row["id"], "reason": f"mask {truth.shape} and image "
@@ -261,38 +332,89 @@ def validation_metrics(frame: pd.DataFrame, threshold: float) -> dict:
 # ---------------------------------------------------------------------------- stage
 
 
+def select_pool(pool: pd.DataFrame, settings: PseudoLabelParams, where: str) -> pd.DataFrame:
+    """The pool rows to label, sorted by id; a source name the pool lacks or an empty pool is an error."""
+    if settings.pool_sources is not None:
+        unknown = sorted(set(settings.pool_sources) - set(pool["source"]))
+        if unknown:
+            raise StageError(f"pseudo_label.pool_sources: {', '.join(unknown)} not in {where} (it holds "
+                             f"{', '.join(sorted(set(pool['source']))) or 'no rows'})")
+        pool = pool[pool["source"].isin(settings.pool_sources)]
+    pool = pool[pool["split"].isin(settings.pool_splits)].sort_values("id")
+    if pool.empty:
+        raise StageError(f"{where}: no rows with split in {settings.pool_splits}"
+                         + ("" if settings.pool_sources is None else f" and source in {settings.pool_sources}")
+                         + " to pseudo-label")
+    return pool.head(settings.max_images) if settings.max_images else pool
+
+
+def validation_rows(settings: PseudoLabelParams, seen_in_training: set[str], notes: list[str],
+                    project: str | os.PathLike) -> tuple[pd.DataFrame, int]:
+    """Labelled rows the teacher did not train on (and how many were left out for that)."""
+    rows = gather_rows(settings.validation.data, notes, "pseudo_label.validation.data", project)
+    leaked = rows["id"].isin(seen_in_training) | rows["origin"].isin(seen_in_training) if len(rows) else \
+        pd.Series([], dtype=bool)
+    rows = rows[~leaked].sort_values("id")
+    if settings.validation.max_images:
+        rows = rows.head(settings.validation.max_images)
+    return rows, int(leaked.sum())
+
+
 def _body(args) -> int:
     raw = load_params(args.params)
     settings = parse_section(PseudoLabelParams, raw, "pseudo_label", args.params)
     teacher_settings = parse_section(TeacherParams, raw, "teacher", args.params)
+    rules = path_rules(raw, args.params)
+    anchors = (rules.root, *rules.allowed_outside)
+    project = rules.root
     try:
         model, state = load_teacher(settings.teacher, expected_config=teacher_settings.arch_config())
+        trained_size = checked_input_size(state, settings.teacher)
+        seen = state.get("train_ids") or []
+        if not isinstance(seen, list) or not all(isinstance(i, str) for i in seen):
+            raise CheckpointError(f"{settings.teacher}: teacher checkpoint train_ids is not a list of ids")
     except CheckpointError as exc:
         raise StageError(str(exc)) from None
-    input_size = settings.input_size or int(state.get("input_size") or teacher_settings.input_size)
-    if input_size % OUTPUT_STRIDE:
-        raise StageError(f"pseudo_label.input_size {input_size} is not a multiple of {OUTPUT_STRIDE}")
-    device = pick_device(settings.device)
-    bfloat16 = native_bfloat16(device) if settings.bfloat16 == "auto" else settings.bfloat16
-    runner = TeacherRunner(model, input_size, flip_tta=settings.flip_tta, device=device,
-                           channels_last=settings.channels_last, bfloat16=bfloat16)
 
     pool_root = Path(settings.pool_root)
+    output = Path(settings.output)
+    try:
+        portable_relpath(pool_root, output, anchors)
+    except ValueError as exc:
+        raise StageError(f"pseudo_label.pool_root {settings.pool_root!r}: {settings.output}/manifest.csv would point "
+                         f"into it with paths that differ between checkouts ({exc}); keep the pool in the project "
+                         "(a symlink inside it works)") from None
     try:
         pool = read_manifest(pool_root)
     except ValueError as exc:
         raise StageError(str(exc)) from None
-    pool = pool[pool["split"].isin(settings.pool_splits)]
-    if settings.pool_sources is not None:
-        pool = pool[pool["source"].isin(settings.pool_sources)]
-    pool = pool.sort_values("id").head(settings.max_images) if settings.max_images else pool.sort_values("id")
-    if pool.empty:
-        raise StageError(f"{pool_root}: no rows with split in {settings.pool_splits} to pseudo-label")
+    pool = select_pool(pool, settings, str(pool_root / MANIFEST_NAME))
+    pseudo_keys(pool)  # a key collision fails before the teacher runs
+    input_size = settings.input_size or trained_size or teacher_settings.input_size
+    device = resolve_device(settings.device)
+    bfloat16 = native_bfloat16(device) if settings.bfloat16 == "auto" else settings.bfloat16
+    runner = TeacherRunner(model, input_size, flip_tta=settings.flip_tta, device=device,
+                           channels_last=settings.channels_last, bfloat16=bfloat16)
+
+    # Validation first: an empty validation set fails before the pool's outputs are replaced.
+    notes: list[str] = []
+    val_rows, excluded = validation_rows(settings, set(seen), notes, project)
+    per_image, val_skipped = validate_teacher(runner, val_rows, settings)
+    if per_image.empty:
+        message = (f"no validation image: pseudo_label.validation.data selects {len(val_rows)} labelled image(s) the "
+                   f"teacher did not train on ({excluded} excluded as seen in training, {len(val_skipped)} unreadable)")
+        if not settings.validation.allow_empty_validation:
+            raise StageError(f"{message}; fix validation.data or set pseudo_label.validation.allow_empty_validation: "
+                             "true to label without validating the score")
+        notes.append(message)
 
     started = time.time()
-    output = Path(settings.output)
     with atomic_dir(output) as tmp:
-        manifest, scores, skipped = build_pseudo_dataset(runner, pool_root, pool, settings, tmp, output)
+        manifest, scores, skipped = build_pseudo_dataset(runner, pool_root, pool, settings, tmp, output,
+                                                         anchors=anchors)
+        if manifest.empty:
+            first = skipped["reason"].iloc[0] if len(skipped) else ""
+            raise StageError(f"none of the {len(pool)} pool image(s) could be pseudo-labelled (first reason: {first})")
         manifest.to_csv(tmp / MANIFEST_NAME, index=False)
         scores.to_csv(tmp / "scores.csv", index=False)
         skipped.to_csv(tmp / "skipped.csv", index=False)
@@ -300,14 +422,6 @@ def _body(args) -> int:
     print(f"pseudo-labelled {len(manifest)} images in {seconds:.1f} s ({len(manifest) / max(seconds, 1e-9):.2f} img/s), "
           f"skipped {len(skipped)}; review queue (low score first): {output / 'scores.csv'}")
 
-    notes: list[str] = []
-    val_rows = gather_rows(settings.validation.data, notes)
-    seen = set(state.get("train_ids") or [])
-    leaked = val_rows["id"].isin(seen) | val_rows["origin"].isin(seen) if len(val_rows) else pd.Series([], dtype=bool)
-    val_rows = val_rows[~leaked].sort_values("id")
-    if settings.validation.max_images:
-        val_rows = val_rows.head(settings.validation.max_images)
-    per_image, val_skipped = validate_teacher(runner, val_rows, settings)
     write_csv(settings.validation.per_image_csv, per_image.round(6))
     score_stats = scores["score"].describe() if len(scores) else None
     write_json(settings.metrics, {
@@ -319,8 +433,8 @@ def _body(args) -> int:
             "mean_mask_fraction": round(float(manifest["mask_fraction"].mean()), 6) if len(manifest) else None,
         },
         "validation": {**validation_metrics(per_image, settings.validation.iou_threshold),
-                       "excluded_seen_in_training": int(leaked.sum()), "skipped": len(val_skipped),
-                       "notes": notes},
+                       "excluded_seen_in_training": excluded, "skipped": len(val_skipped),
+                       "skipped_images": val_skipped, "notes": notes},
     })
     for note in notes:
         print(f"note: {note}")

@@ -72,7 +72,10 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # SafetensorError is no OSError: a corrupt file must still be one line
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -92,14 +95,72 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
         raise CheckpointError(f"{path}: weights do not fit the encoder: {first}") from None
 
 
+_CONFIG_KEYS = frozenset(teacher_config("x"))
+
+
+def checked_teacher_config(config, path: str | os.PathLike) -> dict:
+    """The builder kwargs of a checkpoint, refused unless every key is known and well-typed.
+
+    A key this code does not know (a newer or foreign checkpoint) or a different output
+    stride would otherwise be dropped silently and the weights loaded into a network
+    that is not the one they were trained in.
+    """
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a teacher checkpoint (its 'config' is {type(config).__name__}, "
+                              "not a mapping)")
+    unknown = sorted(str(k) for k in set(config) - _CONFIG_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: teacher checkpoint config has unknown key(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(_CONFIG_KEYS))})")
+    missing = [k for k in ("encoder_name", "classes") if k not in config]
+    if missing:
+        raise CheckpointError(f"{path}: teacher checkpoint config lacks {', '.join(missing)}")
+    encoder, classes = config["encoder_name"], config["classes"]
+    decoder = config.get("decoder_channels", 256)
+    stride = config.get("encoder_output_stride", OUTPUT_STRIDE)
+    if not isinstance(encoder, str) or not encoder:
+        raise CheckpointError(f"{path}: teacher checkpoint encoder_name {encoder!r} is not a name")
+    if isinstance(classes, bool) or classes not in (1, 2):
+        raise CheckpointError(f"{path}: teacher checkpoint classes {classes!r} is not 1 or 2")
+    if isinstance(decoder, bool) or not isinstance(decoder, int) or decoder < 1:
+        raise CheckpointError(f"{path}: teacher checkpoint decoder_channels {decoder!r} is not a positive integer")
+    if stride != OUTPUT_STRIDE:
+        raise CheckpointError(f"{path}: teacher checkpoint encoder_output_stride {stride!r} is not {OUTPUT_STRIDE}, "
+                              "the only stride this code builds")
+    return teacher_config(encoder, classes, decoder)
+
+
+def checked_input_size(state: dict, path: str | os.PathLike) -> int | None:
+    """The input size a checkpoint says it was trained at (None if it does not say)."""
+    size = state.get("input_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < OUTPUT_STRIDE or size % OUTPUT_STRIDE:
+        raise CheckpointError(f"{path}: teacher checkpoint input_size {size!r} is not a positive multiple of "
+                              f"{OUTPUT_STRIDE}")
+    return size
+
+
 def load_teacher(path: str | os.PathLike, expected_config: dict | None = None) -> tuple[nn.Module, dict]:
-    """Build the teacher a checkpoint describes and load it; refuse a mismatching one."""
-    state = load_checkpoint(path, expected_arch=TEACHER_ARCH, expected_config=expected_config)
-    config = state.get("config") or {}
-    if "encoder_name" not in config or "classes" not in config:
-        raise CheckpointError(f"{path}: teacher checkpoint has no encoder_name/classes in its config")
-    model = build_teacher(teacher_config(config["encoder_name"], config["classes"],
-                                         config.get("decoder_channels", 256)))
+    """Build the teacher a checkpoint describes and load it; refuse a mismatching one.
+
+    Every refusal is a CheckpointError (one line), also for a checkpoint that is not a
+    teacher's at all or names an encoder this installation cannot build.
+    """
+    state = load_checkpoint(path, expected_arch=TEACHER_ARCH)
+    config = checked_teacher_config(state.get("config"), path)
+    if expected_config is not None:
+        diff = {k: (config.get(k), v) for k, v in expected_config.items() if config.get(k) != v}
+        if diff:
+            details = ", ".join(f"{k}: checkpoint {a!r} vs configured {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(f"{path}: checkpoint does not match the configured model ({details})")
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"{path}: not a teacher checkpoint (its 'model' is {type(state['model']).__name__}, "
+                              "not a state dict)")
+    try:
+        model = build_teacher(config)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     load_weights(model, state, path)
     model.eval()
     return model, state

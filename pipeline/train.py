@@ -16,7 +16,14 @@ training and network source files) are not resumed but started over.
 Validation uses the ``val`` rows of the training manifest when there are any, otherwise a
 deterministic fraction of the rows of ``val_sources`` (chosen by a hash of the id). Its
 mIoU (per-image foreground IoU at the training size, x100) picks the best epoch; the
-evaluate stage measures at the original resolution.
+evaluate stage measures at the original resolution. A validation set that comes out empty
+(a source the training set lacks, ``val_fraction: 0``) stops the stage unless
+``allow_empty_validation: true`` says to train without one (the last epoch is then exported).
+
+Params are checked when they are loaded, before any data is read: each architecture is
+registered, each ``model_kwargs`` entry names a registered architecture and only arguments
+its builder takes, with values it builds with, and each trained network runs (on the meta
+device) at ``input_size`` on a batch of ``batch_size`` images.
 """
 
 from __future__ import annotations
@@ -30,22 +37,24 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
 from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from pipeline.data import ManifestDataset, eval_transform, train_transform
-from pipeline.evaluate import resolve_device
+from pipeline.devices import Device, resolve_device
 from pipeline.hashing import sha256_file
 from pipeline.losses import SegmentationLoss
-from pipeline.params import Section, load_section
+from pipeline.models.registry import Architecture, ModelArgumentError, check_forward, check_model_kwargs, get_spec
+from pipeline.params import InputPath, OutputPath, Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "train_loss", "val_miou", "lr"]
@@ -56,7 +65,7 @@ class LossParams(Section):
     # architecture's own paper trains it with (``paper_loss`` in its module: the seg-nets'
     # squared L2, C-DLinkNet's refine + 0.5 x decoder losses); other networks fall back to lovasz.
     kind: Literal["lovasz", "ce", "paper"] = "lovasz"
-    boundary_weight: float = Field(0.5, ge=0)  # official code: 0.5 x the loss on the boundary band
+    boundary_weight: float = Field(0.5, ge=0, allow_inf_nan=False)  # official code: 0.5 x the loss on the boundary band
     boundary_kernel: int = Field(7, ge=1)  # k x k square; odd
 
     @model_validator(mode="after")
@@ -66,30 +75,95 @@ class LossParams(Section):
         return self
 
 
+MAX_WORKERS = 64  # data-loader processes; more only exhausts the machine
+MAX_THREADS = 256  # torch intra-op threads
+
+
 class TrainParams(Section):
-    archs: list[str] = Field(default_factory=lambda: ["extremec3net"], min_length=1)
+    archs: list[Architecture] = Field(default_factory=lambda: ["extremec3net"], min_length=1)
     model_kwargs: dict[str, dict] = Field(default_factory=dict)  # per-architecture builder kwargs
-    train_set: str = "data/train_set"
-    models_dir: str = "models"
-    metrics_dir: str = "metrics/train"
-    plots_dir: str = "plots/train"
-    input_size: int = Field(224, ge=16)
+    train_set: InputPath = "data/train_set"
+    models_dir: OutputPath = "models"
+    metrics_dir: OutputPath = "metrics/train"
+    plots_dir: OutputPath = "plots/train"
+    input_size: int = Field(224, ge=16, le=4096)
     epochs: int = Field(300, ge=1)  # per stage (the paper: 300 + 300 for ExtremeC3Net)
     batch_size: int = Field(36, ge=1)
-    workers: int = Field(2, ge=0)
+    workers: int = Field(2, ge=0, le=MAX_WORKERS)
     max_steps_per_epoch: int = Field(0, ge=0)  # 0 = the whole training set each epoch
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(2e-4, ge=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(2e-4, ge=0, allow_inf_nan=False)
     lr_schedule: Literal["multistep", "constant"] = "multistep"  # official: x0.5 at 1/2 and 5/6 of the epochs
     val_fraction: float = Field(0.1, ge=0, lt=1)
-    val_sources: list[str] = Field(default_factory=lambda: ["eg1800"])  # [] = any source
+    val_sources: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["eg1800"])  # [] = any
     max_val_images: int = Field(0, ge=0)  # 0 = all held-out images
+    allow_empty_validation: bool = False  # true: train without validation when none is left (exports the last epoch)
     export: Literal["best", "last"] = "best"  # which epoch of the last stage model.pt holds
     loss: LossParams = Field(default_factory=LossParams)
     seed: int = 0
-    device: str = "cpu"  # "auto" = cuda when available
-    threads: int = Field(0, ge=0)  # torch CPU threads; 0 = torch's default
+    device: Device = "cpu"  # "auto" = cuda when available
+    threads: int = Field(0, ge=0, le=MAX_THREADS)  # torch CPU threads; 0 = torch's default
     resume: bool = True
+
+    @field_validator("archs")
+    @classmethod
+    def _listed_once(cls, value: list[str]) -> list[str]:
+        twice = sorted({a for a in value if value.count(a) > 1})
+        if twice:
+            raise ValueError(f"architectures listed more than once: {twice}")
+        return value
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _kwargs_build(cls, value: dict[str, dict]) -> dict[str, dict]:
+        errors = [error for arch, kwargs in value.items() for error in model_kwargs_errors(arch, kwargs)]
+        if errors:
+            raise ValidationError.from_exception_data("model_kwargs", errors)
+        return value
+
+    @model_validator(mode="after")
+    def _networks_run(self) -> "TrainParams":
+        errors = [InitErrorDetails(type=_error(message), loc=("archs", index), input=arch)
+                  for index, arch in enumerate(self.archs)
+                  for message in [architecture_problem(arch, self)] if message]
+        if self.loss.boundary_kernel >= self.input_size:
+            errors.append(InitErrorDetails(type=_error(f"must be smaller than input_size ({self.input_size})"),
+                                           loc=("loss", "boundary_kernel"), input=self.loss.boundary_kernel))
+        if errors:
+            raise ValidationError.from_exception_data("train", errors)
+        return self
+
+
+def _error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("invalid_architecture", "{message}", {"message": message})
+
+
+def model_kwargs_errors(arch: str, kwargs) -> list[InitErrorDetails]:
+    """Why ``model_kwargs[arch]`` is refused, as pydantic errors located at the bad key."""
+    from pipeline.models import available_models
+
+    if arch not in available_models():
+        return [InitErrorDetails(type=_error(f"not a registered architecture; known: {', '.join(available_models())}"),
+                                 loc=(arch,), input=kwargs)]
+    try:
+        check_model_kwargs(arch, kwargs)
+    except ModelArgumentError as exc:
+        if exc.argument is None:
+            return [InitErrorDetails(type=_error(exc.reason), loc=(arch,), input=kwargs)]
+        return [InitErrorDetails(type=_error(exc.reason), loc=(arch, exc.argument), input=kwargs.get(exc.argument))]
+    return []
+
+
+def architecture_problem(arch: str, params: "TrainParams") -> str | None:
+    """Why a stage of ``arch`` cannot train at these settings (None when it can)."""
+    kwargs = params.model_kwargs.get(arch, {})
+    for plan in plan_stages(arch):
+        try:
+            check_forward(plan.arch, kwargs, params.input_size, batch=min(params.batch_size, 2), training=True)
+        except ModelArgumentError as exc:
+            return (f"{exc} (stage {plan.index}; input_size {params.input_size}, batch_size {params.batch_size}, "
+                    f"model_kwargs.{arch})")
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,7 +175,7 @@ class StagePlan:
 
 def plan_stages(arch: str) -> list[StagePlan]:
     """Two stages when ``<arch>_stage1`` exists and the builder's module offers ``load_stage1_into``."""
-    from pipeline.models import available_models, get_spec
+    from pipeline.models import available_models
 
     known = available_models()
     if arch not in known:
@@ -131,16 +205,29 @@ def holdout_mask(ids: pd.Series, sources: pd.Series, fraction: float, allowed_so
 
 
 def split_train_val(frame: pd.DataFrame, params: TrainParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and validation rows; a validation set that would be empty is an error unless allowed."""
     frame = frame[frame["mask"] != ""]
     if (frame["split"] == "val").any():
         train, val = frame[frame["split"] != "val"], frame[frame["split"] == "val"]
+        how = "the 'val' split of the training set"
     else:
+        known = sorted(frame["source"].unique())
+        missing = [s for s in params.val_sources if s not in known]
+        if missing:
+            raise StageError(f"train.val_sources: {missing} not in the training set; its labelled sources are "
+                             f"{known or 'none'}")
         held = holdout_mask(frame["id"], frame["source"], params.val_fraction, params.val_sources, params.seed)
         train, val = frame[~held], frame[held]
+        how = (f"val_fraction {params.val_fraction} of "
+               f"{'sources ' + str(list(params.val_sources)) if params.val_sources else 'every source'}")
     if train.empty:
         raise StageError("no training rows left after holding out the validation part")
     if params.max_val_images:
         val = val.iloc[: params.max_val_images]
+    if val.empty and not params.allow_empty_validation:
+        raise StageError(f"no validation images ({how} holds none): raise train.val_fraction or change "
+                         "train.val_sources, or set train.allow_empty_validation: true to train without "
+                         "validation (model.pt is then the last epoch)")
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
@@ -165,17 +252,22 @@ def derived_seed(seed: int, stage: int, epoch: int) -> int:
     return int(hashlib.sha256(f"{seed}/{stage}/{epoch}".encode()).hexdigest()[:8], 16)
 
 
-def epoch_order(n: int, seed: int, limit: int | None) -> list[int]:
+def epoch_order(n: int, seed: int, limit: int | None, batch_size: int | None = None) -> list[int]:
+    """This epoch's sample order. With ``batch_size``, a last batch of a single image is left out
+    (that image comes at another place next epoch): batch norm cannot train on one image."""
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=generator).tolist()
-    return order[:limit] if limit else order
+    order = order[:limit] if limit else order
+    if batch_size and batch_size > 1 and len(order) > 1 and len(order) % batch_size == 1:
+        order = order[:-1]
+    return order
 
 
 def fingerprint(params: TrainParams, arch: str, train_set_digest: str, code_digest: str = "") -> str:
     """Hash of everything that changes the trained weights (not workers, device, paths, resume)."""
     relevant = params.model_dump(exclude={"archs", "model_kwargs", "train_set", "models_dir", "metrics_dir",
                                           "plots_dir", "workers", "device", "threads", "resume",
-                                          "export"})
+                                          "export", "allow_empty_validation"})
     relevant.update(arch=arch, model_kwargs=params.model_kwargs.get(arch, {}), train_set=train_set_digest,
                     code=code_digest)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -286,7 +378,7 @@ def train_stage(plan: StagePlan, params: TrainParams, kwargs: dict, ctx: TrainCo
             group["lr"] = lr
         ctx.train_data.set_epoch(plan.index, epoch)
         order = epoch_order(len(ctx.train_data), derived_seed(params.seed, plan.index, epoch),
-                            params.max_steps_per_epoch * params.batch_size or None)
+                            params.max_steps_per_epoch * params.batch_size or None, params.batch_size)
         loader = DataLoader(ctx.train_data, batch_size=params.batch_size, sampler=order,
                             num_workers=params.workers, drop_last=False)
         model.train()
@@ -377,13 +469,14 @@ def _finite_or_none(value):
 
 def _body(args: argparse.Namespace) -> int:
     from pipeline.manifest import MANIFEST_NAME, read_manifest
-    from pipeline.models import available_models
 
     params = load_section(TrainParams, "train", args.params)
     archs = [args.arch] if args.arch else list(params.archs)
-    for arch in archs:
-        if arch not in available_models():
-            raise StageError(f"unknown architecture {arch!r}; known: {', '.join(available_models())}")
+    if args.arch and args.arch not in params.archs:  # the listed ones were checked with the params
+        plan_stages(args.arch)  # unknown architecture: StageError
+        problem = architecture_problem(args.arch, params)
+        if problem:
+            raise StageError(f"--arch {args.arch}: {problem}")
     device = resolve_device(params.device)
     if params.threads:
         torch.set_num_threads(params.threads)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,54 +24,74 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_csv, write_json
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.data import ManifestDataset, eval_transform, select, train_transform
+from pipeline.data import ManifestDataset, eval_transform, readable_rows, select, train_transform
+from pipeline.devices import Device, resolve_device
+from pipeline.hashing import sha256_file
 from pipeline.manifest import read_manifest
 from pipeline.models.registry import count_parameters, foreground_logit
-from pipeline.params import Section, load_section
+from pipeline.params import InputPath, OutputPath, Section, load_section
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.teacher import OUTPUT_STRIDE, TEACHER_ARCH, build_teacher, load_teacher, teacher_config
+from pipeline.teacher import (OUTPUT_STRIDE, TEACHER_ARCH, build_teacher, checked_input_size, load_teacher,
+                              teacher_config)
+
+
+SplitName = Literal["train", "val", "test", "unlabelled"]  # manifest.SPLITS
 
 
 class DataSource(Section):
-    """Rows of one canonical dataset: ``root``/manifest.csv filtered by split and source."""
+    """Rows of one canonical dataset: ``root``/manifest.csv filtered by split and source.
 
-    root: str
-    splits: list[str] = ["train"]
-    sources: list[str] | None = None  # null: every source in the manifest
-    optional: bool = False  # a missing manifest is skipped with a note instead of an error
+    A source name the manifest does not hold, or an entry that selects no labelled row, is
+    an error (a typo must not train on less data); ``optional: true`` turns a missing
+    manifest or an empty selection into a note instead.
+    """
+
+    root: InputPath
+    splits: list[SplitName] = Field(["train"], min_length=1)
+    sources: list[str] | None = Field(None, min_length=1)  # null: every source in the manifest
+    optional: bool = False
+
+    @field_validator("splits", "sources")
+    @classmethod
+    def _no_repeats(cls, names: list[str] | None) -> list[str] | None:
+        repeated = sorted({n for n in names or [] if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"named more than once: {', '.join(repeated)}")
+        return names
 
 
 class TeacherParams(Section):
-    encoder_name: str = "se_resnext50_32x4d"
-    encoder_weights: str | None = None  # null | imagenet (smp download) | path to a local state dict
+    encoder_name: str = Field("se_resnext50_32x4d", min_length=1)
+    encoder_weights: str | None = Field(None, min_length=1)  # null | imagenet (smp download) | local state dict
     decoder_channels: int = Field(256, ge=8)
     classes: Literal[1, 2] = 1
-    checkpoint: str | None = None  # adopt this trained teacher instead of training
-    train_data: list[DataSource] = [DataSource(root="data/prepared", splits=["train"])]
-    val_data: list[DataSource] = []
+    checkpoint: InputPath | None = None  # adopt this trained teacher instead of training
+    train_data: list[DataSource] = Field([DataSource(root="data/prepared", splits=["train"])], min_length=1)
+    val_data: list[DataSource] = [DataSource(root="data/prepared", splits=["val"], sources=["ccp"])]
+    allow_empty_validation: bool = False  # true: train without a validation IoU (val_iou null)
     max_train_images: int | None = Field(None, ge=2)
     max_val_images: int | None = Field(None, ge=1)
     input_size: int = Field(512, ge=OUTPUT_STRIDE)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=2)  # BatchNorm needs at least 2 samples per batch
-    lr: float = Field(3e-4, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    dice_weight: float = Field(0.5, ge=0)
+    lr: float = Field(3e-4, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(1e-4, ge=0, allow_inf_nan=False)
+    dice_weight: float = Field(0.5, ge=0, allow_inf_nan=False)
     num_workers: int = Field(0, ge=0)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, ge=0)  # numpy refuses negative seeds
+    device: Device = "auto"
     checkpoint_every_steps: int = Field(50, ge=1)
-    output: str = "models/teacher/teacher.pt"
-    resume_checkpoint: str = "models/teacher_resume/last.pt"
-    metrics: str = "metrics/teacher/train.json"
-    log: str = "metrics/teacher/train_log.csv"
+    output: OutputPath = "models/teacher/teacher.pt"
+    resume_checkpoint: OutputPath = "models/teacher_resume/last.pt"
+    metrics: OutputPath = "metrics/teacher/train.json"
+    log: OutputPath = "metrics/teacher/train_log.csv"
 
     @field_validator("input_size")
     @classmethod
@@ -79,13 +100,25 @@ class TeacherParams(Section):
             raise ValueError(f"must be a multiple of {OUTPUT_STRIDE} (DeepLabv3+ output stride)")
         return value
 
+    @model_validator(mode="after")
+    def _distinct_outputs(self):
+        named = {"output": self.output, "resume_checkpoint": self.resume_checkpoint, "metrics": self.metrics,
+                 "log": self.log}
+        seen: dict[str, str] = {}
+        for key, value in named.items():
+            normal = os.path.normpath(value)
+            if normal in seen:
+                raise ValueError(f"{key} and {seen[normal]} are the same file ({value!r}); each output needs its own")
+            seen[normal] = key
+        return self
+
     def arch_config(self) -> dict:
         return teacher_config(self.encoder_name, self.classes, self.decoder_channels)
 
 
 # Settings that may change between a crash and the rerun without invalidating the run.
 _RESUME_FREE = {"epochs", "checkpoint_every_steps", "num_workers", "device", "output", "resume_checkpoint",
-                "metrics", "log", "checkpoint"}
+                "metrics", "log", "checkpoint", "allow_empty_validation"}
 
 
 def run_fingerprint(settings: TeacherParams, train_ids: list[str]) -> str:
@@ -98,27 +131,69 @@ def run_fingerprint(settings: TeacherParams, train_ids: list[str]) -> str:
 # ---------------------------------------------------------------------------- data
 
 
-def gather_rows(sources: list[DataSource], notes: list[str]) -> pd.DataFrame:
-    """Labelled manifest rows of every source, with a ``_root`` column saying where they live."""
+def shown_path(path: str | os.PathLike, project: str | os.PathLike) -> str:
+    """A path as text outputs show it: the same on every checkout of the project.
+
+    Inside the project: relative to it. Outside, written relatively (``../shared/...``): as
+    written. Outside and absolute: only its name, the folder being this machine's own.
+    """
+    project = Path(os.path.abspath(project))
+    target = Path(os.path.abspath(path))
+    if target == project or project in target.parents:
+        return target.relative_to(project).as_posix() or "."
+    if not Path(path).is_absolute():
+        return Path(os.path.relpath(target, project)).as_posix()
+    return target.name
+
+
+def gather_rows(sources: list[DataSource], notes: list[str], where: str = "data",
+                project: str | os.PathLike = ".") -> pd.DataFrame:
+    """Labelled manifest rows of every source, with a ``_root`` column saying where they live.
+
+    ``where`` names the param list in errors and notes (``teacher.train_data``).
+    """
     frames = []
-    for source in sources:
+    for position, source in enumerate(sources):
         root = Path(source.root)
+        name = f"{where}.{position} ({shown_path(root, project)})"
         try:
             frame = read_manifest(root)
         except FileNotFoundError:
             if source.optional:
-                notes.append(f"optional data {root} absent: skipped")
+                notes.append(f"optional {name}: no manifest, skipped")
                 continue
-            raise
+            raise StageError(f"{name}: no {root / 'manifest.csv'} (has the stage that writes it run?)") from None
         except ValueError as exc:
             raise StageError(str(exc)) from None
+        if source.sources is not None:
+            unknown = sorted(set(source.sources) - set(frame["source"]))
+            if unknown:
+                raise StageError(f"{name}: source(s) {', '.join(unknown)} not in its manifest (it holds "
+                                 f"{', '.join(sorted(set(frame['source']))) or 'no rows'})")
         frame = select(frame, source.splits, source.sources)
         frame = frame[frame["mask"] != ""].copy()
+        if frame.empty:
+            message = (f"{name}: no labelled rows with split in {source.splits}"
+                       + ("" if source.sources is None else f" and source in {source.sources}"))
+            if source.optional:
+                notes.append(f"optional {message}: skipped")
+                continue
+            raise StageError(message)
         frame["_root"] = str(root)
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["id", "origin", "mask", "_root"])
     return pd.concat(frames, ignore_index=True)
+
+
+def keep_readable(frame: pd.DataFrame, skipped: list[dict], project: str | os.PathLike = ".") -> pd.DataFrame:
+    """Drop rows whose files do not decode, recording ``{"id", "root", "reason"}`` for each."""
+    parts = []
+    for root, rows in frame.groupby("_root", sort=True):
+        kept, bad = readable_rows(root, rows)
+        skipped += [{"id": b["id"], "root": shown_path(root, project), "reason": b["reason"]} for b in bad]
+        parts.append(kept)
+    return pd.concat(parts) if parts else frame
 
 
 def drop_leaks(train: pd.DataFrame, val: pd.DataFrame) -> tuple[pd.DataFrame, int]:
@@ -136,7 +211,7 @@ def subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame
 
 def datasets_for(frame: pd.DataFrame, transform) -> Dataset:
     parts = [ManifestDataset(root, rows.drop(columns="_root"), transform) for root, rows in frame.groupby("_root", sort=True)]
-    return ConcatDataset(parts) if parts else ConcatDataset([])
+    return ConcatDataset(parts) if parts else Subset([], [])  # ConcatDataset refuses an empty list
 
 
 # ---------------------------------------------------------------------------- training core
@@ -246,45 +321,96 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset, settings: Teache
 # ---------------------------------------------------------------------------- stage
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise StageError("teacher.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
+_HISTORY_COLUMNS = ["epoch", "step", "train_loss", "val_iou", "lr"]
+_RESUME_KEYS = ("model", "optimizer", "epoch", "batch_in_epoch", "global_step", "history", "loss_sum", "loss_count",
+                "torch_rng")
 
 
-def adopt_checkpoint(settings: TeacherParams) -> dict:
+def checked_history(state: dict, path: str | os.PathLike) -> list[dict]:
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) and set(h) <= set(_HISTORY_COLUMNS)
+                                                for h in history):
+        raise CheckpointError(f"{path}: teacher checkpoint history is not a list of "
+                              f"{{{', '.join(_HISTORY_COLUMNS)}}} records")
+    return history
+
+
+def adopt_checkpoint(settings: TeacherParams, project: str | os.PathLike = ".") -> dict:
     """Check an existing teacher against the configured architecture and copy it in place."""
     source = Path(settings.checkpoint)
     try:
         model, state = load_teacher(source, expected_config=settings.arch_config())
+        input_size = checked_input_size(state, source)
+        history = checked_history(state, source)
     except CheckpointError as exc:
         raise StageError(str(exc)) from None
     with atomic_path(settings.output) as tmp:
         shutil.copyfile(source, tmp)
-    return {"source": "checkpoint", "checkpoint": str(source), "encoder_name": settings.encoder_name,
-            "parameters": count_parameters(model), "input_size": state.get("input_size"),
-            "history": state.get("history", [])}
+    return {"source": "checkpoint", "checkpoint": shown_path(source, project),
+            "checkpoint_sha256": sha256_file(source), "encoder_name": settings.encoder_name,
+            "parameters": count_parameters(model), "input_size": input_size, "history": history}
+
+
+def resumable_state(path: Path, config: dict, fingerprint: str) -> dict | None:
+    """The resume checkpoint's state if it continues exactly this run, else None (with the reason printed)."""
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path, expected_arch=TEACHER_ARCH, expected_config=config)
+    except CheckpointError as exc:
+        print(f"note: not resuming: {exc}")
+        return None
+    if state.get("fingerprint") != fingerprint:
+        print(f"note: not resuming from {path}: data or settings changed since it was written")
+        return None
+    missing = [k for k in _RESUME_KEYS if k not in state]
+    if missing:
+        print(f"note: not resuming from {path}: it lacks {', '.join(missing)}")
+        return None
+    print(f"resuming from {path} (epoch {state['epoch']}, step {state['global_step']})")
+    return state
+
+
+def training_rows(settings: TeacherParams, notes: list[str], skipped: list[dict],
+                  project: str | os.PathLike = ".") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, validation rows): selected, leak-free, subsampled and readable.
+
+    Fails when the validation set is empty unless ``allow_empty_validation``.
+    """
+    val_rows = subsample(gather_rows(settings.val_data, notes, "teacher.val_data", project),
+                         settings.max_val_images, settings.seed)
+    val_rows = keep_readable(val_rows, skipped, project)
+    train_rows, leaked = drop_leaks(gather_rows(settings.train_data, notes, "teacher.train_data", project), val_rows)
+    if leaked:
+        notes.append(f"dropped {leaked} training rows that are (or derive from) validation samples")
+    train_rows = keep_readable(subsample(train_rows, settings.max_train_images, settings.seed), skipped, project)
+    if skipped:
+        notes.append(f"skipped {len(skipped)} unreadable sample(s) (see 'skipped')")
+    if val_rows.empty and not settings.allow_empty_validation:
+        raise StageError("teacher: the validation set is empty (teacher.val_data selects no readable labelled "
+                         "image); fix val_data or set teacher.allow_empty_validation: true to train without one")
+    if len(train_rows) < 2:
+        raise StageError(f"teacher: need at least 2 readable labelled training images, found {len(train_rows)} "
+                         "(check teacher.train_data)")
+    return train_rows, val_rows
 
 
 def _body(args) -> int:
     settings = load_section(TeacherParams, "teacher", args.params)
+    project = os.path.dirname(os.path.abspath(args.params))
     started = time.time()
     if settings.checkpoint:
-        summary = adopt_checkpoint(settings)
+        summary = adopt_checkpoint(settings, project)
         history = summary.pop("history")
-        write_csv(settings.log, pd.DataFrame(history, columns=["epoch", "step", "train_loss", "val_iou", "lr"]))
+        write_csv(settings.log, pd.DataFrame(history, columns=_HISTORY_COLUMNS))
         write_json(settings.metrics, summary)
         print(f"adopted teacher {settings.checkpoint} -> {settings.output}")
         return 0
 
     notes: list[str] = []
-    val_rows = subsample(gather_rows(settings.val_data, notes), settings.max_val_images, settings.seed)
-    train_rows, leaked = drop_leaks(gather_rows(settings.train_data, notes), val_rows)
-    if leaked:
-        notes.append(f"dropped {leaked} training rows that are (or derive from) validation samples")
-    train_rows = subsample(train_rows, settings.max_train_images, settings.seed)
+    skipped: list[dict] = []
+    train_rows, val_rows = training_rows(settings, notes, skipped, project)
+    device = torch.device(resolve_device(settings.device))
     for note in notes:
         print(f"note: {note}")
     train_ids = sorted(train_rows["id"].tolist())
@@ -296,26 +422,14 @@ def _body(args) -> int:
 
     config = settings.arch_config()
     fingerprint = run_fingerprint(settings, train_ids)
-    resume = None
     resume_path = Path(settings.resume_checkpoint)
-    if resume_path.is_file():
-        try:
-            state = load_checkpoint(resume_path, expected_arch=TEACHER_ARCH, expected_config=config)
-        except CheckpointError as exc:
-            print(f"note: not resuming: {exc}")
-        else:
-            if state.get("fingerprint") == fingerprint:
-                resume = state
-                print(f"resuming from {resume_path} (epoch {state['epoch']}, step {state['global_step']})")
-            else:
-                print(f"note: not resuming from {resume_path}: data or settings changed since it was written")
+    resume = resumable_state(resume_path, config, fingerprint)
 
     torch.manual_seed(settings.seed)  # the decoder's (and a weightless encoder's) initial weights
     try:
         model = build_teacher(config, encoder_weights=None if resume else settings.encoder_weights)
     except (ValueError, OSError, CheckpointError) as exc:
         raise StageError(str(exc)) from None
-    device = pick_device(settings.device)
 
     def save(state: dict) -> None:
         save_checkpoint(resume_path, {"arch": TEACHER_ARCH, "config": config, "fingerprint": fingerprint, **state})
@@ -326,15 +440,18 @@ def _body(args) -> int:
         "arch": TEACHER_ARCH, "config": config, "model": model.state_dict(), "input_size": settings.input_size,
         "encoder_weights": settings.encoder_weights or "", "train_ids": train_ids, "history": history,
     })
-    write_csv(settings.log, pd.DataFrame(history, columns=["epoch", "step", "train_loss", "val_iou", "lr"]))
+    write_csv(settings.log, pd.DataFrame(history, columns=_HISTORY_COLUMNS))
     last = history[-1]
+    encoder_weights = settings.encoder_weights
+    if encoder_weights not in (None, "imagenet"):
+        encoder_weights = shown_path(encoder_weights, project)
     write_json(settings.metrics, {
-        "source": "trained", "encoder_name": settings.encoder_name, "encoder_weights": settings.encoder_weights,
+        "source": "trained", "encoder_name": settings.encoder_name, "encoder_weights": encoder_weights,
         "parameters": count_parameters(model), "input_size": settings.input_size,
         "train_images": len(train_set), "val_images": len(val_set), "epochs": last["epoch"],
         "first_epoch_loss": history[0]["train_loss"], "final_train_loss": last["train_loss"],
         "final_val_iou": None if math.isnan(last["val_iou"]) else last["val_iou"],
-        "seconds_this_run": round(time.time() - started, 1), "notes": notes,
+        "seconds_this_run": round(time.time() - started, 1), "notes": notes, "skipped": skipped,
     })
     print(f"teacher written to {settings.output} (train loss {last['train_loss']:.4f}, val IoU {last['val_iou']:.4f})")
     return 0

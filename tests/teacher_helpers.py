@@ -70,3 +70,26 @@ def write_canonical(root: Path, samples: list[dict]) -> None:
 def write_params(path: Path, sections: dict) -> Path:
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
     return path
+
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A few-hundred-byte PNG that claims ``side`` x ``side`` pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its sha256: to show that a stage left it alone."""
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(folder.rglob("*"))}

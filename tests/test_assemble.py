@@ -76,26 +76,31 @@ def set_params(root: Path, **values) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def test_accepts_only_decisions_taken_on_the_current_mask():
     pseudo = pd.DataFrame({"id": ["p/a", "p/b", "p/c", "p/d", "p/e"], "mask": ["a", "b", "c", "d", ""]})
-    hashes = {"a": "aa", "b": "bb", "c": "cc", "d": "dd"}
+    hashes = {m: sha(m) for m in "abcd"}
     decisions = pd.DataFrame({
-        "id": ["p/a", "p/b", "p/c", "p/a", "p/e"],
-        "decision": ["reject", "Accept ", "accept", "accept", "accept"],
-        "mask_sha256": ["aa", "BB", "old", "aa", "ee"],
+        "id": ["p/a", "p/b", "p/c", "p/e", "p/gone"],
+        "decision": ["accept", "Accept ", "accept", "accept", "reject"],
+        "mask_sha256": [sha("a"), sha("b").upper(), sha("old"), sha("e"), sha("x")],
     })
     kept, counts = accepted_pseudo_labels(pseudo, decisions, hashes.__getitem__)
-    assert kept["id"].tolist() == ["p/a", "p/b"]  # p/a: the later decision wins; hashes compare case-blind
-    assert counts == {"candidates": 4, "accepted": 2, "rejected": 0, "unreviewed": 1, "stale_decision": 1}
+    assert kept["id"].tolist() == ["p/a", "p/b"]  # hashes and decisions compare case-blind
+    assert counts == {"candidates": 4, "accepted": 2, "rejected": 0, "unreviewed": 1, "stale_decision": 1,
+                      "decisions_for_other_ids": 2}  # p/e (no mask) and p/gone
 
 
 def test_bad_decision_value_is_a_clear_error():
     pseudo = pd.DataFrame({"id": ["p/a"], "mask": ["a"]})
-    decisions = pd.DataFrame({"id": ["p/a"], "decision": ["maybe"], "mask_sha256": ["x"]})
+    decisions = pd.DataFrame({"id": ["p/a"], "decision": ["maybe"], "mask_sha256": [sha("a")]})
     with pytest.raises(StageError, match="maybe"):
-        accepted_pseudo_labels(pseudo, decisions, lambda _: "x")
+        accepted_pseudo_labels(pseudo, decisions, sha)
     with pytest.raises(StageError, match="mask_sha256"):
-        accepted_pseudo_labels(pseudo, decisions.drop(columns="mask_sha256"), lambda _: "x")
+        accepted_pseudo_labels(pseudo, decisions.drop(columns="mask_sha256"), sha)
 
 
 def test_core_keeps_base_train_split_and_refuses_duplicate_ids():

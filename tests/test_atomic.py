@@ -74,3 +74,12 @@ def test_remove_stale_temporaries(tmp_path):
     removed = remove_stale_temporaries(tmp_path)
     assert len(removed) == 2
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_atomic_path_never_replaces_a_folder(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "teacher.pt").write_text("weights")
+    with pytest.raises(ForeignOutputError, match="is a folder"):
+        write_json(folder, {"v": 1})
+    assert (folder / "teacher.pt").read_text() == "weights"

@@ -178,7 +178,8 @@ def test_csv_round_trip_through_fiftyone(tmp_path):
         fo.delete_dataset(name)
 
 
-def test_cli_import_then_export_gives_the_same_csv(tmp_path):
+def test_cli_import_then_export_gives_the_same_csv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project is the params file's folder: default outputs land there
     pytest.importorskip("fiftyone")
     import fiftyone as fo
 
@@ -203,7 +204,8 @@ def test_cli_import_then_export_gives_the_same_csv(tmp_path):
     pd.testing.assert_frame_equal(read_table(tmp_path / "out.csv"), read_table(source))
 
 
-def test_cli_reports_a_bad_csv_with_row_and_column(tmp_path, capsys):
+def test_cli_reports_a_bad_csv_with_row_and_column(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project is the params file's folder: default outputs land there
     source = tmp_path / "in.csv"
     source.write_text(HEADER + "00002,0,caucasian,female,youth,A\n")
     params = tmp_path / "params.yaml"
@@ -236,7 +238,8 @@ def test_detect_face_boxes_keeps_confident_faces_as_relative_boxes(tmp_path):
     assert found == {"x": [(0.5, 0.25, 0.5, 0.5)], "y": []}
 
 
-def test_annotate_reopens_an_existing_dataset_and_keeps_its_edits(tmp_path):
+def test_annotate_reopens_an_existing_dataset_and_keeps_its_edits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project is the params file's folder: default outputs land there
     pytest.importorskip("fiftyone")
     import fiftyone as fo
 

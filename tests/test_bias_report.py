@@ -189,7 +189,8 @@ def test_stage_runs_on_the_real_attribute_table(shared_datasets, tmp_path):
         "small").all()
 
 
-def test_stage_refuses_an_unknown_architecture(tmp_path, capsys):
+def test_stage_refuses_an_unknown_architecture(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text("bias_report:\n  architectures: [tiny]\n")
     assert br.main(["--params", str(params), "--arch", "other"]) == 2

@@ -52,26 +52,31 @@ def test_markdown_uses_paper_units_and_metrics_name_the_best():
     assert metrics["architectures"]["tiny"]["params"] == 37_738
 
 
-def test_main_writes_every_output(tmp_path):
+REAL_NAMES = {"tiny": "extremec3net", "big": "portraitnet"}  # the stage takes registered architectures only
+
+
+def test_main_writes_every_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "eval").mkdir()
-    (tmp_path / "complexity.json").write_text(json.dumps(COMPLEXITY))
+    (tmp_path / "complexity.json").write_text(json.dumps({REAL_NAMES.get(k, k): v for k, v in COMPLEXITY.items()}))
     for arch, figures in EVALS.items():
-        (tmp_path / "eval" / f"{arch}.json").write_text(json.dumps(figures))
+        (tmp_path / "eval" / f"{REAL_NAMES[arch]}.json").write_text(json.dumps(figures))
     params = tmp_path / "params.yaml"
     params.write_text(
-        "compare:\n  architectures: [tiny, big]\n"
+        "compare:\n  architectures: [extremec3net, portraitnet]\n"
         f"  complexity: {tmp_path / 'complexity.json'}\n  eval_dir: {tmp_path / 'eval'}\n"
         f"  out_dir: {tmp_path / 'out'}\n  metrics: {tmp_path / 'compare.json'}\n")
     assert main(["--params", str(params)]) == 0
-    assert pd.read_csv(tmp_path / "out" / "table.csv")["arch"].tolist() == ["tiny", "big"]
+    assert pd.read_csv(tmp_path / "out" / "table.csv")["arch"].tolist() == ["extremec3net", "portraitnet"]
     assert (tmp_path / "out" / "table.md").read_text().count("\n") == 4
     assert (tmp_path / "out" / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "compare.json").read_text())["best_miou"]["arch"] == "big"
+    assert json.loads((tmp_path / "compare.json").read_text())["best_miou"]["arch"] == "portraitnet"
 
 
-def test_main_says_which_stage_to_run_when_an_input_is_missing(tmp_path, capsys):
+def test_main_says_which_stage_to_run_when_an_input_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     params = tmp_path / "params.yaml"
-    params.write_text(f"compare:\n  architectures: [tiny]\n  complexity: {tmp_path / 'none.json'}\n"
+    params.write_text(f"compare:\n  architectures: [extremec3net]\n  complexity: {tmp_path / 'none.json'}\n"
                       f"  out_dir: {tmp_path / 'out'}\n")
     assert main(["--params", str(params)]) == 2
     assert "portrait-curation complexity" in capsys.readouterr().err

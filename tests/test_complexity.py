@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.complexity import ComplexityParams, main, measure
 from pipeline.params import ParamsError, parse_section
-from pipeline.stage import StageError
 
 
 def fake_latency(names):
@@ -36,8 +35,8 @@ def test_metrics_have_exactly_the_shape_compare_reads():
 
 
 def test_unknown_architecture_is_a_clear_error():
-    with pytest.raises(StageError, match="no_such_net"):
-        measure(ComplexityParams(architectures=["no_such_net"]), latency_fn=fake_latency, progress=False)
+    with pytest.raises(ParamsError, match="complexity.architectures.0: .*unknown architecture 'no_such_net'"):
+        parse_section(ComplexityParams, {"complexity": {"architectures": ["no_such_net"]}}, "complexity")
 
 
 def test_params_reject_typos_and_duplicates():

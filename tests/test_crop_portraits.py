@@ -407,7 +407,8 @@ def test_reference_sample_is_spread_over_the_ids():
     assert len(cp.select_photos(manifest, "eg1800", ["train"], 0)) == 10
 
 
-def test_stage_without_photos_of_the_source_fails_clearly(tmp_path, capsys):
+def test_stage_without_photos_of_the_source_fails_clearly(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output paths are relative to the project, here tmp_path
     prepared = tmp_path / "prepared"
     make_prepared(prepared)
     params_file = tmp_path / "params.yaml"

@@ -1,6 +1,7 @@
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 import zipfile
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.atomic import OWNER_MARKER
 from pipeline.download import (ChecksumError, DownloadParams, UnsafeArchiveError, fetch_source, fetch_to_cache, run,
                                safe_extract, tree_sha256)
 from pipeline.params import ParamsError, parse_section
@@ -30,28 +32,56 @@ def test_directory_source_is_copied_and_its_tree_hash_verified(tmp_path):
     (src / "a.txt").write_text("a")
     (src / "sub" / "b.txt").write_text("b")
     digest = tree_sha256(src)
-    result = fetch_source("ds", str(src), digest, None, tmp_path / "raw", tmp_path / "cache", tmp_path)
+    result = fetch_source("ds", str(src), digest, None, tmp_path / "raw" / "ds", tmp_path / "cache", tmp_path)
     assert result.kind == "directory" and result.files == 2
     assert (tmp_path / "raw" / "ds" / "sub" / "b.txt").read_text() == "b"
-    # a changed file changes the hash: refused, and the copy already there is kept
+    # a changed file changes the hash: refused before anything is written
     (src / "a.txt").write_text("tampered")
     with pytest.raises(ChecksumError, match="sha256 mismatch"):
-        fetch_source("ds", str(src), digest, None, tmp_path / "raw", tmp_path / "cache", tmp_path)
+        fetch_source("ds", str(src), digest, None, tmp_path / "raw2" / "ds", tmp_path / "cache", tmp_path)
+    assert not (tmp_path / "raw2").exists()
     assert (tmp_path / "raw" / "ds" / "a.txt").read_text() == "a"
+
+
+def test_directory_source_subdir_copies_only_that_folder(tmp_path):
+    src = tmp_path / "mirror" / "ds"
+    (src / "repo" / "data").mkdir(parents=True)
+    (src / "repo" / "data" / "x.txt").write_text("x")
+    (src / "repo" / "README").write_text("r")
+    result = fetch_source("ds", str(src), tree_sha256(src), "repo/data", tmp_path / "raw" / "ds", tmp_path / "cache",
+                          tmp_path)
+    assert sorted(p.name for p in (tmp_path / "raw" / "ds").iterdir()) == ["x.txt"]
+    assert result.files == 1
+    assert (src / "repo" / "README").is_file()  # the source is read, never moved
 
 
 def test_archive_via_file_url_is_extracted_under_its_subdir(tmp_path):
     archive = _zip(tmp_path / "ds.zip", {"repo-master/data/x.txt": b"x", "repo-master/README": b"r"})
-    fetch_source("ds", archive.as_uri(), _sha(archive), "repo-master/data", tmp_path / "raw", tmp_path / "cache",
-                 tmp_path)
+    result = fetch_source("ds", archive.as_uri(), _sha(archive), "repo-master/data", tmp_path / "raw" / "ds",
+                          tmp_path / "cache", tmp_path)
     assert sorted(p.name for p in (tmp_path / "raw" / "ds").iterdir()) == ["x.txt"]
+    assert result.kind == "archive" and result.files == 1
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["ds"]  # no extraction leftovers
+
+
+def test_run_counts_dataset_files_only_and_marks_only_the_output_root(tmp_path):
+    """The owner marker of atomic_dir sits in out_dir, never inside a source's folder or its count."""
+    archive = _zip(tmp_path / "ds.zip", {"repo-master/data/x.txt": b"x", "repo-master/data/y.txt": b"y"})
+    params = parse_section(DownloadParams, {"download": {"sources": {"ds": {
+        "url": archive.as_uri(), "sha256": _sha(archive), "subdir": "repo-master/data"}}}}, "download")
+    results = run(params, tmp_path, progress=False)
+    raw = tmp_path / "data" / "raw"
+    assert sorted(p.name for p in (raw / "ds").iterdir()) == ["x.txt", "y.txt"]
+    assert results[0].files == 2
+    assert json.loads((raw / "SOURCES.json").read_text())["ds"]["files"] == 2
+    assert (raw / OWNER_MARKER).is_file()
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "/abs/evil.txt", "ok/../../evil.txt"])
 def test_zip_slip_is_refused_and_nothing_written(tmp_path, name):
     archive = _zip(tmp_path / "bad.zip", {"fine.txt": b"ok", name: b"evil"})
     with pytest.raises(UnsafeArchiveError, match="refused"):
-        fetch_source("bad", str(archive), None, None, tmp_path / "raw", tmp_path / "cache", tmp_path)
+        fetch_source("bad", str(archive), None, None, tmp_path / "raw" / "bad", tmp_path / "cache", tmp_path)
     assert not (tmp_path / "raw" / "bad").exists()
     assert not list(tmp_path.rglob("evil.txt"))
 
@@ -96,7 +126,7 @@ def test_tar_slip_is_refused(tmp_path, kind):
 
 def test_good_tar_extracts(tmp_path):
     archive = _tar(tmp_path / "good.tgz", lambda tf: _add_file(tf, "top/data/y.txt", b"yy"))
-    fetch_source("g", str(archive), _sha(archive), None, tmp_path / "raw", tmp_path / "cache", tmp_path)
+    fetch_source("g", str(archive), _sha(archive), None, tmp_path / "raw" / "g", tmp_path / "cache", tmp_path)
     assert (tmp_path / "raw" / "g" / "data" / "y.txt").read_bytes() == b"yy"  # single top folder unwrapped
 
 
@@ -153,7 +183,7 @@ def test_server_ignoring_range_restarts_cleanly(tmp_path, server):
 def test_http_source_with_wrong_checksum_is_not_kept(tmp_path, server):
     handler, url = server
     with pytest.raises(ChecksumError):
-        fetch_source("h", url, "0" * 64, None, tmp_path / "raw", tmp_path / "cache", tmp_path)
+        fetch_source("h", url, "0" * 64, None, tmp_path / "raw" / "h", tmp_path / "cache", tmp_path)
     assert not list((tmp_path / "cache").glob("*"))  # the next run downloads again
     assert not (tmp_path / "raw" / "h").exists()
 

@@ -160,4 +160,6 @@ def test_model_of_another_architecture_is_refused(project, capsys):
     assert main(["--params", "params.yaml"]) == 2
     assert "'extremec3net'" in capsys.readouterr().err
     assert main(["--params", "params.yaml", "--arch", "missing_net"]) == 2
+    assert "unknown architecture(s) ['missing_net']" in capsys.readouterr().err
+    assert main(["--params", "params.yaml", "--arch", "extremec3net"]) == 2  # registered, never trained
     assert "no trained model" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """prepare on the real EG1800 and CCP files in ../shared/datasets (a few dozen of them)."""
 
-import os
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -46,7 +46,10 @@ def test_eg1800_listing_counts_match_the_files_on_disk(shared_datasets):
 
 @pytest.fixture
 def real_subset(tmp_path, shared_datasets):
-    """A few dozen real EG1800 portraits and CCP photos, linked in their own layouts."""
+    """A few dozen real EG1800 portraits and CCP photos, copied in their own layouts.
+
+    Copied, not symlinked: prepare refuses files whose links lead out of the dataset root.
+    """
     eg_src, eg = shared_datasets / "eg1800", tmp_path / "eg1800"
     (eg / "images_data_crop").mkdir(parents=True)
     (eg / "images_mask").mkdir()
@@ -57,21 +60,21 @@ def real_subset(tmp_path, shared_datasets):
         if Image.open(path).mode == "L" and int(path.stem) in train and int(path.stem) not in chosen:
             chosen.append(int(path.stem))
     for i in chosen:
-        os.symlink(eg_src / "images_data_crop" / f"{i:05d}.jpg", eg / "images_data_crop" / f"{i:05d}.jpg")
-        os.symlink(eg_src / "images_mask" / f"{i:05d}_mask.mat", eg / "images_mask" / f"{i:05d}_mask.mat")
+        shutil.copyfile(eg_src / "images_data_crop" / f"{i:05d}.jpg", eg / "images_data_crop" / f"{i:05d}.jpg")
+        shutil.copyfile(eg_src / "images_mask" / f"{i:05d}_mask.mat", eg / "images_mask" / f"{i:05d}_mask.mat")
     scipy.io.savemat(eg / "trainlist.mat", {"trainlist": np.array([chosen + [99999]], np.int32)})
     scipy.io.savemat(eg / "testlist.mat", {"testlist": np.zeros((1, 0), np.int32)})
     ccp_src, ccp = shared_datasets / "ccp", tmp_path / "ccp"
     (ccp / "photos").mkdir(parents=True)
     (ccp / "annotations" / "pixel-level").mkdir(parents=True)
-    os.symlink(ccp_src / "label_list.mat", ccp / "label_list.mat")
+    shutil.copyfile(ccp_src / "label_list.mat", ccp / "label_list.mat")
     annotated = sorted(p.stem for p in (ccp_src / "annotations" / "pixel-level").glob("*.mat"))[:8]
     unannotated = sorted({p.stem for p in (ccp_src / "photos").glob("*.jpg")} - set(annotated)
                          - {p.stem for p in (ccp_src / "annotations" / "pixel-level").glob("*.mat")})[:4]
     for key in annotated + unannotated:
-        os.symlink(ccp_src / "photos" / f"{key}.jpg", ccp / "photos" / f"{key}.jpg")
+        shutil.copyfile(ccp_src / "photos" / f"{key}.jpg", ccp / "photos" / f"{key}.jpg")
     for key in annotated:
-        os.symlink(ccp_src / "annotations" / "pixel-level" / f"{key}.mat",
+        shutil.copyfile(ccp_src / "annotations" / "pixel-level" / f"{key}.mat",
                    ccp / "annotations" / "pixel-level" / f"{key}.mat")
     return tmp_path, chosen, annotated, unannotated
 

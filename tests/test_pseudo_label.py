@@ -87,8 +87,12 @@ def test_roc_auc_and_its_failure_direction():
 
 
 @pytest.fixture
-def stand_in_teacher(monkeypatch):
-    """Replace the checkpoint loader: the 'teacher' marks bright pixels, so true masks are known."""
+def stand_in_teacher(monkeypatch, tmp_path):
+    """Replace the checkpoint loader: the 'teacher' marks bright pixels, so true masks are known.
+
+    The project is ``tmp_path`` (where stage_params writes params.yaml), so default outputs land there.
+    """
+    monkeypatch.chdir(tmp_path)
     seen_in_training = ["val/trained_on"]
 
     def fake_load(path, expected_config=None):
@@ -104,6 +108,9 @@ def stage_params(tmp_path, pool_root, val_root, **overrides):
                "validation": {"data": [{"root": str(val_root), "splits": ["val"]}], "iou_threshold": 0.9,
                               "per_image_csv": str(tmp_path / "metrics" / "validation.csv")}}
     section.update(overrides)
+    if val_root is None:  # no validation set: allowed explicitly
+        section["validation"] = {"data": [], "allow_empty_validation": True,
+                                 "per_image_csv": str(tmp_path / "metrics" / "validation.csv")}
     return write_params(tmp_path / "params.yaml", {"teacher": {"encoder_name": "resnet18"}, "pseudo_label": section})
 
 
@@ -161,14 +168,15 @@ def test_stage_respects_max_images_and_no_tta(tmp_path, stand_in_teacher):
     pool_root = tmp_path / "prepared"
     write_canonical(pool_root, [{"id": f"pool/{i}", "split": "unlabelled",
                                  "image": rectangle_image(40, 40, (i, i, 20 + i, 30))[0]} for i in range(4)])
-    params = stage_params(tmp_path, pool_root, pool_root, max_images=2, flip_tta=False)
+    params = stage_params(tmp_path, pool_root, None, max_images=2, flip_tta=False)
     assert pl.main(["--params", str(params)]) == 0
     scores = pd.read_csv(tmp_path / "data" / "pseudo" / "scores.csv")
     assert sorted(scores["origin"]) == ["pool/0", "pool/1"]
     assert scores["flip_agreement"].isna().all() and scores["score"].notna().all()
 
 
-def test_stage_refuses_a_teacher_checkpoint_of_another_encoder(tmp_path, capsys):
+def test_stage_refuses_a_teacher_checkpoint_of_another_encoder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     config = teacher_config("resnet18", 1, 16)
     save_checkpoint(tmp_path / "teacher.pt", {"arch": TEACHER_ARCH, "config": config,
                                               "model": build_teacher(config).state_dict()})
@@ -189,7 +197,7 @@ def test_real_unlabelled_photos_get_masks_of_their_own_size(tmp_path, shared_dat
     pool_root = tmp_path / "prepared"
     write_canonical(pool_root, [{"id": f"ccp/{p.stem}", "split": "unlabelled",
                                  "image": np.asarray(Image.open(p).convert("RGB"))} for p in photos])
-    assert pl.main(["--params", str(stage_params(tmp_path, pool_root, pool_root))]) == 0
+    assert pl.main(["--params", str(stage_params(tmp_path, pool_root, None))]) == 0
     manifest = read_manifest(tmp_path / "data" / "pseudo")
     assert len(manifest) == 3
     for row in manifest.to_dict("records"):

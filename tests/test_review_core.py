@@ -56,7 +56,7 @@ def test_corrupt_record_is_an_error_not_silently_dropped(tmp_path):
     with pytest.raises(jr.JournalError, match="accept or reject"):
         jr.read_journal(path)
     path.write_text('{"event":"decision","surprise":1}\n')
-    with pytest.raises(jr.JournalError, match="unknown keys"):
+    with pytest.raises(jr.JournalError, match="unknown key"):
         jr.read_journal(path)
 
 
@@ -102,9 +102,10 @@ def test_undo_cancels_exactly_the_last_live_decision_of_that_reviewer():
 
 
 def test_bad_seconds_on_screen_are_recorded_as_unknown():
-    assert decision("s/1", "accept", H1, "t", seconds=float("nan")).seconds_on_screen is None
-    assert decision("s/1", "accept", H1, "t", seconds=-1).seconds_on_screen is None
-    assert decision("s/1", "accept", H1, "t", seconds=1.23456).seconds_on_screen == 1.235
+    at = "2026-01-01T00:00:01Z"
+    assert decision("s/1", "accept", H1, at, seconds=float("nan")).seconds_on_screen is None
+    assert decision("s/1", "accept", H1, at, seconds=-1).seconds_on_screen is None
+    assert decision("s/1", "accept", H1, at, seconds=1.23456).seconds_on_screen == 1.235
     with pytest.raises(ValueError):
         jr.make_decision("s/1", "maybe", H1, "ann")
     with pytest.raises(ValueError):
@@ -112,8 +113,9 @@ def test_bad_seconds_on_screen_are_recorded_as_unknown():
 
 
 def test_progress_counts_and_median():
-    events = [decision("s/1", "accept", H1, "t1", seconds=1.0), decision("s/2", "reject", H1, "t2", seconds=3.0),
-              decision("s/3", "accept", H1, "t3", seconds=None)]
+    events = [decision("s/1", "accept", H1, "2026-01-01T00:00:01Z", seconds=1.0),
+              decision("s/2", "reject", H1, "2026-01-01T00:00:02Z", seconds=3.0),
+              decision("s/3", "accept", H1, "2026-01-01T00:00:03Z", seconds=None)]
     p = jr.progress(jr.resolve_decisions(events, {f"s/{i}": H1 for i in range(1, 6)}), total=5)
     assert (p.reviewed, p.accepted, p.rejected, p.left, p.median_seconds) == (3, 2, 1, 2, 2.0)
     assert "left 2" in p.describe()

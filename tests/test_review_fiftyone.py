@@ -136,7 +136,8 @@ def test_review_command_load_only_and_status(queue, tmp_path, capsys, monkeypatc
 
     pool, journal_dir, name = queue
     params = tmp_path / "params.yaml"
-    params.write_text(f"review:\n  pseudo_dir: {pool}\n  journal_dir: {journal_dir}\n  dataset_name: {name}\n")
+    params.write_text(f"review:\n  pseudo_dir: {pool}\n  journal_dir: {journal_dir}\n  dataset_name: {name}\n"
+                      f"  decisions_csv: {tmp_path / 'reviews' / 'decisions.csv'}\n")
     items, _ = read_pool(pool)
     jr.append_event(jr.journal_path(journal_dir, "dan"),
                     jr.make_decision(items[0].id, "reject", items[0].mask_sha256, "dan", 2.5))

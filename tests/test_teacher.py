@@ -113,7 +113,9 @@ def test_load_teacher_refuses_another_architecture(tiny_checkpoint, tmp_path):
         load_teacher(foreign)
 
 
-def test_train_teacher_adopts_a_matching_checkpoint_and_refuses_a_wrong_one(tiny_checkpoint, tmp_path, capsys):
+def test_train_teacher_adopts_a_matching_checkpoint_and_refuses_a_wrong_one(tiny_checkpoint, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project is the params file's folder; default outputs land there
     path, _ = tiny_checkpoint
     out = tmp_path / "models" / "teacher.pt"
     section = {**TINY, "checkpoint": str(path), "output": str(out), "metrics": str(tmp_path / "m.json"),
@@ -232,7 +234,8 @@ def real_eg1800(tmp_path, shared_datasets):
 
 
 @pytest.mark.realdata
-def test_train_teacher_on_real_images_lowers_the_loss_and_resumes(real_eg1800, tmp_path, capsys):
+def test_train_teacher_on_real_images_lowers_the_loss_and_resumes(real_eg1800, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     section = {**TINY, "train_data": [{"root": str(real_eg1800), "splits": ["train"]},
                                       {"root": str(tmp_path / "no-crops"), "optional": True}],

@@ -51,6 +51,9 @@ class MTCNNDetector:
             raise ValueError(f"device {device!r} requested but CUDA is not available")
         self.device = torch.device(device)
         self.detect_size = tuple(detect_size) if detect_size else None
+        self.min_face_size = min_face_size
+        if self.detect_size is not None and min(self.detect_size) < min_face_size:
+            raise ValueError(f"detect_size {self.detect_size} is smaller than min_face_size {min_face_size}")
         self._mtcnn = MTCNN(keep_all=True, select_largest=True, min_face_size=min_face_size,
                             thresholds=list(thresholds), factor=pyramid_factor, device=self.device)
         self._mtcnn.eval()
@@ -69,7 +72,9 @@ class MTCNNDetector:
         results: list[list[Face] | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, img in enumerate(images):
-            by_shape.setdefault(img.shape, []).append(i)
+            # MTCNN has no pyramid level for an image smaller than a face (and then fails): none found
+            if min(img.shape[:2]) >= self.min_face_size:
+                by_shape.setdefault(img.shape, []).append(i)
         for indices in by_shape.values():
             found = self._run(np.stack([images[i] for i in indices]))
             for i, faces in zip(indices, found):

@@ -28,8 +28,14 @@ def check_width(width: float, name: str) -> None:
 
 
 def check_classes(num_classes: int, name: str) -> None:
-    if int(num_classes) != num_classes or num_classes < 1:
-        raise ValueError(f"{name}: num_classes must be an integer >= 1 (got {num_classes})")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be an integer >= 1 (got {num_classes!r})")
+
+
+def check_dropout(dropout: float | None, name: str) -> None:
+    """A probability in [0, 1): a negative one would silently mean "no dropout", 1 drops everything."""
+    if dropout is not None and not 0 <= dropout < 1:
+        raise ValueError(f"{name}: dropout must be in [0, 1) (got {dropout!r})")
 
 
 def vgg_stages(depth: int, width: float = 1.0, *, batch_norm: bool = False,

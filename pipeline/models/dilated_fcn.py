@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models._vgg import check_classes, check_width, scaled, vgg_stages
+from pipeline.models._vgg import check_classes, check_dropout, check_width, scaled, vgg_stages
 from pipeline.models.registry import register
 
 OFFICIAL_SKIP_SCALES = (1e-2, 1e-4, 1e-6, 1e-8)  # pool4, pool3, pool2, pool1 in the Caffe definition
@@ -36,6 +36,7 @@ class DilatedFCN2s(nn.Module):
         super().__init__()
         check_classes(num_classes, "DilatedFCN2s")
         check_width(width, "DilatedFCN2s")
+        check_dropout(dropout, "DilatedFCN2s")
         if skip_scales is not None and len(skip_scales) != 4:
             raise ValueError(f"DilatedFCN2s: skip_scales needs 4 factors (pool4..pool1), got {skip_scales}")
         self.stages, channels = vgg_stages(depth, width)

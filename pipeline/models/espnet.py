@@ -27,6 +27,7 @@ from torch import nn
 from pipeline.models.registry import register
 
 BN_EPS = 1e-3  # the official code's BatchNorm epsilon
+MAX_REPEATS = 100  # p, q (the paper: 2, 8); thousands of blocks only stall the builder
 
 
 class ConvBNPReLU(nn.Sequential):
@@ -120,6 +121,8 @@ class ESPNet(nn.Module):
         super().__init__()
         if num_classes < 1 or p < 1 or q < 1 or width <= 0:
             raise ValueError(f"ESPNet needs num_classes, p, q >= 1 and width > 0 (got {num_classes}, {p}, {q}, {width})")
+        if p > MAX_REPEATS or q > MAX_REPEATS:
+            raise ValueError(f"ESPNet needs p, q <= {MAX_REPEATS} (got {p}, {q})")
         c1, c2, c3 = (max(5, int(round(c * width))) for c in (16, 64, 128))
         c = num_classes
         self.level1 = ConvBNPReLU(3, c1, 3, 2)

@@ -58,6 +58,17 @@ LEVEL2_CHANNELS = 48
 LEVEL3_CHANNELS = 56
 FINE_CHANNELS = 24
 BR_EPS = 1e-3
+MAX_REPEATS = 100  # p, q: the paper uses 1 and 5; thousands of modules only stall the builder
+
+
+def check_arguments(num_classes: int, p: int, q: int) -> None:
+    """Refuse what would build a broken net (no output channel) or fail obscurely (a float depth)."""
+    for name, value, low in (("num_classes", num_classes, 1), ("p", p, 1), ("q", q, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"ExtremeC3Net: {name} must be an integer >= {low} (got {value!r})")
+    for name, value in (("p", p), ("q", q)):
+        if value > MAX_REPEATS:
+            raise ValueError(f"ExtremeC3Net: {name} must be <= {MAX_REPEATS} (got {value})")
 
 
 class BNPReLU(nn.Module):
@@ -168,8 +179,7 @@ class CoarseEncoder(nn.Module):
 
     def __init__(self, p: int = 1, q: int = 5):
         super().__init__()
-        if p < 1 or q < 1:
-            raise ValueError(f"p and q must be >= 1, got p={p}, q={q}")
+        check_arguments(1, p, q)
         self.level1 = ConvBNPReLU(3, COARSE_STEM, 3, stride=2)
         self.bn1 = BNPReLU(COARSE_STEM + 3)
         self.level2_0 = AdvancedC3(COARSE_STEM + 3, LEVEL2_CHANNELS, (1, 2, 3), residual=False, downsample=True)
@@ -201,6 +211,7 @@ class ExtremeC3NetStage1(nn.Module):
 
     def __init__(self, num_classes: int = 1, p: int = 1, q: int = 5):
         super().__init__()
+        check_arguments(num_classes, p, q)
         self.encoder = CoarseEncoder(p, q)
         self.classifier = nn.Conv2d(CoarseEncoder.out_channels, num_classes, 1, bias=False)
 
@@ -219,6 +230,7 @@ class ExtremeC3Net(nn.Module):
 
     def __init__(self, num_classes: int = 1, p: int = 1, q: int = 5):
         super().__init__()
+        check_arguments(num_classes, p, q)
         self.classify_before_upsampling = False
         self.encoder = CoarseEncoder(p, q)
         self.coarse_proj = nn.Conv2d(CoarseEncoder.out_channels, FINE_CHANNELS, 1, bias=False)

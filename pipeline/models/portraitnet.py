@@ -102,6 +102,8 @@ class PortraitNet(nn.Module):
 
     def __init__(self, num_classes: int = 2, add_edge: bool = True, deconv_groups: bool = False):
         super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"PortraitNet: num_classes must be an integer >= 1 (got {num_classes!r})")
         self.stem = nn.Sequential(*conv_bn_relu(3, 32, 3, stride=2))
         stages = []
         in_channels = 32

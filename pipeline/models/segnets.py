@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models._vgg import VGG_STAGES, check_classes, check_width, scaled
+from pipeline.models._vgg import VGG_STAGES, check_classes, check_dropout, check_width, scaled
 from pipeline.models.registry import register
 
 # Per net: convolution stages as ((out_channels, kernel), ...) each followed by a pooling,
@@ -65,6 +65,7 @@ class SegNetFC(nn.Module):
             raise ValueError(f"unknown seg-net design {design!r}; known: {', '.join(SEGNET_DESIGNS)}")
         check_classes(num_classes, f"{design}-seg-net")
         check_width(width, f"{design}-seg-net")
+        check_dropout(dropout, f"{design}-seg-net")
         spec = SEGNET_DESIGNS[design]
         kernel, stride = spec["pool"]
         if native_size < 16:

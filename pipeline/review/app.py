@@ -19,6 +19,10 @@ first (lowest score first), so a killed App or database loses nothing, and a sam
 mask changed since it was judged is back in the queue (the old decision stays in the
 journal and shows as ``review_stale``).
 
+Database: the command connects before building the queue and waits for a database that is
+slow to start or restarting (``review.database_wait_s``, ``--database-wait``), saying so;
+one that never answers ends with one line naming it (password redacted) and what to do.
+
 Several reviewers: point every reviewer at one MongoDB (``--database-uri`` or
 FIFTYONE_DATABASE_URI) and give each their own App (own port, own ``--reviewer``); each
 journal is its own file, to commit with the project.
@@ -34,7 +38,8 @@ from pathlib import Path
 from pipeline.params import load_section
 from pipeline.review import journal as jr
 from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, PLUGINS_DIR,
-                                    ReviewParams)
+                                    ReviewParams, check_database_uri)
+from pipeline.review.database import connect_fiftyone, redact_uri
 from pipeline.review.pool import current_hashes, read_pool
 from pipeline.stage import StageError, make_parser, run_main
 
@@ -89,10 +94,8 @@ def prepare_environment(params: ReviewParams, reviewer: str, database_uri: str) 
             fo.config.database_uri = database_uri
 
 
-def load_queue(params: ReviewParams):
-    """Sync the persistent dataset with the pool and the journals; return (dataset, view, summary)."""
-    from pipeline.review.dataset import sync_dataset
-
+def read_queue_inputs(params: ReviewParams):
+    """The pool and the journals, read (and refused clearly) before any database is involved."""
     items, warnings = read_pool(params.pseudo_dir)
     for warning in warnings[:10]:
         print(f"warning: {warning}")
@@ -103,6 +106,15 @@ def load_queue(params: ReviewParams):
     events, torn = jr.read_journals(params.journal_dir)
     if torn:
         print(f"warning: skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
+    return items, events
+
+
+def load_queue(params: ReviewParams, items=None, events=None):
+    """Sync the persistent dataset with the pool and the journals; return (dataset, view, summary)."""
+    from pipeline.review.dataset import sync_dataset
+
+    if items is None or events is None:
+        items, events = read_queue_inputs(params)
     dataset, view, summary = sync_dataset(params.dataset_name, items, events)
     dataset.info["review_journal_dir"] = str(Path(params.journal_dir).resolve())
     dataset.save()
@@ -116,6 +128,8 @@ def main(argv=None) -> int:
                         help="MongoDB URI shared by reviewers (default: FIFTYONE_DATABASE_URI, then "
                              "review.database_uri, then FiftyOne's own database)")
     parser.add_argument("--reviewer", default=None, help="name recorded with each decision (default: $USER)")
+    parser.add_argument("--database-wait", type=float, default=None, metavar="SECONDS",
+                        help="how long to wait for a slow or restarting database (default: review.database_wait_s)")
     parser.add_argument("--status", action="store_true", help="print the progress and exit (no App)")
     parser.add_argument("--load-only", action="store_true", help="sync the FiftyOne dataset and exit")
 
@@ -126,9 +140,18 @@ def main(argv=None) -> int:
             return 0
         reviewer = args.reviewer or default_reviewer()
         database_uri = args.database_uri or os.environ.get("FIFTYONE_DATABASE_URI") or params.database_uri
+        try:
+            database_uri = check_database_uri(database_uri)
+        except ValueError as exc:
+            raise StageError(f"database URI {redact_uri(database_uri)!r}: {exc}") from None
+        wait_s = params.database_wait_s if args.database_wait is None else args.database_wait
+        if not 0 <= wait_s <= 3600:  # NaN fails too
+            raise StageError(f"--database-wait must be between 0 and 3600 seconds, got {wait_s}")
         port = args.port or params.port
+        items, events = read_queue_inputs(params)
         prepare_environment(params, reviewer, database_uri)
-        dataset, view, summary = load_queue(params)
+        connect_fiftyone(wait_s)
+        dataset, view, summary = load_queue(params, items, events)
         print(f"queue {params.dataset_name!r}: {summary['samples']} samples ({summary['added']} new, "
               f"{summary['removed']} removed), {summary['decided']} decided, {summary['stale']} back in the queue "
               "because their mask changed")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from typing import Annotated
 
-from pipeline.params import Section
+from pydantic import AfterValidator, Field
+
+from pipeline.params import InputPath, OutputPath, Section
 
 # The FiftyOne plugin (operators + key-binding script) shipped beside this package.
 PLUGINS_DIR = Path(__file__).resolve().parents[1] / "review_plugin"
@@ -23,12 +25,28 @@ ENV_REVIEWER = "PORTRAIT_REVIEW_REVIEWER"
 ENV_MIN_SEEN_MS = "PORTRAIT_REVIEW_MIN_SEEN_MS"
 
 
+MONGODB_SCHEMES = ("mongodb://", "mongodb+srv://")
+
+
+def check_database_uri(value: str) -> str:
+    """Empty (FiftyOne's own database) or a MongoDB URI; anything else is a mistake to name now."""
+    value = (value or "").strip()
+    if value and not value.startswith(MONGODB_SCHEMES):
+        raise ValueError(f"must be empty (FiftyOne's own database) or a URI starting with "
+                         f"{' or '.join(MONGODB_SCHEMES)}")
+    return value
+
+
+DatabaseUri = Annotated[str, AfterValidator(check_database_uri)]
+
+
 class ReviewParams(Section):
-    pseudo_dir: str = "data/pseudo"  # canonical pseudo-labelled pool (manifest.csv + scores.csv)
-    journal_dir: str = "reviews/journal"  # one append-only <reviewer>.jsonl per reviewer
-    decisions_csv: str = "reviews/decisions.csv"  # what export-reviews writes (DVC output)
-    dataset_name: str = "portrait-review"  # persistent FiftyOne dataset holding the queue
-    address: str = "127.0.0.1"  # the App listens here only
+    pseudo_dir: InputPath = "data/pseudo"  # canonical pseudo-labelled pool (manifest.csv + scores.csv)
+    journal_dir: OutputPath = "reviews/journal"  # one append-only <reviewer>.jsonl per reviewer
+    decisions_csv: OutputPath = "reviews/decisions.csv"  # what export-reviews writes (DVC output)
+    dataset_name: str = Field(default="portrait-review", min_length=1)  # persistent FiftyOne dataset (the queue)
+    address: str = Field(default="127.0.0.1", min_length=1)  # the App listens here only
     port: int = Field(default=5151, ge=1, le=65535)
-    database_uri: str = ""  # "" = FiftyOne's own database; else a MongoDB URI shared by reviewers
+    database_uri: DatabaseUri = ""  # "" = FiftyOne's own database; else a MongoDB URI shared by reviewers
+    database_wait_s: float = Field(default=60.0, ge=0, le=3600)  # how long to wait for a slow or busy database
     min_seen_ms: int = Field(default=150, ge=0, le=5000)  # a press sooner after the image appears is ignored

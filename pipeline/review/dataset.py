@@ -41,14 +41,14 @@ def _decision_values(event: jr.ReviewEvent | None) -> dict:
     if event is None:
         return {name: None for name in DECISION_FIELDS}
     return {"review_decision": event.decision, "review_reviewer": event.reviewer,
-            "review_decided_at": event.decided_at, "review_seconds": event.seconds_on_screen,
+            "review_decided_at": event.decided_at_utc, "review_seconds": event.seconds_on_screen,
             "review_event_id": event.event_id}
 
 
 def _stale_note(event: jr.ReviewEvent | None) -> str | None:
     if event is None:
         return None
-    return f"{event.decision} by {event.reviewer} at {event.decided_at} on an older mask ({event.mask_sha256[:12]}): not applied"
+    return f"{event.decision} by {event.reviewer} at {event.decided_at_utc} on an older mask ({event.mask_sha256[:12]}): not applied"
 
 
 def sync_dataset(name: str, items: list[PoolItem], events: Iterable[jr.ReviewEvent]):
@@ -150,11 +150,18 @@ def record_decision(dataset, sample_id: str, decision: str, reviewer: str, journ
         raise ReviewError(f"{sample['pc_id']}: the mask changed on disk since the queue was loaded "
                           "(pseudo_label re-ran?); restart `portrait-curation review` to reload it")
     event = jr.make_decision(sample["pc_id"], decision, recorded_hash, reviewer, seconds_on_screen, via)
-    jr.append_event(jr.journal_path(journal_dir, reviewer), event)
+    _append(jr.journal_path(journal_dir, reviewer), event)
     for name, value in _decision_values(event).items():
         sample[name] = value
     sample.save()
     return event, dataset_progress(dataset)
+
+
+def _append(path: Path, event: jr.ReviewEvent) -> None:
+    try:
+        jr.append_event(path, event)
+    except OSError as exc:  # disk full, read-only folder: the App must say "not saved"
+        raise ReviewError(f"{event.id}: not saved, cannot write {path}: {exc.strerror or exc}") from None
 
 
 def undo_last(dataset, reviewer: str, journal_dir: str | os.PathLike) -> tuple[jr.ReviewEvent | None, str | None, jr.Progress]:
@@ -162,12 +169,15 @@ def undo_last(dataset, reviewer: str, journal_dir: str | os.PathLike) -> tuple[j
     sample, progress). The sample falls back to whatever decision applies without it."""
     import fiftyone as fo
 
-    events, _ = jr.read_journals(journal_dir)
+    try:
+        events, _ = jr.read_journals(journal_dir)
+    except jr.JournalError as exc:
+        raise ReviewError(f"cannot undo: {exc}") from None
     target = jr.last_undoable(events, reviewer)
     if target is None:
         return None, None, dataset_progress(dataset)
     undo = jr.make_undo(target, reviewer)
-    jr.append_event(jr.journal_path(journal_dir, reviewer), undo)
+    _append(jr.journal_path(journal_dir, reviewer), undo)
     matches = dataset.match(fo.ViewField("pc_id") == target.id)
     sample_id = None
     if len(matches):

@@ -3,14 +3,17 @@
 Reads only the journals and the pool on disk (no App, no database), so it runs as a DVC
 stage. For each pool sample the latest live decision on its *current* mask is written;
 decisions on masks that have since changed, undone decisions and ids no longer in the pool
-are left out. Rows are sorted by id and floats have fixed precision, so exporting the same
-journal twice gives the same bytes.
+are left out. Rows are sorted by id, times are written in UTC and floats with fixed
+precision, and no field holds a path, so exporting the same journals gives the same bytes
+in any checkout. A journal line that cannot be read (other than a torn last line) stops the
+export with the file and line named: a decision must never be dropped silently.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from typing import Iterable, Mapping
 
@@ -19,9 +22,12 @@ from pipeline.params import load_section
 from pipeline.review import journal as jr
 from pipeline.review.config import ReviewParams
 from pipeline.review.pool import current_hashes, read_pool
-from pipeline.stage import make_parser, run_main
+from pipeline.stage import StageError, make_parser, run_main
 
 COLUMNS = ("id", "decision", "mask_sha256", "reviewer", "decided_at", "seconds_on_screen")
+
+# "/x", "~/x", "C:\\x", "\\\\server\\x": what a machine-specific path looks like in a field.
+_ABSOLUTE = re.compile(r"^(/|~|[A-Za-z]:[\\/]|\\\\)")
 
 
 def decisions_csv_text(resolved: Mapping[str, jr.ReviewEvent]) -> str:
@@ -31,7 +37,12 @@ def decisions_csv_text(resolved: Mapping[str, jr.ReviewEvent]) -> str:
     for sample_id in sorted(resolved):
         event = resolved[sample_id]
         seconds = "" if event.seconds_on_screen is None else f"{event.seconds_on_screen:.3f}"
-        writer.writerow((sample_id, event.decision, event.mask_sha256, event.reviewer, event.decided_at, seconds))
+        row = (sample_id, event.decision, event.mask_sha256, event.reviewer, event.decided_at_utc, seconds)
+        for column, value in zip(COLUMNS, row):
+            if _ABSOLUTE.match(value):
+                raise StageError(f"{sample_id}: {column} {value!r} looks like an absolute path; the decisions "
+                                 "file must be the same in every checkout (fix the manifest id or reviewer name)")
+        writer.writerow(row)
     return buffer.getvalue()
 
 

@@ -20,7 +20,7 @@ def iter_baidu(root: Path, report: LoaderReport, **_options) -> Iterator[RawItem
         if not (root / list_name).is_file():
             report.count(f"no {list_name}: split absent")
             continue
-        for line in read_list_file(root / list_name):
+        for line in read_list_file(root / list_name, root):
             parts = line.split()
             if len(parts) >= 2:
                 image, mask = root / parts[0], root / parts[1]
@@ -35,4 +35,4 @@ def iter_baidu(root: Path, report: LoaderReport, **_options) -> Iterator[RawItem
             elif mask is None:
                 yield RawItem(stem, split, image, origin=f"{list_name}:{line}", skip_reason="listed id has no mask")
             else:
-                yield RawItem(stem, split, image, png_mask_reader(mask), origin=image.name)
+                yield RawItem(stem, split, image, png_mask_reader(mask), origin=image.name, mask_path=mask)

@@ -22,7 +22,7 @@ def iter_folder(root: Path, report: LoaderReport, *, images_dir: str = "images",
         if not mask.is_file():
             yield RawItem(image.stem, item_split, image, origin=image.name, skip_reason="image has no mask")
         else:
-            yield RawItem(image.stem, item_split, image, png_mask_reader(mask), origin=image.name)
+            yield RawItem(image.stem, item_split, image, png_mask_reader(mask), origin=image.name, mask_path=mask)
 
 
 def iter_unlabelled(root: Path, report: LoaderReport, *, images_dir: str = ".", **_options) -> Iterator[RawItem]:

@@ -13,7 +13,7 @@ def iter_eg1800_portraitnet(root: Path, report: LoaderReport, **_options) -> Ite
     images = require_dir(root / "Images", "Images")
     labels = require_dir(root / "Labels", "Labels")
     for split, list_name in (("train", "eg1800_train.txt"), ("test", "eg1800_test.txt")):
-        for line in read_list_file(root / list_name):
+        for line in read_list_file(root / list_name, root):
             stem = Path(line.split()[0]).stem
             image = find_image(images, stem)
             label = find_image(labels, stem)
@@ -22,4 +22,4 @@ def iter_eg1800_portraitnet(root: Path, report: LoaderReport, **_options) -> Ite
             elif label is None:
                 yield RawItem(stem, split, image, origin=f"{list_name}:{line}", skip_reason="listed id has no mask")
             else:
-                yield RawItem(stem, split, image, png_mask_reader(label), origin=image.name)
+                yield RawItem(stem, split, image, png_mask_reader(label), origin=image.name, mask_path=label)

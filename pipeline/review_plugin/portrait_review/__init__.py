@@ -85,7 +85,12 @@ class UndoDecision(foo.Operator):
                                types.Button(label="Undo last decision (u)", icon="undo", prompt=False))
 
     def execute(self, ctx):
-        undo, sample_id, progress = review_dataset.undo_last(ctx.dataset, _reviewer(), _journal_dir(ctx))
+        try:
+            undo, sample_id, progress = review_dataset.undo_last(ctx.dataset, _reviewer(), _journal_dir(ctx))
+        except review_dataset.ReviewError as exc:
+            if not ctx.params.get("quiet"):
+                ctx.ops.notify(str(exc), variant="error")
+            return _result(False, str(exc))
         if undo is None:
             return _result(False, "nothing to undo", progress)
         message = f"undid the decision on {undo.id}"
