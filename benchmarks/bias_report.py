@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.attributes import AGES, GENDERS, RACES, UNKNOWN, normalise_table
-from pipeline.bias_report import build_report
+from pipeline.stages.bias_report import build_report
 
 
 def synthetic(n_images: int, rng: np.random.Generator) -> tuple[pd.Series, pd.DataFrame]:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import crop_portraits as cp
+from pipeline.stages import crop_portraits as cp
 from pipeline.detectors.mtcnn import MTCNNDetector
 from pipeline.images import read_rgb
 

@@ -18,7 +18,7 @@ import statistics
 import torch
 
 from pipeline.flops import count_flops
-from pipeline.complexity import interleaved_latencies
+from pipeline.latency import interleaved_latencies
 from pipeline.models.registry import build_model, count_parameters, get_spec
 
 NETWORKS = ["enet", "espnet", "ds_espnet", "ds_espnet_0.5", "espnetv2_2.0", "espnetv2_1.5", "contextnet12",

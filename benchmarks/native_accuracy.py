@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.evaluate import (EvaluateParams, OriginalSizeDataset, collate_original_size,  # noqa: E402
+from pipeline.stages.evaluate import (EvaluateParams, OriginalSizeDataset, collate_original_size,  # noqa: E402
                                evaluate_model, load_trained_model, summarise)
 from pipeline.manifest import read_manifest  # noqa: E402
 from pipeline.native import NativeExtremeC3Net  # noqa: E402

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.complexity import interleaved_latencies  # noqa: E402
+from pipeline.latency import interleaved_latencies  # noqa: E402
 from pipeline.models import build_model  # noqa: E402
 from pipeline.native import NativeExtremeC3Net  # noqa: E402
 

@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from pipeline.complexity import interleaved_latencies
+from pipeline.latency import interleaved_latencies
 from pipeline.models.registry import build_model, count_parameters, get_spec
 
 # name -> (builder kwargs for the parameter count, label of the paper's figure)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -115,9 +114,3 @@ def readable_rows(root: str | os.PathLike, frame: pd.DataFrame) -> tuple[pd.Data
     return frame.loc[keep], skipped
 
 
-def select(frame: pd.DataFrame, splits: Sequence[str] | None = None, sources: Sequence[str] | None = None) -> pd.DataFrame:
-    if splits is not None:
-        frame = frame[frame["split"].isin(list(splits))]
-    if sources is not None:
-        frame = frame[frame["source"].isin(list(sources))]
-    return frame

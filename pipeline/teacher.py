@@ -16,16 +16,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field, field_validator
 from torch import nn
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights
 from pipeline.data import to_tensor
+from pipeline.metrics import iou
 from pipeline.models.registry import foreground_logit
+from pipeline.params import Section
 
 TEACHER_ARCH = "deeplabv3plus"
 OUTPUT_STRIDE = 16  # smp DeepLabV3Plus default; input sides must be multiples of it
@@ -35,6 +38,32 @@ def teacher_config(encoder_name: str, classes: int = 1, decoder_channels: int = 
     """The builder kwargs a checkpoint records and is checked against."""
     return {"encoder_name": encoder_name, "classes": int(classes), "decoder_channels": int(decoder_channels),
             "encoder_output_stride": OUTPUT_STRIDE}
+
+
+class TeacherArchitecture(Section):
+    """The keys of the ``teacher`` section that decide the network (not how it is trained).
+
+    ``train_teacher`` builds it from these and ``pseudo_label`` checks the checkpoint it is
+    given against them, so both read one definition; other keys of the section are left
+    to the training stage (``extra="ignore"`` here, ``"forbid"`` in the stage's model).
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
+
+    encoder_name: str = Field("se_resnext50_32x4d", min_length=1)
+    decoder_channels: int = Field(256, ge=8)
+    classes: Literal[1, 2] = 1
+    input_size: int = Field(512, ge=OUTPUT_STRIDE)
+
+    @field_validator("input_size")
+    @classmethod
+    def _multiple_of_stride(cls, value: int) -> int:
+        if value % OUTPUT_STRIDE:
+            raise ValueError(f"must be a multiple of {OUTPUT_STRIDE} (DeepLabv3+ output stride)")
+        return value
+
+    def arch_config(self) -> dict:
+        return teacher_config(self.encoder_name, self.classes, self.decoder_channels)
 
 
 def build_teacher(config: dict, encoder_weights: str | None = None) -> nn.Module:
@@ -195,18 +224,6 @@ def merge_flip(plain: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
     return 0.5 * (plain + torch.flip(flipped, dims=[-1]))
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks; two empty masks agree perfectly (1.0)."""
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    union = np.logical_or(a, b).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(a, b).sum() / union)
-
-
 def native_bfloat16(device: str | torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively (CPU: AVX-512-BF16/AMX via oneDNN)."""
     device = torch.device(device)
@@ -275,7 +292,7 @@ class TeacherRunner:
                 mirrored_i = F.interpolate(flipped[i:i + 1], size=(height, width), mode="bilinear",
                                            align_corners=False)
                 merged = merge_flip(plain_i, mirrored_i)
-                agreement = mask_iou((plain_i > 0).cpu().numpy(),
+                agreement = iou((plain_i > 0).cpu().numpy(),
                                      (torch.flip(mirrored_i, dims=[-1]) > 0).cpu().numpy())
             prob = torch.sigmoid(merged)[0, 0].cpu().numpy().astype(np.float32)
             out.append(Prediction(probability=prob, flip_iou=agreement))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.assemble import accepted_pseudo_labels, assemble_training_set, main, rebase_paths
+from pipeline.stages.assemble import accepted_pseudo_labels, assemble_training_set, main, rebase_paths
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, read_manifest, to_frame
 from pipeline.stage import StageError

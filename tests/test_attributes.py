@@ -12,9 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import attributes as attr
-from pipeline.attributes import (AGES, CLASSES, GENDERS, RACES, UNKNOWN, AttributeTableError, assign_faces,
-                                 class_by_number, class_number, normalise_table, read_table, relative_box)
+from pipeline.attributes import annotation
+from pipeline.attributes import table as attribute_table
+from pipeline.tools import attributes as attr
+from pipeline.attributes import (AGES, CLASSES, GENDERS, RACES, UNKNOWN, AttributeTableError, class_by_number,
+                                 class_number, normalise_table, read_table)
+from pipeline.attributes.annotation import assign_faces, relative_box
 
 HEADER = "image_id,person,race,gender,age,annotator\n"
 
@@ -64,7 +67,7 @@ def test_read_table_keeps_leading_zeros_and_normalises(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text(HEADER + "00007,1,Asian, woman ,child,B\n00002,0,caucasian,man,senior,\n00007,0,black,man,youth,B\n")
     table = read_table(path)
-    assert list(table.columns) == list(attr.COLUMNS)
+    assert list(table.columns) == list(attribute_table.COLUMNS)
     assert list(table["image_id"]) == ["00002", "00007", "00007"]
     assert list(table["person"]) == [0, 0, 1]
     assert list(table["race"]) == ["caucasian", "black", "asian"]
@@ -157,21 +160,21 @@ def test_csv_round_trip_through_fiftyone(tmp_path):
     ])
     paths = _images(tmp_path, ["00002", "00005", "00009"])
     name = f"test-attributes-{uuid.uuid4().hex[:8]}"
-    dataset = attr.table_to_dataset(table, paths, name)
+    dataset = annotation.table_to_dataset(table, paths, name)
     try:
         assert len(dataset) == 3  # 00009 has no person yet: a sample to annotate
         first = dataset.match(fo.ViewField("image_id") == "00002").first()
-        assert [d["race"] for d in first[attr.PEOPLE_FIELD].detections] == ["asian", "black"]
-        assert dataset.active_label_schemas == [attr.PEOPLE_FIELD]
-        back = attr.dataset_to_table(dataset)
+        assert [d["race"] for d in first[annotation.PEOPLE_FIELD].detections] == ["asian", "black"]
+        assert dataset.active_label_schemas == [annotation.PEOPLE_FIELD]
+        back = annotation.dataset_to_table(dataset)
         pd.testing.assert_frame_equal(back, table)
 
         # A face drawn in the App (no person index, attributes unset) is exported as the
         # next person with every attribute unknown, never guessed.
         sample = dataset.match(fo.ViewField("image_id") == "00002").first()
-        sample[attr.PEOPLE_FIELD].detections.append(fo.Detection(label="face", bounding_box=[0.8, 0.1, 0.1, 0.1]))
+        sample[annotation.PEOPLE_FIELD].detections.append(fo.Detection(label="face", bounding_box=[0.8, 0.1, 0.1, 0.1]))
         sample.save()
-        back = attr.dataset_to_table(dataset, default_annotator="R")
+        back = annotation.dataset_to_table(dataset, default_annotator="R")
         added = back[(back["image_id"] == "00002") & (back["person"] == 2)].iloc[0]
         assert (added["race"], added["gender"], added["age"], added["annotator"]) == (UNKNOWN, UNKNOWN, UNKNOWN, "R")
     finally:
@@ -234,7 +237,7 @@ def test_detect_face_boxes_keeps_confident_faces_as_relative_boxes(tmp_path):
             assert all(image.shape == (16, 12, 3) for image in images)
             return [[Face(box=(6, 4, 12, 12), probability=0.95), Face(box=(0, 0, 3, 4), probability=0.5)], []]
 
-    found = attr.detect_face_boxes(paths, FakeDetector(), min_confidence=0.9)
+    found = annotation.detect_face_boxes(paths, FakeDetector(), min_confidence=0.9)
     assert found == {"x": [(0.5, 0.25, 0.5, 0.5)], "y": []}
 
 
@@ -256,12 +259,12 @@ def test_annotate_reopens_an_existing_dataset_and_keeps_its_edits(tmp_path, monk
     try:
         assert attr.main(argv) == 0
         sample = fo.load_dataset(name).first()
-        sample[attr.PEOPLE_FIELD].detections[0]["race"] = "asian"  # an edit made in the App
+        sample[annotation.PEOPLE_FIELD].detections[0]["race"] = "asian"  # an edit made in the App
         sample.save()
         assert attr.main(argv) == 0
-        assert attr.dataset_to_table(fo.load_dataset(name))["race"].tolist() == ["asian"]
+        assert annotation.dataset_to_table(fo.load_dataset(name))["race"].tolist() == ["asian"]
         assert attr.main([*argv, "--overwrite"]) == 0
-        assert attr.dataset_to_table(fo.load_dataset(name))["race"].tolist() == ["caucasian"]
+        assert annotation.dataset_to_table(fo.load_dataset(name))["race"].tolist() == ["caucasian"]
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import bias_report as br
+from pipeline.stages import bias_report as br
 from pipeline.attributes import UNKNOWN, normalise_table, read_table
 from pipeline.stage import StageError
 

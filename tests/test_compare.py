@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.compare import build_table, main, summary_metrics, to_markdown
+from pipeline.stages.compare import build_table, main, summary_metrics, to_markdown
 from pipeline.stage import StageError
 
 COMPLEXITY = {
@@ -84,7 +84,7 @@ def test_main_says_which_stage_to_run_when_an_input_is_missing(tmp_path, monkeyp
 
 
 def test_a_single_architecture_still_gives_a_plot(tmp_path):
-    from pipeline.compare import plot_accuracy_vs_params
+    from pipeline.stages.compare import plot_accuracy_vs_params
 
     table = build_table(["tiny"], COMPLEXITY, EVALS)
     plot_accuracy_vs_params(table, tmp_path / "one.png")

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline.complexity import ComplexityParams, main, measure
+from pipeline.stages.complexity import ComplexityParams, main, measure
 from pipeline.params import ParamsError, parse_section
 
 

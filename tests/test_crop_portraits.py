@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 from scipy import ndimage
 
-from pipeline import crop_portraits as cp
+from pipeline.stages import crop_portraits as cp
 from pipeline.detectors import Face
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, mask_statistics, read_manifest, to_frame

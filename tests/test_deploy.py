@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from pipeline.deploy import deploy, fold_batchnorms, fold_bn_into_conv, max_abs_difference
-from pipeline.models import build_model
 from model_helpers import calibrated
 
 

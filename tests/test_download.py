@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.atomic import OWNER_MARKER
-from pipeline.download import (ChecksumError, DownloadParams, UnsafeArchiveError, fetch_source, fetch_to_cache, run,
+from pipeline.stages.download import (ChecksumError, DownloadParams, UnsafeArchiveError, fetch_source, fetch_to_cache, run,
                                safe_extract, tree_sha256)
 from pipeline.params import ParamsError, parse_section
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.download import tree_sha256
+from pipeline.stages.download import tree_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 

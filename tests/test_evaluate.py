@@ -12,7 +12,8 @@ import yaml
 from torch import nn
 
 from pipeline.checkpoint import save_checkpoint
-from pipeline.evaluate import PER_IMAGE_COLUMNS, boundary_f1, iou, main, mask_outline, predict_masks, summarise
+from pipeline.metrics import boundary_f1, iou, mask_outline
+from pipeline.stages.evaluate import PER_IMAGE_COLUMNS, main, predict_masks, summarise
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
 from pipeline.models import MODELS, register

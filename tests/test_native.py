@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.complexity import make_runner
+from pipeline.stages.complexity import make_runner
 from pipeline.models import build_model
 from pipeline.native import NativeBuildError, NativeExtremeC3Net
 from pipeline.native import build as native_build

@@ -47,7 +47,7 @@ def test_unknown_runtime_is_refused():
 def test_complexity_runtime_param_defaults_to_torch_and_needs_the_deploy_form():
     from pydantic import ValidationError
 
-    from pipeline.complexity import ComplexityParams
+    from pipeline.stages.complexity import ComplexityParams
 
     assert ComplexityParams().latency_runtime == "torch"
     assert ComplexityParams(latency_runtime="openvino").latency_form == "deploy"

@@ -2,7 +2,7 @@ import pytest
 from pydantic import Field
 
 from pipeline.params import ParamsError, Section, load_params, parse_section
-from pipeline.prepare import PrepareParams
+from pipeline.stages.prepare import PrepareParams
 
 
 class Inner(Section):

@@ -9,7 +9,7 @@ from PIL import Image
 from pipeline.images import read_mask_png
 from pipeline.manifest import read_manifest
 from pipeline.params import parse_section
-from pipeline.prepare import PrepareParams, run
+from pipeline.stages.prepare import PrepareParams, run
 
 
 def _img(path, h=8, w=6, mode="RGB", value=120):

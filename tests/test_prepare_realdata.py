@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline.images import read_mask_png
 from pipeline.manifest import read_manifest
 from pipeline.params import parse_section
-from pipeline.prepare import PrepareParams, run
+from pipeline.stages.prepare import PrepareParams, run
 from pipeline.sources import LoaderReport
 from pipeline.sources.eg1800 import iter_eg1800_original
 

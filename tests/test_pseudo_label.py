@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import pipeline.pseudo_label as pl
+import pipeline.stages.pseudo_label as pl
 from pipeline.checkpoint import save_checkpoint
 from pipeline.images import read_mask_png, read_rgb
 from pipeline.manifest import read_manifest
-from pipeline.pseudo_label import ScoreParams, combine_score, failure_auc, roc_auc, score_components
+from pipeline.metrics import failure_auc, roc_auc
+from pipeline.stages.pseudo_label import ScoreParams, combine_score, score_components
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
 from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical, write_params
 

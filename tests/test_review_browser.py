@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.review import browser as rb
 from pipeline.review import journal as jr
-from pipeline.review.export import main as export_main
+from pipeline.stages.export_reviews import main as export_main
 from pipeline.review.standin import synthetic_sample, write_pool
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pipeline.review import journal as jr
-from pipeline.review.export import decisions_csv_text, export_summary, main as export_main
+from pipeline.stages.export_reviews import decisions_csv_text, export_summary, main as export_main
 from pipeline.review.pool import queue_order, read_pool
 from pipeline.review.standin import synthetic_sample, write_pool
 from pipeline.stage import StageError

@@ -127,7 +127,7 @@ def test_plugin_operators_record_through_fiftyone(queue, monkeypatch):
 
 def test_review_command_load_only_and_status(queue, tmp_path, capsys, monkeypatch):
     from pipeline.review import config
-    from pipeline.review.app import main as review_main
+    from pipeline.tools.review import main as review_main
 
     # the command sets these for the App server it starts: restore them afterwards
     for key in ("FIFTYONE_PLUGINS_DIR", config.ENV_JOURNAL_DIR, config.ENV_REVIEWER, config.ENV_MIN_SEEN_MS):

@@ -14,9 +14,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pipeline.checkpoint import CheckpointError, save_checkpoint
-from pipeline.teacher import (TEACHER_ARCH, TeacherRunner, build_teacher, load_teacher, mask_iou, merge_flip,
+from pipeline.metrics import iou
+from pipeline.teacher import (TEACHER_ARCH, TeacherRunner, build_teacher, load_teacher, merge_flip,
                               teacher_config)
-from pipeline.train_teacher import TeacherParams, drop_leaks, fit, main, segmentation_loss
+from pipeline.selection import drop_leaks
+from pipeline.stages.train_teacher import TeacherParams, fit, main, segmentation_loss
 from teacher_helpers import BrightnessTeacher, LeftHalfTeacher, rectangle_image, write_canonical, write_params
 
 TINY = {"encoder_name": "resnet18", "decoder_channels": 16}
@@ -31,7 +33,7 @@ def test_prediction_has_the_image_size_and_the_mask_in_the_right_place():
     runner = TeacherRunner(BrightnessTeacher(), input_size=64)
     (prediction,) = runner.predict([image])
     assert prediction.probability.shape == (90, 140)
-    assert mask_iou(prediction.mask, truth) > 0.9
+    assert iou(prediction.mask, truth) > 0.9
     assert not prediction.mask[:, :90].any()  # nothing on the wrong side
 
 
@@ -40,7 +42,7 @@ def test_flip_tta_mirrors_the_flipped_prediction_back():
     runner = TeacherRunner(BrightnessTeacher(), input_size=64, flip_tta=True)
     (prediction,) = runner.predict([image])
     assert prediction.flip_iou == pytest.approx(1.0, abs=0.02)
-    assert mask_iou(prediction.mask, truth) > 0.9
+    assert iou(prediction.mask, truth) > 0.9
 
     # A network that always says "left half" disagrees completely with its mirror image.
     (left,) = TeacherRunner(LeftHalfTeacher(), input_size=64, flip_tta=True).predict([image])
@@ -53,7 +55,7 @@ def test_bfloat16_runner_gives_the_same_mask():
     (fp32,) = TeacherRunner(BrightnessTeacher(), input_size=32, flip_tta=True).predict([image])
     (bf16,) = TeacherRunner(BrightnessTeacher(), input_size=32, flip_tta=True, bfloat16=True).predict([image])
     assert bf16.probability.dtype == np.float32
-    assert mask_iou(bf16.mask, fp32.mask) > 0.97 and mask_iou(bf16.mask, truth) > 0.9
+    assert iou(bf16.mask, fp32.mask) > 0.97 and iou(bf16.mask, truth) > 0.9
 
 
 def test_merge_flip_reverses_the_last_axis_only():
@@ -71,15 +73,15 @@ def test_batched_prediction_equals_one_at_a_time():
         assert np.allclose(alone.probability, prediction.probability, atol=1e-5)
 
 
-def test_mask_iou():
+def test_iou_of_two_masks():
     a = np.zeros((4, 4), bool)
     b = np.zeros((4, 4), bool)
-    assert mask_iou(a, b) == 1.0
+    assert iou(a, b) == 1.0
     a[:2] = True
     b[1:3] = True
-    assert mask_iou(a, b) == pytest.approx(4 / 12)
+    assert iou(a, b) == pytest.approx(4 / 12)
     with pytest.raises(ValueError):
-        mask_iou(a, b[:2])
+        iou(a, b[:2])
 
 
 # ---------------------------------------------------------------------------- checkpoints

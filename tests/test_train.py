@@ -18,7 +18,7 @@ from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, read_manifest, to_frame
 from pipeline.models import MODELS, register
 from pipeline.stage import StageError
-from pipeline.train import (SeededAugmentDataset, TrainContext, TrainParams, fingerprint, holdout_mask,
+from pipeline.stages.train import (SeededAugmentDataset, TrainContext, TrainParams, fingerprint, holdout_mask,
                             learning_rate, main, plan_stages, split_train_val, train_architecture)
 
 STAGE1_LOADS: list[int] = []
@@ -146,7 +146,7 @@ def test_extremec3net_trains_in_two_stages():
 
 
 def test_code_digest_covers_the_network_source():
-    from pipeline.train import code_digest
+    from pipeline.stages.train import code_digest
 
     one, two = code_digest(plan_stages("test_tiny")), code_digest(plan_stages("test_tiny2"))
     assert one == code_digest(plan_stages("test_tiny"))
@@ -313,7 +313,7 @@ def test_paper_loss_kind_uses_the_architectures_own_loss():
 
     from pipeline.models import build_model
     from pipeline.models.segnets import squared_l2_mask_loss
-    from pipeline.train import LossParams, training_loss
+    from pipeline.stages.train import LossParams, training_loss
 
     torch.manual_seed(0)
     segnet = build_model("simple_seg_net").eval()

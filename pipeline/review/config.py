@@ -6,6 +6,8 @@ they read one section; only the paths are stage dependencies in dvc.yaml.
 
 from __future__ import annotations
 
+import getpass
+import os
 from pathlib import Path
 
 from typing import Annotated
@@ -23,6 +25,21 @@ PLUGIN_NAME = "@portrait-curation/review"
 ENV_JOURNAL_DIR = "PORTRAIT_REVIEW_JOURNAL_DIR"
 ENV_REVIEWER = "PORTRAIT_REVIEW_REVIEWER"
 ENV_MIN_SEEN_MS = "PORTRAIT_REVIEW_MIN_SEEN_MS"
+
+# A key press sooner than this after the image is painted is ignored (a double press, or a
+# decision on an image not yet seen). The App's script starts with it until the server says.
+DEFAULT_MIN_SEEN_MS = 150
+
+
+def default_reviewer() -> str:
+    """Who decides when no --reviewer is given: the login name, never empty."""
+    name = os.environ.get(ENV_REVIEWER) or os.environ.get("USER") or ""
+    if not name:
+        try:
+            name = getpass.getuser()
+        except Exception:  # no login name in a container: still record something honest
+            name = "unknown"
+    return name
 
 
 MONGODB_SCHEMES = ("mongodb://", "mongodb+srv://")
@@ -49,4 +66,4 @@ class ReviewParams(Section):
     port: int = Field(default=5151, ge=1, le=65535)
     database_uri: DatabaseUri = ""  # "" = FiftyOne's own database; else a MongoDB URI shared by reviewers
     database_wait_s: float = Field(default=60.0, ge=0, le=3600)  # how long to wait for a slow or busy database
-    min_seen_ms: int = Field(default=150, ge=0, le=5000)  # a press sooner after the image appears is ignored
+    min_seen_ms: int = Field(default=DEFAULT_MIN_SEEN_MS, ge=0, le=5000)  # a press sooner after the image appears is ignored

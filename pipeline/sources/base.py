@@ -1,7 +1,7 @@
 """What a dataset-format loader yields: raw items that ``prepare`` turns into canonical samples.
 
 Loaders only *find* things (file paths, split lists, how to read a mask); decoding and
-all the checks happen once, in ``pipeline.prepare``, so every format gets the same
+all the checks happen once, in ``pipeline.stages.prepare``, so every format gets the same
 treatment of corrupt files, size mismatches and colour modes.
 """
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.assemble import main
+from pipeline.stages.assemble import main
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
 from teacher_helpers import snapshot

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import attributes as attr
-from pipeline import bias_report as br
-from pipeline.attributes import AttributesParams
+from pipeline.attributes import annotation
+from pipeline.stages import bias_report as br
+from pipeline.tools.attributes import AttributesParams
 from pipeline.params import ParamsError, parse_section
 from teacher_helpers import bomb_png, snapshot
 
@@ -187,6 +187,6 @@ def test_face_detection_skips_unreadable_images_with_a_note(tmp_path):
     broken.write_bytes(b"not an image")
     huge = bomb_png(tmp_path / "huge.png")
     notes: list[str] = []
-    found = attr.detect_face_boxes({"good": good, "broken": broken, "huge": huge}, _OneFaceEach(), 0.9, notes=notes)
+    found = annotation.detect_face_boxes({"good": good, "broken": broken, "huge": huge}, _OneFaceEach(), 0.9, notes=notes)
     assert found == {"good": [(0.25, 0.25, 0.5, 0.5)]}
     assert len(notes) == 2 and notes[0].startswith("broken: image skipped") and notes[1].startswith("huge: ")

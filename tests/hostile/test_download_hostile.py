@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.download import DownloadParams, fetch_source, inner_folder, main, tree_sha256
+from pipeline.stages.download import DownloadParams, fetch_source, inner_folder, main, tree_sha256
 from pipeline.errors import StageError
 from pipeline.params import ParamsError, parse_section
 

@@ -19,11 +19,11 @@ import yaml
 from torch import nn
 
 from pipeline.checkpoint import save_checkpoint
-from pipeline.complexity import ComplexityParams
-from pipeline.complexity import main as complexity_main
-from pipeline.compare import CompareParams
-from pipeline.compare import main as compare_main
-from pipeline.evaluate import EvaluateParams, main
+from pipeline.stages.complexity import ComplexityParams
+from pipeline.stages.complexity import main as complexity_main
+from pipeline.stages.compare import CompareParams
+from pipeline.stages.compare import main as compare_main
+from pipeline.stages.evaluate import EvaluateParams, main
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
 from pipeline.models import MODELS, register
@@ -183,12 +183,12 @@ def test_an_unknown_architecture_in_train_archs_is_one_line(project, capsys):
 
 
 def test_train_and_evaluate_share_one_device_resolver():
-    import pipeline.evaluate
-    import pipeline.train
+    import pipeline.stages.evaluate
+    import pipeline.stages.train
     from pipeline.devices import resolve_device
 
-    assert pipeline.train.resolve_device is resolve_device
-    assert pipeline.evaluate.resolve_device is resolve_device
+    assert pipeline.stages.train.resolve_device is resolve_device
+    assert pipeline.stages.evaluate.resolve_device is resolve_device
 
 
 def test_evaluate_text_outputs_carry_no_absolute_path(project, capsys):

@@ -30,20 +30,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 # command -> (module, params section, model class, argv before --params)
 STAGE_PARAMS = {
-    "download": ("pipeline.download", "download", "DownloadParams", []),
-    "prepare": ("pipeline.prepare", "prepare", "PrepareParams", []),
-    "crop-portraits": ("pipeline.crop_portraits", "crop_portraits", "CropParams", []),
-    "train-teacher": ("pipeline.train_teacher", "teacher", "TeacherParams", []),
-    "pseudo-label": ("pipeline.pseudo_label", "pseudo_label", "PseudoLabelParams", []),
-    "review": ("pipeline.review.app", "review", "ReviewParams", ["--load-only"]),
-    "export-reviews": ("pipeline.review.export", "review", "ReviewParams", []),
-    "assemble": ("pipeline.assemble", "assemble", "AssembleParams", []),
-    "train": ("pipeline.train", "train", "TrainParams", []),
-    "evaluate": ("pipeline.evaluate", "evaluate", "EvaluateParams", []),
-    "complexity": ("pipeline.complexity", "complexity", "ComplexityParams", []),
-    "compare": ("pipeline.compare", "compare", "CompareParams", []),
-    "attributes": ("pipeline.attributes", "attributes", "AttributesParams", ["export"]),
-    "bias-report": ("pipeline.bias_report", "bias_report", "BiasReportParams", []),
+    "download": ("pipeline.stages.download", "download", "DownloadParams", []),
+    "prepare": ("pipeline.stages.prepare", "prepare", "PrepareParams", []),
+    "crop-portraits": ("pipeline.stages.crop_portraits", "crop_portraits", "CropParams", []),
+    "train-teacher": ("pipeline.stages.train_teacher", "teacher", "TeacherParams", []),
+    "pseudo-label": ("pipeline.stages.pseudo_label", "pseudo_label", "PseudoLabelParams", []),
+    "review": ("pipeline.tools.review", "review", "ReviewParams", ["--load-only"]),
+    "export-reviews": ("pipeline.stages.export_reviews", "review", "ReviewParams", []),
+    "assemble": ("pipeline.stages.assemble", "assemble", "AssembleParams", []),
+    "train": ("pipeline.stages.train", "train", "TrainParams", []),
+    "evaluate": ("pipeline.stages.evaluate", "evaluate", "EvaluateParams", []),
+    "complexity": ("pipeline.stages.complexity", "complexity", "ComplexityParams", []),
+    "compare": ("pipeline.stages.compare", "compare", "CompareParams", []),
+    "attributes": ("pipeline.tools.attributes", "attributes", "AttributesParams", ["export"]),
+    "bias-report": ("pipeline.stages.bias_report", "bias_report", "BiasReportParams", []),
 }
 
 

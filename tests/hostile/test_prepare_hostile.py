@@ -27,7 +27,7 @@ from PIL import Image
 from pipeline.images import BadImageError, load_image, read_mask_png
 from pipeline.manifest import decode_key, is_safe_key, read_manifest, safe_key
 from pipeline.params import ParamsError, parse_section
-from pipeline.prepare import PrepareParams, main, run
+from pipeline.stages.prepare import PrepareParams, main, run
 from pipeline.stage import StageError
 
 KEY_CHARS = re.compile(r"^[A-Za-z0-9._~-]+$")

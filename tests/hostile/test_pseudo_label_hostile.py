@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
-import pipeline.pseudo_label as pl
+import pipeline.stages.pseudo_label as pl
 from pipeline.checkpoint import save_checkpoint
 from pipeline.params import ParamsError, parse_section
-from pipeline.pseudo_label import PseudoLabelParams
+from pipeline.stages.pseudo_label import PseudoLabelParams
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
 from teacher_helpers import BrightnessTeacher, bomb_png, rectangle_image, snapshot, write_canonical, write_params
 

@@ -25,7 +25,7 @@ from pipeline.params import ParamsError, load_section
 from pipeline.review import database as rdb
 from pipeline.review import journal as jr
 from pipeline.review.config import ReviewParams
-from pipeline.review.export import decisions_csv_text, main as export_main
+from pipeline.stages.export_reviews import decisions_csv_text, main as export_main
 from pipeline.review.pool import read_pool
 from pipeline.review.standin import synthetic_sample, write_pool
 from pipeline.stage import StageError

@@ -26,7 +26,7 @@ from pipeline.models import MODELS, available_models, build_model, register
 from pipeline.models.registry import ModelArgumentError, builder_arguments, check_forward, check_model_kwargs
 from pipeline.params import ParamsError, parse_section
 from pipeline.stage import StageError
-from pipeline.train import TrainParams, epoch_order, main, split_train_val
+from pipeline.stages.train import TrainParams, epoch_order, main, split_train_val
 
 
 class PooledBatchNormNet(nn.Module):
@@ -291,7 +291,7 @@ def test_split_refuses_an_empty_validation_split_from_the_val_sources():
 
 
 def test_allow_empty_validation_does_not_change_the_resume_fingerprint():
-    from pipeline.train import fingerprint
+    from pipeline.stages.train import fingerprint
 
     a = TrainParams(archs=["hostile_small"], input_size=24)
     b = TrainParams(archs=["hostile_small"], input_size=24, allow_empty_validation=True)

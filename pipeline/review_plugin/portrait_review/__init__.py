@@ -11,24 +11,17 @@ folder and the reviewer through the environment.
 
 from __future__ import annotations
 
-import getpass
 import os
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from pipeline.review import dataset as review_dataset
-from pipeline.review.config import ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER
+from pipeline.review.config import DEFAULT_MIN_SEEN_MS, ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, default_reviewer
 
 
 def _reviewer() -> str:
-    name = os.environ.get(ENV_REVIEWER) or os.environ.get("USER") or ""
-    if not name:
-        try:
-            name = getpass.getuser()
-        except Exception:  # no login name in a container: still record something honest
-            name = "unknown"
-    return name
+    return default_reviewer()
 
 
 def _journal_dir(ctx) -> str:
@@ -145,7 +138,7 @@ class ReviewProgress(foo.Operator):
 
     def execute(self, ctx):
         progress = review_dataset.dataset_progress(ctx.dataset)
-        min_seen_ms = int(os.environ.get(ENV_MIN_SEEN_MS) or 150)
+        min_seen_ms = int(os.environ.get(ENV_MIN_SEEN_MS) or DEFAULT_MIN_SEEN_MS)
         return _result(True, progress.describe(), progress, reviewer=_reviewer(), min_seen_ms=min_seen_ms)
 
 

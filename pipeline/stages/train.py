@@ -279,7 +279,7 @@ def code_digest(plans: list[StagePlan]) -> str:
 
     from pipeline.models import get_spec
 
-    modules = {"pipeline.train", "pipeline.losses", "pipeline.data", "pipeline.models.registry"}
+    modules = {"pipeline.stages.train", "pipeline.losses", "pipeline.data", "pipeline.models.registry"}
     modules |= {get_spec(p.arch).builder.__module__ for p in plans}
     digest = hashlib.sha256()
     for name in sorted(modules):
@@ -291,7 +291,7 @@ def code_digest(plans: list[StagePlan]) -> str:
 
 def validation_miou(model: torch.nn.Module, loader, device: str) -> float:
     """Mean per-image foreground IoU (x100) at the loader's resolution."""
-    from pipeline.evaluate import iou
+    from pipeline.metrics import iou
     from pipeline.models import foreground_logit
 
     model.eval()

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
 from pipeline.devices import Device, resolve_device
+from pipeline.metrics import boundary_f1, iou
 from pipeline.params import InputPath, OutputPath, Section, load_params, load_section
 from pipeline.stage import StageError, make_parser, run_main
 
@@ -40,44 +41,6 @@ PER_IMAGE_COLUMNS = ["id", "image_key", "iou", "boundary_f1"]
 
 
 # ---------------------------------------------------------------- pure metrics
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Foreground IoU of two boolean masks (1.0 when both are empty)."""
-    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and ground truth {truth.shape} differ in shape")
-    union = np.logical_or(pred, truth).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(pred, truth).sum() / union)
-
-
-def mask_outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it; the image frame does not count."""
-    mask = np.asarray(mask, dtype=bool)
-    p = np.pad(mask, 1, mode="edge")
-    interior = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-    return mask & ~interior
-
-
-def boundary_f1(pred: np.ndarray, truth: np.ndarray, tolerance_px: float = 3.0) -> float:
-    """F1 of outline pixels matched within ``tolerance_px`` (Euclidean) of the other outline."""
-    from scipy.ndimage import distance_transform_edt
-
-    pred_outline, truth_outline = mask_outline(pred), mask_outline(truth)
-    if pred_outline.shape != truth_outline.shape:
-        raise ValueError(f"prediction {pred_outline.shape} and ground truth {truth_outline.shape} differ in shape")
-    has_pred, has_truth = pred_outline.any(), truth_outline.any()
-    if not has_pred and not has_truth:
-        return 1.0
-    if not has_pred or not has_truth:
-        return 0.0
-    precision = float((distance_transform_edt(~truth_outline)[pred_outline] <= tolerance_px).mean())
-    recall = float((distance_transform_edt(~pred_outline)[truth_outline] <= tolerance_px).mean())
-    if precision + recall == 0:
-        return 0.0
-    return 2 * precision * recall / (precision + recall)
 
 
 def summarise(per_image: pd.DataFrame) -> dict:

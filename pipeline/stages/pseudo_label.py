@@ -30,25 +30,26 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
-from pipeline.assemble import is_within, portable_relpath
 from pipeline.atomic import atomic_dir, write_csv, write_json
 from pipeline.checkpoint import CheckpointError
 from pipeline.data import UNREADABLE_SAMPLE
 from pipeline.devices import Device, resolve_device
+from pipeline.metrics import failure_auc, iou
+from pipeline.paths import is_within, portable_relpath
 from pipeline.images import mask_to_png_bytes, read_mask_png, read_rgb, strip_root
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, read_manifest, safe_key, to_frame
 from pipeline.params import InputPath, OutputPath, Section, load_params, parse_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.teacher import (OUTPUT_STRIDE, Prediction, TeacherRunner, checked_input_size, load_teacher, mask_iou,
+from pipeline.teacher import (OUTPUT_STRIDE, TeacherArchitecture, Prediction, TeacherRunner, checked_input_size, load_teacher,
                               native_bfloat16)
-from pipeline.train_teacher import DataSource, SplitName, TeacherParams, gather_rows
+from pipeline.selection import DataSource, SplitName, gather_rows
 
 COMPONENTS = ("confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence")
 
@@ -157,28 +158,6 @@ def combine_score(components: dict[str, float], weights: dict[str, float]) -> fl
         total += weight * math.log(max(float(value), 1e-6))
         weight_sum += weight
     return math.exp(total / weight_sum) if weight_sum else float("nan")
-
-
-def roc_auc(scores: Iterable[float], positives: Iterable[bool]) -> float:
-    """P(a random positive scores higher than a random negative), ties counting half.
-
-    nan when either class is empty (the AUC is undefined, not 0.5).
-    """
-    from scipy.stats import rankdata
-
-    scores = np.asarray(list(scores), dtype=float)
-    positives = np.asarray(list(positives), dtype=bool)
-    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def failure_auc(scores: Iterable[float], ious: Iterable[float], threshold: float) -> float:
-    """How well a low score flags a bad pseudo-label (IoU < threshold): 1 perfect, 0.5 chance."""
-    scores = np.asarray(list(scores), dtype=float)
-    return roc_auc(-scores, np.asarray(list(ious), dtype=float) < threshold)
 
 
 # ---------------------------------------------------------------------------- running the teacher
@@ -302,7 +281,7 @@ def validate_teacher(runner: TeacherRunner, rows: pd.DataFrame, settings: Pseudo
                                                            f"{prediction.probability.shape} differ in size"})
                 continue
             components = score_components(prediction.probability, prediction.flip_iou, settings.score)
-            records.append({"id": row["id"], "iou": mask_iou(prediction.mask, truth),
+            records.append({"id": row["id"], "iou": iou(prediction.mask, truth),
                             "score": combine_score(components, settings.score.weights), **components})
     frame = pd.DataFrame(records, columns=["id", "iou", "score", *COMPONENTS, "uncertain_ratio", "components",
                                            "mask_fraction"])
@@ -363,7 +342,7 @@ def validation_rows(settings: PseudoLabelParams, seen_in_training: set[str], not
 def _body(args) -> int:
     raw = load_params(args.params)
     settings = parse_section(PseudoLabelParams, raw, "pseudo_label", args.params)
-    teacher_settings = parse_section(TeacherParams, raw, "teacher", args.params)
+    teacher_settings = parse_section(TeacherArchitecture, raw, "teacher", args.params)
     rules = path_rules(raw, args.params)
     anchors = (rules.root, *rules.allowed_outside)
     project = rules.root

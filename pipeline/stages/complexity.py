@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import pandas as pd
 import torch
 from pydantic import Field, field_validator, model_validator
-from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
 from pipeline.deploy import deploy
 from pipeline.flops import count_flops
+from pipeline.latency import interleaved_latencies
 from pipeline.models.registry import Architecture, ModelArgumentError, build_model, check_forward, count_parameters
 from pipeline.params import ParamsError, Section, check_output_path, load_params, load_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
@@ -92,23 +91,6 @@ def static_complexity(name: str, input_size: int) -> dict:
         "flops_all_ops": flops.flops_all_ops / 1e9,
         "flops_espnetv2": flops.macs_espnetv2 / 1e9,
     }
-
-
-def interleaved_latencies(runners: dict[str, Callable[[torch.Tensor], object]], input_size: int, runs: int,
-                          warmup: int, progress: bool = True) -> dict[str, list[float]]:
-    """Milliseconds per call of each runner, called in turn (A, B, A, B, ...) on one input."""
-    x = torch.randn(1, 3, input_size, input_size)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in runners.values():
-                fn(x)
-        for _ in tqdm(range(runs), desc="latency", unit="round", disable=not progress):
-            for name, fn in runners.items():
-                start = time.perf_counter()
-                fn(x)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def make_runner(name: str, form: str, input_size: int, runtime: str = "torch",

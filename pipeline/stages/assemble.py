@@ -25,12 +25,13 @@ from pydantic import Field
 from pipeline.atomic import atomic_dir, write_csv, write_json
 from pipeline.hashing import sha256_file
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, read_manifest
+from pipeline.paths import portable_relpath
 from pipeline.params import InputPath, OutputPath, Section, load_params, parse_section, path_rules
+from pipeline.review.journal import DECISIONS
 from pipeline.stage import StageError, make_parser, run_main
 
 INPUT_BASE, INPUT_CROPS, INPUT_PSEUDO = "base", "crops", "pseudo"
 OUTPUT_COLUMNS = ManifestRow.columns() + ["input", "origin_split"]
-DECISIONS = ("accept", "reject")
 
 
 SplitName = Literal["train", "val", "test", "unlabelled"]  # manifest.SPLITS
@@ -49,28 +50,6 @@ class AssembleParams(Section):
     generated_data: bool = True  # the paper's ablation: False = base source only
     include_crops: bool = True
     include_pseudo: bool = True
-
-
-def is_within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def portable_relpath(target: str | os.PathLike, folder: str | os.PathLike, anchors: Sequence[str | os.PathLike]
-                     ) -> str:
-    """``target`` relative to ``folder``, as a manifest stores it: the same bytes on every checkout.
-
-    Lexical (a symlinked data folder stays where it is named). Both must lie in the same
-    anchor (the project, or one folder of ``allow_outside_project``): a path climbing out
-    of it would depend on where this machine keeps the checkout. Raises ValueError.
-    """
-    target, folder = os.path.abspath(target), os.path.abspath(folder)
-    for anchor in (os.path.abspath(a) for a in anchors):
-        if is_within(folder, anchor):
-            if not is_within(target, anchor):
-                raise ValueError(f"{target} is outside {anchor}, which holds {folder}: a relative path from one "
-                                 "to the other would differ between checkouts")
-            return Path(os.path.relpath(target, folder)).as_posix()
-    raise ValueError(f"{folder} is outside the project ({os.path.abspath(anchors[0])})")
 
 
 def rebase_paths(frame: pd.DataFrame, source_root: str | os.PathLike, output_root: str | os.PathLike,

@@ -30,28 +30,17 @@ journal is its own file, to commit with the project.
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 from pathlib import Path
 
 from pipeline.params import load_section
 from pipeline.review import journal as jr
-from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, PLUGINS_DIR,
+from pipeline.review.config import (default_reviewer, ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, PLUGINS_DIR,
                                     ReviewParams, check_database_uri)
 from pipeline.review.database import connect_fiftyone, redact_uri
 from pipeline.review.pool import current_hashes, read_pool
 from pipeline.stage import StageError, make_parser, run_main
-
-
-def default_reviewer() -> str:
-    name = os.environ.get("USER") or ""
-    if not name:
-        try:
-            name = getpass.getuser()
-        except Exception:  # containers without a passwd entry
-            name = "unknown"
-    return name
 
 
 def status_text(params: ReviewParams) -> str:

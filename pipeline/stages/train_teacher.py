@@ -18,67 +18,40 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_path, write_csv, write_json
 from pipeline.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pipeline.data import ManifestDataset, eval_transform, readable_rows, select, train_transform
+from pipeline.data import ManifestDataset, eval_transform, train_transform
 from pipeline.devices import Device, resolve_device
 from pipeline.hashing import sha256_file
-from pipeline.manifest import read_manifest
 from pipeline.models.registry import count_parameters, foreground_logit
-from pipeline.params import InputPath, OutputPath, Section, load_section
+from pipeline.params import InputPath, OutputPath, load_section
+from pipeline.paths import shown_path
+from pipeline.selection import DataSource, drop_leaks, gather_rows, keep_readable, subsample
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.teacher import (OUTPUT_STRIDE, TEACHER_ARCH, build_teacher, checked_input_size, load_teacher,
-                              teacher_config)
+from pipeline.teacher import (TEACHER_ARCH, TeacherArchitecture, build_teacher, checked_input_size, load_teacher)
 
 
-SplitName = Literal["train", "val", "test", "unlabelled"]  # manifest.SPLITS
+class TeacherParams(TeacherArchitecture):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-
-class DataSource(Section):
-    """Rows of one canonical dataset: ``root``/manifest.csv filtered by split and source.
-
-    A source name the manifest does not hold, or an entry that selects no labelled row, is
-    an error (a typo must not train on less data); ``optional: true`` turns a missing
-    manifest or an empty selection into a note instead.
-    """
-
-    root: InputPath
-    splits: list[SplitName] = Field(["train"], min_length=1)
-    sources: list[str] | None = Field(None, min_length=1)  # null: every source in the manifest
-    optional: bool = False
-
-    @field_validator("splits", "sources")
-    @classmethod
-    def _no_repeats(cls, names: list[str] | None) -> list[str] | None:
-        repeated = sorted({n for n in names or [] if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"named more than once: {', '.join(repeated)}")
-        return names
-
-
-class TeacherParams(Section):
-    encoder_name: str = Field("se_resnext50_32x4d", min_length=1)
     encoder_weights: str | None = Field(None, min_length=1)  # null | imagenet (smp download) | local state dict
-    decoder_channels: int = Field(256, ge=8)
-    classes: Literal[1, 2] = 1
     checkpoint: InputPath | None = None  # adopt this trained teacher instead of training
     train_data: list[DataSource] = Field([DataSource(root="data/prepared", splits=["train"])], min_length=1)
     val_data: list[DataSource] = [DataSource(root="data/prepared", splits=["val"], sources=["ccp"])]
     allow_empty_validation: bool = False  # true: train without a validation IoU (val_iou null)
     max_train_images: int | None = Field(None, ge=2)
     max_val_images: int | None = Field(None, ge=1)
-    input_size: int = Field(512, ge=OUTPUT_STRIDE)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=2)  # BatchNorm needs at least 2 samples per batch
     lr: float = Field(3e-4, gt=0, allow_inf_nan=False)
@@ -93,13 +66,6 @@ class TeacherParams(Section):
     metrics: OutputPath = "metrics/teacher/train.json"
     log: OutputPath = "metrics/teacher/train_log.csv"
 
-    @field_validator("input_size")
-    @classmethod
-    def _multiple_of_stride(cls, value: int) -> int:
-        if value % OUTPUT_STRIDE:
-            raise ValueError(f"must be a multiple of {OUTPUT_STRIDE} (DeepLabv3+ output stride)")
-        return value
-
     @model_validator(mode="after")
     def _distinct_outputs(self):
         named = {"output": self.output, "resume_checkpoint": self.resume_checkpoint, "metrics": self.metrics,
@@ -112,8 +78,6 @@ class TeacherParams(Section):
             seen[normal] = key
         return self
 
-    def arch_config(self) -> dict:
-        return teacher_config(self.encoder_name, self.classes, self.decoder_channels)
 
 
 # Settings that may change between a crash and the rerun without invalidating the run.
@@ -129,84 +93,6 @@ def run_fingerprint(settings: TeacherParams, train_ids: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------- data
-
-
-def shown_path(path: str | os.PathLike, project: str | os.PathLike) -> str:
-    """A path as text outputs show it: the same on every checkout of the project.
-
-    Inside the project: relative to it. Outside, written relatively (``../shared/...``): as
-    written. Outside and absolute: only its name, the folder being this machine's own.
-    """
-    project = Path(os.path.abspath(project))
-    target = Path(os.path.abspath(path))
-    if target == project or project in target.parents:
-        return target.relative_to(project).as_posix() or "."
-    if not Path(path).is_absolute():
-        return Path(os.path.relpath(target, project)).as_posix()
-    return target.name
-
-
-def gather_rows(sources: list[DataSource], notes: list[str], where: str = "data",
-                project: str | os.PathLike = ".") -> pd.DataFrame:
-    """Labelled manifest rows of every source, with a ``_root`` column saying where they live.
-
-    ``where`` names the param list in errors and notes (``teacher.train_data``).
-    """
-    frames = []
-    for position, source in enumerate(sources):
-        root = Path(source.root)
-        name = f"{where}.{position} ({shown_path(root, project)})"
-        try:
-            frame = read_manifest(root)
-        except FileNotFoundError:
-            if source.optional:
-                notes.append(f"optional {name}: no manifest, skipped")
-                continue
-            raise StageError(f"{name}: no {root / 'manifest.csv'} (has the stage that writes it run?)") from None
-        except ValueError as exc:
-            raise StageError(str(exc)) from None
-        if source.sources is not None:
-            unknown = sorted(set(source.sources) - set(frame["source"]))
-            if unknown:
-                raise StageError(f"{name}: source(s) {', '.join(unknown)} not in its manifest (it holds "
-                                 f"{', '.join(sorted(set(frame['source']))) or 'no rows'})")
-        frame = select(frame, source.splits, source.sources)
-        frame = frame[frame["mask"] != ""].copy()
-        if frame.empty:
-            message = (f"{name}: no labelled rows with split in {source.splits}"
-                       + ("" if source.sources is None else f" and source in {source.sources}"))
-            if source.optional:
-                notes.append(f"optional {message}: skipped")
-                continue
-            raise StageError(message)
-        frame["_root"] = str(root)
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=["id", "origin", "mask", "_root"])
-    return pd.concat(frames, ignore_index=True)
-
-
-def keep_readable(frame: pd.DataFrame, skipped: list[dict], project: str | os.PathLike = ".") -> pd.DataFrame:
-    """Drop rows whose files do not decode, recording ``{"id", "root", "reason"}`` for each."""
-    parts = []
-    for root, rows in frame.groupby("_root", sort=True):
-        kept, bad = readable_rows(root, rows)
-        skipped += [{"id": b["id"], "root": shown_path(root, project), "reason": b["reason"]} for b in bad]
-        parts.append(kept)
-    return pd.concat(parts) if parts else frame
-
-
-def drop_leaks(train: pd.DataFrame, val: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Remove training rows that are validation samples or derived from one (crops)."""
-    val_ids = set(val["id"])
-    leak = train["id"].isin(val_ids) | train["origin"].isin(val_ids)
-    return train[~leak], int(leak.sum())
-
-
-def subsample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
-    if limit is None or len(frame) <= limit:
-        return frame
-    return frame.sample(n=limit, random_state=seed).sort_index()
 
 
 def datasets_for(frame: pd.DataFrame, transform) -> Dataset:

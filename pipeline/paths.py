@@ -1,0 +1,49 @@
+"""Paths as outputs record them: the same text on every checkout of the project.
+
+Manifests point at files of other stages' folders by relative paths, and metrics name
+inputs; neither may carry this machine's absolute folders, so a checkout elsewhere gives
+byte-identical text outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+
+def shown_path(path: str | os.PathLike, project: str | os.PathLike) -> str:
+    """A path as text outputs show it: the same on every checkout of the project.
+
+    Inside the project: relative to it. Outside, written relatively (``../shared/...``): as
+    written. Outside and absolute: only its name, the folder being this machine's own.
+    """
+    project = Path(os.path.abspath(project))
+    target = Path(os.path.abspath(path))
+    if target == project or project in target.parents:
+        return target.relative_to(project).as_posix() or "."
+    if not Path(path).is_absolute():
+        return Path(os.path.relpath(target, project)).as_posix()
+    return target.name
+
+
+def is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def portable_relpath(target: str | os.PathLike, folder: str | os.PathLike, anchors: Sequence[str | os.PathLike]
+                     ) -> str:
+    """``target`` relative to ``folder``, as a manifest stores it: the same bytes on every checkout.
+
+    Lexical (a symlinked data folder stays where it is named). Both must lie in the same
+    anchor (the project, or one folder of ``allow_outside_project``): a path climbing out
+    of it would depend on where this machine keeps the checkout. Raises ValueError.
+    """
+    target, folder = os.path.abspath(target), os.path.abspath(folder)
+    for anchor in (os.path.abspath(a) for a in anchors):
+        if is_within(folder, anchor):
+            if not is_within(target, anchor):
+                raise ValueError(f"{target} is outside {anchor}, which holds {folder}: a relative path from one "
+                                 "to the other would differ between checkouts")
+            return Path(os.path.relpath(target, folder)).as_posix()
+    raise ValueError(f"{folder} is outside the project ({os.path.abspath(anchors[0])})")
