@@ -20,11 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.stages.evaluate import (EvaluateParams, OriginalSizeDataset, collate_original_size,  # noqa: E402
-                               evaluate_model, load_trained_model, summarise)
 from pipeline.manifest import read_manifest  # noqa: E402
 from pipeline.native import NativeExtremeC3Net  # noqa: E402
 from pipeline.params import load_section  # noqa: E402
+from pipeline.paths import ProjectPaths  # noqa: E402
+from pipeline.stages.evaluate import (EvaluateParams, OriginalSizeDataset, collate_original_size,  # noqa: E402
+                                      evaluate_model, load_trained_model, summarise, test_rows)
 
 
 def main(argv=None) -> int:
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     params = load_section(EvaluateParams, "evaluate", args.params)
-    model_path = Path(params.models_dir) / "extremec3net" / "model.pt"
+    paths = load_section(ProjectPaths, "paths", args.params)
+    model_path = paths.model_dir("extremec3net") / "model.pt"
     if not model_path.is_file():
         print(f"{model_path} not found: run `dvc repro` first", file=sys.stderr)
         return 2
@@ -42,9 +44,8 @@ def main(argv=None) -> int:
     model.eval()
     native = NativeExtremeC3Net(model, threads=args.threads)
     input_size = int(state.get("input_size") or 224)
-    frame = read_manifest(params.prepared_dir)
-    frame = frame[(frame["source"] == params.source) & (frame["split"] == params.split) & (frame["mask"] != "")]
-    dataset = OriginalSizeDataset(params.prepared_dir, frame, input_size)
+    frame = test_rows(read_manifest(paths.prepared), params.source, params.split, 0, paths.prepared)
+    dataset = OriginalSizeDataset(paths.prepared, frame, input_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_original_size)
 
     results, seconds, largest = {}, {"torch": [], "native": []}, 0.0

@@ -33,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the stand-in pool and the browser driver are test helpers
 
 WATCH_JS = """(sig) => {
   const st = window.__portraitReview;
@@ -63,7 +64,7 @@ def summarize(name: str, values: list[float]) -> str:
 
 
 def build_pool(out: Path, count: int, size: int) -> str:
-    from pipeline.review.standin import SHARED_EG1800, eg1800_samples, synthetic_sample, write_pool
+    from review_standin import SHARED_EG1800, eg1800_samples, synthetic_sample, write_pool
 
     if SHARED_EG1800.is_dir():
         write_pool(out, eg1800_samples(count, size), failure_fraction=0.2, seed=0)
@@ -86,8 +87,9 @@ def main(argv=None) -> int:
     os.environ["FIFTYONE_DATABASE_DIR"] = str(work / "db")  # throw-away database, removed at the end
     os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
-    from pipeline.review import browser as rb
-    from pipeline.review.browser import CANVAS_SIGNATURE_JS
+    import review_browser as rb
+    from params_helpers import write_params
+    from review_browser import CANVAS_SIGNATURE_JS
 
     try:
         from playwright.sync_api import sync_playwright
@@ -99,12 +101,12 @@ def main(argv=None) -> int:
         return 0
     what = build_pool(work / "pseudo", args.count, args.size)
     port = rb.free_port()
-    params = work / "params.yaml"
-    params.write_text(f"review:\n  pseudo_dir: {work / 'pseudo'}\n  journal_dir: {work / 'journal'}\n"
-                      f"  decisions_csv: {work / 'decisions.csv'}\n  dataset_name: bench-{uuid.uuid4().hex[:8]}\n"
-                      f"  port: {port}\n")
+    # the quick profile with the throw-away work folder as the project
+    params = write_params(work / "params.yaml", {
+        "paths": {"pseudo": "pseudo", "journal": "journal", "decisions": "decisions.csv"},
+        "review": {"dataset_name": f"bench-{uuid.uuid4().hex[:8]}", "port": port}})
     started = time.monotonic()
-    process = rb.start_review_app(params, port, "bench", work / "app.log", cwd=REPO)
+    process = rb.start_review_app(params, port, "bench", work / "app.log", cwd=work)
     url, painted, seen, saved, floor = [], [], [], [], []
     try:
         answer_s = rb.wait_for_http(f"http://127.0.0.1:{port}/", process, timeout=300)

@@ -2,7 +2,9 @@
 
 Training (ExtremeC3Net, the comparison nets, the teacher) and evaluation all read
 samples through ``ManifestDataset`` so resizing and normalisation are the same
-everywhere. Augmentation uses albumentations instead of hand-written warps.
+everywhere. Augmentation uses albumentations instead of hand-written warps; for training,
+``SeededAugmentation`` seeds it per sample and epoch (the training loop sets the epoch), so
+a resumed run draws the same augmentations as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from pipeline.images import strip_root
 from pipeline.manifest import load_sample
@@ -88,6 +90,39 @@ class ManifestDataset(Dataset):
             out = self.transform(image=image, mask=mask_u8)
             image, mask_u8 = out["image"], out["mask"]
         return {"image": to_tensor(image), "mask": torch.from_numpy(mask_u8.astype(np.float32)), "id": row["id"]}
+
+
+class SeededAugmentation(Dataset):
+    """A training dataset whose sample ``i`` is augmented from (epoch seed, ``i``) alone.
+
+    ``transform`` is the augmentation the wrapped dataset applies (shared by every part of a
+    concatenation); before each sample it is reseeded, so the draws do not depend on which
+    process loads the sample or on what was loaded before it: a resumed run (and, later,
+    each distributed rank) augments exactly as an uninterrupted one. The training loop calls
+    ``reseed`` at the start of every epoch.
+    """
+
+    def __init__(self, dataset: Dataset, transform, seed: int = 0):
+        self.dataset, self.transform = dataset, transform
+        self.epoch_seed = seed
+
+    def reseed(self, epoch_seed: int) -> None:
+        self.epoch_seed = int(epoch_seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed((self.epoch_seed * 1_000_003 + int(index)) % 2**32)
+        return self.dataset[index]
+
+
+def manifest_datasets(frame: pd.DataFrame, transform=None) -> Dataset:
+    """One dataset over rows of several canonical datasets (their folder in a ``_root`` column)."""
+    parts = [ManifestDataset(root, rows.drop(columns="_root"), transform)
+             for root, rows in frame.groupby("_root", sort=True)]
+    return ConcatDataset(parts) if parts else Subset([], [])  # ConcatDataset refuses an empty list
 
 
 # What reading one sample can raise when its files are bad: BadImageError (a ValueError;

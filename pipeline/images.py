@@ -91,10 +91,6 @@ class LoadedImage:
         return self.rgb.shape[1], self.rgb.shape[0]
 
 
-def is_image_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
 def _open_fully(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode a whole file; every way it can fail is a BadImageError naming ``path``."""
     path = Path(path)

@@ -1,10 +1,15 @@
-"""Training losses of ExtremeC3Net: Lovász hinge on the mask plus the same loss on a boundary band.
+"""Training losses: the students' Lovász hinge (+ boundary band) and the teacher's cross-entropy + Dice.
+
+Students (ExtremeC3Net and the networks it is compared with): Lovász hinge on the mask plus
+the same loss on a boundary band.
 
 The paper optimises IoU directly with the Lovász hinge (Berman et al., CVPR 2018) and adds an
 auxiliary term restricted to the pixels near the person's outline, because that is where
 tiny networks fail. The band is the ground truth's morphological dilation minus its erosion
 with a k x k square, computed by max-pooling so it runs batched on CPU or GPU. Cross-entropy
 with the same boundary term is kept for the paper's loss ablation (its Table 3).
+
+The teacher (DeepLabv3+) trains on cross-entropy plus a soft Dice term (``cross_entropy_dice``).
 
 Every loss takes the network's raw logits (N, C, H, W), C = 1 (one foreground logit) or
 C >= 2 (class 1 = person) and a float mask (N, H, W) of 0/1.
@@ -133,3 +138,19 @@ class SegmentationLoss(nn.Module):
     def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         main, edge = self.parts(logits, masks)
         return main + self.boundary_weight * edge
+
+
+def cross_entropy_dice(logits: torch.Tensor, masks: torch.Tensor, dice_weight: float) -> torch.Tensor:
+    """The teacher's loss: cross-entropy (BCE for one logit, CE for two classes) plus a soft Dice term.
+
+    Dice keeps thin limbs and small people from being outvoted by the background.
+    """
+    if logits.shape[1] == 1:
+        ce = F.binary_cross_entropy_with_logits(logits[:, 0], masks)
+        prob = torch.sigmoid(logits[:, 0])
+    else:
+        ce = F.cross_entropy(logits, masks.long())
+        prob = torch.softmax(logits, dim=1)[:, 1]
+    inter = (prob * masks).sum(dim=(1, 2))
+    dice = 1 - (2 * inter + 1) / (prob.sum(dim=(1, 2)) + masks.sum(dim=(1, 2)) + 1)
+    return ce + dice_weight * dice.mean()

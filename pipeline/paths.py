@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from pipeline.params import InputPath, OutputPath, Section
+
 
 def shown_path(path: str | os.PathLike, project: str | os.PathLike) -> str:
     """A path as text outputs show it: the same on every checkout of the project.
@@ -47,3 +49,48 @@ def portable_relpath(target: str | os.PathLike, folder: str | os.PathLike, ancho
                                  "to the other would differ between checkouts")
             return Path(os.path.relpath(target, folder)).as_posix()
     raise ValueError(f"{folder} is outside the project ({os.path.abspath(anchors[0])})")
+
+
+# ---------------------------------------------------------------- where every stage reads and writes
+
+
+class ProjectPaths(Section):
+    """The ``paths`` section: every folder and file the DVC stages pass between them, once.
+
+    ``dvc.yaml`` names them as ``${paths.<key>}`` and the stages read them from here, so a
+    path is written in one place. Names of files inside these folders are conventions of
+    the methods below (``dvc.yaml`` spells the same ones).
+    """
+
+    raw: OutputPath  # download -> prepare: each source's files as published
+    download_cache: OutputPath  # archives being fetched (resumable), outside the DVC output
+    prepared: OutputPath  # the canonical dataset
+    crops: OutputPath  # face-detected portrait crops (canonical)
+    crops_report: OutputPath  # calibration of the crops against EG1800
+    teacher: OutputPath  # the trained DeepLabv3+ teacher (a file)
+    teacher_resume: OutputPath  # its resumable checkpoints (DVC persist)
+    pseudo: OutputPath  # pseudo-labelled pool (canonical + scores.csv)
+    journal: OutputPath  # review journals, one <reviewer>.jsonl each (committed with git)
+    decisions: OutputPath  # review decisions that still apply (a file)
+    train_set: OutputPath  # the assembled training manifest
+    models: OutputPath  # models/<arch>/{model.pt, checkpoints/, per_image.csv}
+    metrics: OutputPath  # metrics/<stage>.json and metrics/{train,eval,bias}/<arch>.json
+    plots: OutputPath  # plots/train/<arch>.csv
+    reports: OutputPath  # reports/compare/, reports/bias/<arch>/
+    attributes: InputPath  # race/gender/age of the test portraits (a CSV, may be outside)
+
+    def dataset(self, name: str) -> Path:
+        """The folder of a canonical dataset named in params (``prepared``, ``crops``, ...)."""
+        if name not in CANONICAL_DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; one of {', '.join(CANONICAL_DATASETS)}")
+        return Path(getattr(self, name))
+
+    def metrics_file(self, *parts: str) -> Path:
+        return Path(self.metrics).joinpath(*parts)
+
+    def model_dir(self, arch: str) -> Path:
+        return Path(self.models) / arch
+
+
+# Canonical datasets a params entry may select rows from (``dataset: prepared``).
+CANONICAL_DATASETS = ("prepared", "crops", "pseudo", "train_set")

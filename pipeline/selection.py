@@ -8,7 +8,6 @@ name is the same clear error everywhere and validation rows never leak into trai
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Literal, Sequence
 
 import pandas as pd
@@ -17,22 +16,24 @@ from pydantic import Field, field_validator
 from pipeline.data import readable_rows
 from pipeline.errors import StageError
 from pipeline.manifest import read_manifest
-from pipeline.params import InputPath, Section
-from pipeline.paths import shown_path
+from pipeline.params import Section
+from pipeline.paths import ProjectPaths, shown_path
 
 
 SplitName = Literal["train", "val", "test", "unlabelled"]  # manifest.SPLITS
+DatasetName = Literal["prepared", "crops", "pseudo", "train_set"]  # paths.CANONICAL_DATASETS
 
 
 class DataSource(Section):
-    """Rows of one canonical dataset: ``root``/manifest.csv filtered by split and source.
+    """Rows of one canonical dataset (a key of ``paths``): its manifest filtered by split and source.
 
     A source name the manifest does not hold, or an entry that selects no labelled row, is
     an error (a typo must not train on less data); ``optional: true`` turns a missing
-    manifest or an empty selection into a note instead.
+    manifest or an empty selection into a note instead. A per-item record: ``splits``,
+    ``sources`` and ``optional`` keep defaults for what an entry need not say.
     """
 
-    root: InputPath
+    dataset: DatasetName
     splits: list[SplitName] = Field(["train"], min_length=1)
     sources: list[str] | None = Field(None, min_length=1)  # null: every source in the manifest
     optional: bool = False
@@ -46,7 +47,7 @@ class DataSource(Section):
         return names
 
 
-def gather_rows(sources: list[DataSource], notes: list[str], where: str = "data",
+def gather_rows(sources: list[DataSource], paths: ProjectPaths, notes: list[str], where: str = "data",
                 project: str | os.PathLike = ".") -> pd.DataFrame:
     """Labelled manifest rows of every source, with a ``_root`` column saying where they live.
 
@@ -54,7 +55,7 @@ def gather_rows(sources: list[DataSource], notes: list[str], where: str = "data"
     """
     frames = []
     for position, source in enumerate(sources):
-        root = Path(source.root)
+        root = paths.dataset(source.dataset)
         name = f"{where}.{position} ({shown_path(root, project)})"
         try:
             frame = read_manifest(root)

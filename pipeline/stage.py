@@ -1,7 +1,7 @@
 """What every stage's thin ``main`` shares: the argument parser and error reporting.
 
-A stage's ``main(argv)`` parses ``--params`` (and its own options), loads its section,
-calls its pure core and writes outputs. Expected failures (bad params, bad input data)
+A stage's ``main(argv)`` parses ``--params`` and ``--quiet`` (and its own options), loads
+its section and the ``paths`` section, calls its pure core and writes outputs. Expected failures (bad params, bad input data)
 end with a one-paragraph message and exit status 2, not a traceback.
 """
 
@@ -24,7 +24,9 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--params", default=str(DEFAULT_PARAMS),
-                        help="params file to read (default: %(default)s)")
+                        help="params file to read (default: %(default)s); a profile such as "
+                             "profiles/paper.yaml works as it is")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (what dvc.yaml runs)")
     return parser
 
 

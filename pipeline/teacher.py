@@ -50,10 +50,10 @@ class TeacherArchitecture(Section):
 
     model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
 
-    encoder_name: str = Field("se_resnext50_32x4d", min_length=1)
-    decoder_channels: int = Field(256, ge=8)
-    classes: Literal[1, 2] = 1
-    input_size: int = Field(512, ge=OUTPUT_STRIDE)
+    encoder_name: str = Field(min_length=1)  # the paper: se_resnext50_32x4d
+    decoder_channels: int = Field(ge=8)
+    classes: Literal[1, 2]
+    input_size: int = Field(ge=OUTPUT_STRIDE)  # the paper: 512
 
     @field_validator("input_size")
     @classmethod

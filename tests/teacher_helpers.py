@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from pipeline.images import write_image, write_mask_png
@@ -68,8 +67,10 @@ def write_canonical(root: Path, samples: list[dict]) -> None:
 
 
 def write_params(path: Path, sections: dict) -> Path:
-    path.write_text(yaml.safe_dump(sections, sort_keys=False))
-    return path
+    """The quick profile with ``sections`` (``{section: {key: value}}``) merged in, at ``path``."""
+    from params_helpers import write_params as write_quick
+
+    return write_quick(path, sections)
 
 
 def bomb_png(path: Path, side: int = 20000) -> Path:

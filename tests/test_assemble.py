@@ -11,10 +11,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.stages.assemble import accepted_pseudo_labels, assemble_training_set, main, rebase_paths
+from params_helpers import write_params
+from pipeline.stages.assemble import AssembleParams, accepted_pseudo_labels, assemble_training_set, main, rebase_paths
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, read_manifest, to_frame
 from pipeline.stage import StageError
+
+# Where the fixture puts each stage's folder (paths of the project it builds).
+PATHS = {"prepared": "data/prepared", "crops": "data/crops", "pseudo": "data/pseudo",
+         "decisions": "reviews/decisions.csv", "train_set": "data/train_set", "metrics": "metrics"}
 
 
 def write_dataset(root: Path, source: str, keys: list[str], split: str, labelled: bool = True,
@@ -65,8 +70,8 @@ def project(tmp_path, monkeypatch):
         {"id": "ccp/0702", "decision": "accept", "mask_sha256": "0" * 64},  # reviewed an older mask
         # ccp/0703 never reviewed
     ]).to_csv(reviews / "decisions.csv", index=False)
-    params = {"assemble": {"generated_data": True, "include_crops": True, "include_pseudo": True}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_params(tmp_path / "params.yaml", {"paths": PATHS, "assemble": {
+        "generated_data": True, "include_crops": True, "include_pseudo": True}})
     return tmp_path
 
 
@@ -107,14 +112,14 @@ def test_core_keeps_base_train_split_and_refuses_duplicate_ids():
     base = pd.DataFrame({"id": ["e/1", "e/2", "e/3", "c/1"], "source": ["e", "e", "e", "c"],
                          "split": ["train", "test", "train", "train"], "image": ["i"] * 4,
                          "mask": ["m", "m", "", "m"]})
-    frame, summary = assemble_training_set(base, base_source="e")
+    frame, summary = assemble_training_set(base, base_source="e", base_split="train")
     assert frame["id"].tolist() == ["e/1"]  # test split, unlabelled row and other sources left out
     assert summary["by_input"] == {"base": 1, "crops": 0, "pseudo": 0}
     crops = pd.DataFrame({"id": ["e/1"], "source": ["e"], "split": ["val"], "image": ["i"], "mask": ["m"]})
     with pytest.raises(StageError, match="e/1"):
-        assemble_training_set(base, base_source="e", crops=crops)
+        assemble_training_set(base, base_source="e", base_split="train", crops=crops)
     with pytest.raises(StageError, match="no labelled rows"):
-        assemble_training_set(base, base_source="nope")
+        assemble_training_set(base, base_source="nope", base_split="train")
 
 
 def test_rebase_paths_points_back_into_the_source_folder():
@@ -177,3 +182,21 @@ def test_missing_image_file_is_reported(project, capsys):
     (project / "data" / "crops" / "images" / "ccpcrop" / "0002_0.png").unlink()
     assert main(["--params", "params.yaml"]) == 2
     assert "0002_0.png" in capsys.readouterr().err
+
+
+def test_every_assemble_key_comes_from_params():
+    """No code default can disagree with params.yaml: each key must be given."""
+    for key in AssembleParams.model_fields:
+        assert AssembleParams.model_fields[key].is_required(), key
+    with pytest.raises(TypeError):
+        assemble_training_set(pd.DataFrame(), base_source="eg1800")  # base_split has no default either
+
+
+def test_quiet_is_accepted_and_output_paths_come_from_the_paths_section(project, capsys):
+    write_params(project / "params.yaml", {"paths": {**PATHS, "train_set": "elsewhere/set", "metrics": "m"},
+                                           "assemble": {"generated_data": False}})
+    assert main(["--params", "params.yaml", "--quiet"]) == 0
+    frame = read_manifest(project / "elsewhere" / "set")
+    assert frame.set_index("id").loc["eg1800/00001", "image"] == "../../data/prepared/images/eg1800/00001.png"
+    assert json.loads((project / "m" / "assemble.json").read_text())["total"] == 3
+    assert not (project / "data" / "train_set").exists()

@@ -18,6 +18,7 @@ from pipeline.tools import attributes as attr
 from pipeline.attributes import (AGES, CLASSES, GENDERS, RACES, UNKNOWN, AttributeTableError, class_by_number,
                                  class_number, normalise_table, read_table)
 from pipeline.attributes.annotation import assign_faces, relative_box
+from params_helpers import write_params
 
 HEADER = "image_id,person,race,gender,age,annotator\n"
 
@@ -194,9 +195,9 @@ def test_cli_import_then_export_gives_the_same_csv(tmp_path, monkeypatch):
                       "00002,0,0.1,0.2,0.3,0.4,caucasian,woman,youth,A\n"
                       "00005,0,,,,,asian,unknown,child,B\n")
     name = f"test-attributes-cli-{uuid.uuid4().hex[:8]}"
-    params = tmp_path / "params.yaml"
-    params.write_text(f"attributes:\n  csv: {source}\n  export_csv: {tmp_path / 'out.csv'}\n  dataset: {name}\n"
-                      f"  manifest: ''\n  image_dir: {images}\n")
+    params = write_params(tmp_path / "params.yaml", {
+        "paths": {"attributes": str(source)},
+        "attributes": {"export_csv": str(tmp_path / "out.csv"), "dataset": name, "image_dir": str(images)}})
     try:
         assert attr.main(["import", "--params", str(params)]) == 0
         assert attr.main(["import", "--params", str(params)]) == 2  # would drop App edits: refused
@@ -211,8 +212,7 @@ def test_cli_reports_a_bad_csv_with_row_and_column(tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)  # the project is the params file's folder: default outputs land there
     source = tmp_path / "in.csv"
     source.write_text(HEADER + "00002,0,caucasian,female,youth,A\n")
-    params = tmp_path / "params.yaml"
-    params.write_text(f"attributes:\n  csv: {source}\n  manifest: ''\n")
+    params = write_params(tmp_path / "params.yaml", {"paths": {"attributes": str(source)}})
     assert attr.main(["import", "--params", str(params)]) == 2
     assert "row 1, column 'gender'" in capsys.readouterr().err
 
@@ -253,8 +253,8 @@ def test_annotate_reopens_an_existing_dataset_and_keeps_its_edits(tmp_path, monk
     source.write_text("image_id,person,face_x,face_y,face_w,face_h,race,gender,age,annotator\n"
                       "00002,0,0.1,0.2,0.3,0.4,caucasian,woman,youth,A\n")  # has a box: no detector needed
     name = f"test-attributes-annotate-{uuid.uuid4().hex[:8]}"
-    params = tmp_path / "params.yaml"
-    params.write_text(f"attributes:\n  csv: {source}\n  dataset: {name}\n  manifest: ''\n  image_dir: {images}\n")
+    params = write_params(tmp_path / "params.yaml", {
+        "paths": {"attributes": str(source)}, "attributes": {"dataset": name, "image_dir": str(images)}})
     argv = ["annotate", "--no-launch", "--params", str(params)]
     try:
         assert attr.main(argv) == 0
@@ -268,3 +268,31 @@ def test_annotate_reopens_an_existing_dataset_and_keeps_its_edits(tmp_path, monk
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
+
+
+def test_images_are_found_in_the_prepared_manifest_then_in_image_dir(tmp_path):
+    """The manifest is ``paths.prepared`` (passed in), ``image_dir`` the fallback; with
+    ``include_splits`` the images of the annotated splits come too."""
+    prepared, folder = tmp_path / "prepared", tmp_path / "folder"
+    prepared.mkdir()
+    folder.mkdir()
+    pd.DataFrame({"id": ["eg1800/00002", "eg1800/00003", "ccp/00004"], "source": ["eg1800", "eg1800", "ccp"],
+                  "split": ["test", "train", "test"], "image": ["images/a.png", "images/b.png", "images/c.png"],
+                  "mask": ""}).to_csv(prepared / "manifest.csv", index=False)
+    _images(folder, ["00009"])
+    found = attr.find_images(["00002", "00009", "00404"], manifest=prepared, source="eg1800", splits=["test"],
+                             include_splits=False, image_dir=str(folder))
+    assert found == {"00002": prepared / "images/a.png", "00009": folder / "00009.png"}
+    found = attr.find_images([], manifest=prepared, source="eg1800", splits=["train"], include_splits=True,
+                             image_dir="")
+    assert found == {"00003": prepared / "images/b.png"}
+    assert attr.find_images(["00009"], manifest=tmp_path / "none", source="eg1800", splits=["test"],
+                            include_splits=True, image_dir=str(folder)) == {"00009": folder / "00009.png"}
+
+
+def test_import_reads_the_csv_named_by_paths_attributes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "people.csv").write_text(HEADER + "00002,0,caucasian,female,youth,A\n")
+    params = write_params(tmp_path / "params.yaml", {"paths": {"attributes": "people.csv"}})
+    assert attr.main(["import", "--params", str(params), "--quiet"]) == 2
+    assert "people.csv: row 1, column 'gender'" in capsys.readouterr().err

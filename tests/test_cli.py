@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 from pipeline import cli
+from params_helpers import write_params
 
 
 def test_help_lists_every_stage(capsys):
@@ -17,8 +18,7 @@ def test_unknown_command_exits_2(capsys):
 
 
 def test_bad_params_value_names_the_key_and_exits_2(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("prepare:\n  workers: 0\n  datasets:\n    - {name: a, format: ccp, root: x}\n")
+    params = write_params(tmp_path / "params.yaml", {"prepare": {"workers": 0}})
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "prepare", "--params", str(params)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
@@ -26,8 +26,8 @@ def test_bad_params_value_names_the_key_and_exits_2(tmp_path):
 
 
 def test_missing_input_is_a_clear_error(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("prepare:\n  datasets:\n    - {name: a, format: ccp, root: nowhere}\n")
+    params = write_params(tmp_path / "params.yaml",
+                          {"prepare": {"datasets": [{"name": "a", "format": "ccp", "root": "nowhere"}]}})
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "prepare", "--params", str(params)],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2

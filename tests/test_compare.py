@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.stages.compare import build_table, main, summary_metrics, to_markdown
 from pipeline.stage import StageError
+from params_helpers import write_params
 
 COMPLEXITY = {
     "tiny": {"params": 37_738, "flops_all_ops": 0.286, "flops_espnetv2": 0.128, "latency_ms": 33.5},
@@ -56,31 +57,29 @@ REAL_NAMES = {"tiny": "extremec3net", "big": "portraitnet"}  # the stage takes r
 
 
 def test_main_writes_every_output(tmp_path, monkeypatch):
+    """Inputs and outputs follow the paths section (paths.metrics, paths.reports)."""
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "eval").mkdir()
-    (tmp_path / "complexity.json").write_text(json.dumps({REAL_NAMES.get(k, k): v for k, v in COMPLEXITY.items()}))
+    (tmp_path / "figures" / "eval").mkdir(parents=True)
+    (tmp_path / "figures" / "complexity.json").write_text(
+        json.dumps({REAL_NAMES.get(k, k): v for k, v in COMPLEXITY.items()}))
     for arch, figures in EVALS.items():
-        (tmp_path / "eval" / f"{REAL_NAMES[arch]}.json").write_text(json.dumps(figures))
-    params = tmp_path / "params.yaml"
-    params.write_text(
-        "compare:\n  architectures: [extremec3net, portraitnet]\n"
-        f"  complexity: {tmp_path / 'complexity.json'}\n  eval_dir: {tmp_path / 'eval'}\n"
-        f"  out_dir: {tmp_path / 'out'}\n  metrics: {tmp_path / 'compare.json'}\n")
-    assert main(["--params", str(params)]) == 0
-    assert pd.read_csv(tmp_path / "out" / "table.csv")["arch"].tolist() == ["extremec3net", "portraitnet"]
-    assert (tmp_path / "out" / "table.md").read_text().count("\n") == 4
-    assert (tmp_path / "out" / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "compare.json").read_text())["best_miou"]["arch"] == "portraitnet"
+        (tmp_path / "figures" / "eval" / f"{REAL_NAMES[arch]}.json").write_text(json.dumps(figures))
+    params = write_params(tmp_path / "params.yaml", {"paths": {"metrics": "figures", "reports": "out"},
+                                                     "compare": {"architectures": ["extremec3net", "portraitnet"]}})
+    assert main(["--params", str(params), "--quiet"]) == 0
+    out = tmp_path / "out" / "compare"
+    assert pd.read_csv(out / "table.csv")["arch"].tolist() == ["extremec3net", "portraitnet"]
+    assert (out / "table.md").read_text().count("\n") == 4
+    assert (out / "accuracy_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "figures" / "compare.json").read_text())["best_miou"]["arch"] == "portraitnet"
 
 
 def test_main_says_which_stage_to_run_when_an_input_is_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    params = tmp_path / "params.yaml"
-    params.write_text(f"compare:\n  architectures: [extremec3net]\n  complexity: {tmp_path / 'none.json'}\n"
-                      f"  out_dir: {tmp_path / 'out'}\n")
+    params = write_params(tmp_path / "params.yaml", {"compare": {"architectures": ["extremec3net"]}})
     assert main(["--params", str(params)]) == 2
     assert "portrait-curation complexity" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "reports").exists()
 
 
 def test_a_single_architecture_still_gives_a_plot(tmp_path):

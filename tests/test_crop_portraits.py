@@ -8,35 +8,41 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 from scipy import ndimage
 
+from pipeline.crops import calibration, planning
+from pipeline.crops import geometry as geo
 from pipeline.stages import crop_portraits as cp
 from pipeline.detectors import Face
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, mask_statistics, read_manifest, to_frame
 from pipeline.params import ParamsError, parse_section
+from params_helpers import quick_section, write_params
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
 def params(**overrides) -> cp.CropParams:
-    """CropParams with nested overrides given as {"geometry": {...}, "quality": {...}}."""
-    return cp.CropParams.model_validate(overrides)
+    """The quick profile's CropParams with nested overrides given as {"geometry": {...}, "quality": {...}}."""
+    return cp.CropParams.model_validate(quick_section("crop_portraits", **overrides))
+
+
+def plan_photo(parent_id: str, mask: np.ndarray, faces, settings: cp.CropParams) -> planning.PhotoResult:
+    """The library's plan for one photo under the stage's geometry and quality params."""
+    return planning.plan_crops(parent_id, mask, faces, settings.geometry, settings.quality)
 
 
 # --------------------------------------------------------------------------- geometry
 
 
 def test_enlarge_box_uses_face_width_for_sides_and_height_for_top_bottom():
-    geometry = cp.GeometryParams(expand_left=0.5, expand_right=1.0, expand_top=0.25, expand_bottom=2.0)
-    assert cp.enlarge_box((100, 200, 140, 260), geometry) == (80, 185, 180, 380)
+    assert geo.enlarge_box((100, 200, 140, 260), left=0.5, right=1.0, top=0.25, bottom=2.0) == (80, 185, 180, 380)
 
 
 @pytest.mark.parametrize("box", [(0, 0, 100, 100), (10, 20, 30, 120), (-5, 0, 200, 40)])
 def test_fix_aspect_grows_the_short_side_about_the_centre(box):
-    x0, y0, x1, y1 = cp.fix_aspect(box, 0.75)
+    x0, y0, x1, y1 = geo.fix_aspect(box, 0.75)
     assert (x1 - x0) / (y1 - y0) == pytest.approx(0.75)
     assert (x0 + x1) / 2 == pytest.approx((box[0] + box[2]) / 2)
     assert (y0 + y1) / 2 == pytest.approx((box[1] + box[3]) / 2)
@@ -44,14 +50,14 @@ def test_fix_aspect_grows_the_short_side_about_the_centre(box):
 
 
 def test_shift_moves_a_box_inside_without_changing_its_size():
-    placement = cp.fit_to_image((-30, -10, 90, 150), (200, 300), "shift")
+    placement = geo.fit_to_image((-30, -10, 90, 150), (200, 300), "shift")
     assert placement.box == (0, 0, 120, 160)
     assert placement.shift == (30, 10)
     assert placement.padding == (0, 0, 0, 0) and placement.border_fraction == 0
 
 
 def test_shift_at_the_right_and_bottom_border():
-    placement = cp.fit_to_image((150, 250, 250, 380), (200, 300), "shift")
+    placement = geo.fit_to_image((150, 250, 250, 380), (200, 300), "shift")
     assert placement.box == (100, 170, 200, 300)
     assert placement.shift == (-50, -80)
 
@@ -59,7 +65,7 @@ def test_shift_at_the_right_and_bottom_border():
 def test_shift_zooms_in_about_the_face_when_the_box_exceeds_the_photo():
     # 300x400 box on a 200x300 photo: shrink by 0.6667 (width bound) about the face centre.
     face_centre = (100.0, 80.0)
-    placement = cp.fit_to_image((-50, -100, 250, 300), (200, 300), "shift", anchor=face_centre)
+    placement = geo.fit_to_image((-50, -100, 250, 300), (200, 300), "shift", anchor=face_centre)
     x0, y0, x1, y1 = placement.box
     assert 0 <= x0 and 0 <= y0 and x1 <= 200 and y1 <= 300
     assert placement.zoom == pytest.approx(2 / 3)
@@ -69,7 +75,7 @@ def test_shift_zooms_in_about_the_face_when_the_box_exceeds_the_photo():
 
 
 def test_pad_keeps_the_box_and_records_the_outside_part():
-    placement = cp.fit_to_image((-20, -40, 80, 160), (200, 300), "pad")
+    placement = geo.fit_to_image((-20, -40, 80, 160), (200, 300), "pad")
     assert placement.box == (-20, -40, 80, 160)
     assert placement.padding == (20, 40, 0, 0)
     assert placement.shift == (0, 0)
@@ -77,14 +83,14 @@ def test_pad_keeps_the_box_and_records_the_outside_part():
 
 
 def test_pad_at_the_far_borders():
-    placement = cp.fit_to_image((150, 250, 250, 350), (200, 300), "pad")
+    placement = geo.fit_to_image((150, 250, 250, 350), (200, 300), "pad")
     assert placement.padding == (0, 0, 50, 50)
     assert placement.border_fraction == pytest.approx(0.75)
 
 
 def test_crop_array_fills_outside_and_copies_inside():
     array = np.arange(12, dtype=np.int32).reshape(3, 4)
-    out = cp.crop_array(array, (-1, 1, 3, 4), fill=-7)
+    out = geo.crop_array(array, (-1, 1, 3, 4), fill=-7)
     expected = np.array([[-7, 4, 5, 6], [-7, 8, 9, 10], [-7, -7, -7, -7]])
     np.testing.assert_array_equal(out, expected)
 
@@ -97,7 +103,7 @@ def assert_crop_of_stack_matches(image, mask, box, size, crop_rgb, crop_mask):
     while a crop misaligned by a single pixel differs by far more on a real photo.
     """
     stacked = np.dstack([image.astype(np.float32), mask.astype(np.float32)])
-    reference = cp.resize_image(cp.crop_array(stacked, box), size)
+    reference = geo.resize_image(geo.crop_array(stacked, box), size)
     np.testing.assert_array_equal(crop_mask, reference[:, :, 3] >= 0.5)
     assert np.abs(crop_rgb.astype(np.float32) - reference[:, :, :3]).max() <= 1.0
 
@@ -108,8 +114,8 @@ def test_crop_of_mask_equals_mask_of_crop_on_synthetic_photo(policy):
     image = rng.integers(0, 256, (90, 60, 3), dtype=np.uint8)
     mask = np.zeros((90, 60), dtype=bool)
     mask[20:80, 15:45] = True
-    placement = cp.fit_to_image((-10, 5, 35, 65), (60, 90), policy)
-    crop_rgb, crop_mask = cp.crop_image_and_mask(image, mask, placement.box, (30, 40))
+    placement = geo.fit_to_image((-10, 5, 35, 65), (60, 90), policy)
+    crop_rgb, crop_mask = geo.crop_image_and_mask(image, mask, placement.box, (30, 40))
     assert_crop_of_stack_matches(image, mask, placement.box, (30, 40), crop_rgb, crop_mask)
     if policy == "pad":  # the 10 padded columns (a quarter of 45) are black background
         assert not crop_mask[:, :6].any() and (crop_rgb[:, :6] == 0).all()
@@ -122,13 +128,13 @@ def test_crop_of_mask_equals_mask_of_crop_on_synthetic_photo(policy):
 def test_crop_without_resizing_is_an_exact_slice():
     image = np.random.default_rng(1).integers(0, 256, (50, 40, 3), dtype=np.uint8)
     mask = image[:, :, 0] > 128
-    crop_rgb, crop_mask = cp.crop_image_and_mask(image, mask, (5, 7, 29, 39), (24, 32))
+    crop_rgb, crop_mask = geo.crop_image_and_mask(image, mask, (5, 7, 29, 39), (24, 32))
     np.testing.assert_array_equal(crop_rgb, image[7:39, 5:29])
     np.testing.assert_array_equal(crop_mask, mask[7:39, 5:29])
 
 
 def test_face_in_crop_is_relative_to_the_crop():
-    figures = cp.face_in_crop((40, 30, 60, 60), (20, 10, 100, 110))
+    figures = geo.face_in_crop((40, 30, 60, 60), (20, 10, 100, 110))
     assert figures == pytest.approx({"face_width_frac": 0.25, "face_height_frac": 0.3,
                                      "face_cx_frac": 0.375, "face_cy_frac": 0.35})
 
@@ -151,18 +157,18 @@ def face(box=HEAD, probability=0.999) -> Face:
     return Face(box=box, probability=probability, landmarks=((140, 60), (160, 60), (150, 72), (142, 85), (158, 85)))
 
 
-def reasons(result: cp.PhotoResult) -> list[tuple[int, str]]:
+def reasons(result: planning.PhotoResult) -> list[tuple[int, str]]:
     return [(d.face_index, d.reason) for d in result.dropped]
 
 
 def test_a_good_face_gives_one_crop_with_the_configured_geometry():
     no_jitter = params(geometry={"jitter_scale": 0, "jitter_shift": 0})
-    result = cp.plan_crops("ccp/0001", person_mask(), [face()], no_jitter)
+    result = plan_photo("ccp/0001", person_mask(), [face()], no_jitter)
     assert reasons(result) == []
     (plan,) = result.plans
     x0, y0, x1, y1 = plan.placement.box
     assert (x1 - x0) / (y1 - y0) == pytest.approx(0.75, abs=0.01)
-    figures = cp.face_in_crop(HEAD, plan.placement.box)
+    figures = geo.face_in_crop(HEAD, plan.placement.box)
     assert figures["face_cx_frac"] == pytest.approx(0.5, abs=0.02)
     # top margin 0.48 and bottom 0.75 face heights: face height share 1 / 2.23
     assert figures["face_height_frac"] == pytest.approx(1 / 2.23, abs=0.02)
@@ -176,13 +182,13 @@ def test_jitter_is_reproducible_per_crop_and_bounded():
     settings = params(geometry={"jitter_scale": 0.2, "jitter_shift": 0.05})
     heights, centres = [], []
     for n in range(40):
-        (plan,) = cp.plan_crops(f"ccp/{n:04d}", mask, [face(box=head)], settings).plans
-        again = cp.plan_crops(f"ccp/{n:04d}", mask, [face(box=head)], settings).plans[0]
+        (plan,) = plan_photo(f"ccp/{n:04d}", mask, [face(box=head)], settings).plans
+        again = plan_photo(f"ccp/{n:04d}", mask, [face(box=head)], settings).plans[0]
         assert again.placement == plan.placement
-        figures = cp.face_in_crop(head, plan.placement.box)
+        figures = geo.face_in_crop(head, plan.placement.box)
         heights.append(figures["face_height_frac"])
         centres.append(figures["face_cx_frac"])
-    plain = cp.face_in_crop(head, cp.plan_crops("ccp/0000", mask, [face(box=head)],
+    plain = geo.face_in_crop(head, plan_photo("ccp/0000", mask, [face(box=head)],
                                                 params(geometry={"jitter_scale": 0, "jitter_shift": 0})).plans[0].placement.box)
     ratios = np.array(heights) / plain["face_height_frac"]
     assert ratios.min() >= np.exp(-0.2) - 0.02 and ratios.max() <= np.exp(0.2) + 0.02
@@ -191,35 +197,35 @@ def test_jitter_is_reproducible_per_crop_and_bounded():
 
 
 def test_no_face_is_recorded_per_photo():
-    result = cp.plan_crops("ccp/0002", person_mask(), [], params())
-    assert reasons(result) == [(-1, cp.NO_FACE)] and result.plans == []
+    result = plan_photo("ccp/0002", person_mask(), [], params())
+    assert reasons(result) == [(-1, planning.NO_FACE)] and result.plans == []
 
 
 def test_low_probability_and_small_faces_are_dropped():
     faces = [face(probability=0.9), face(box=(140, 50, 160, 75))]
-    result = cp.plan_crops("ccp/0003", person_mask(), faces, params())
-    assert reasons(result) == [(0, cp.LOW_PROBABILITY), (1, cp.FACE_TOO_SMALL)]
+    result = plan_photo("ccp/0003", person_mask(), faces, params())
+    assert reasons(result) == [(0, planning.LOW_PROBABILITY), (1, planning.FACE_TOO_SMALL)]
 
 
 def test_a_face_on_the_background_is_not_the_annotated_person():
     passer_by = face(box=(10.0, 150.0, 60.0, 210.0))
-    result = cp.plan_crops("ccp/0004", person_mask(), [passer_by], params(quality={"drop_unannotated_faces": False}))
-    assert reasons(result) == [(0, cp.FACE_OFF_PERSON)]
+    result = plan_photo("ccp/0004", person_mask(), [passer_by], params(quality={"drop_unannotated_faces": False}))
+    assert reasons(result) == [(0, planning.FACE_OFF_PERSON)]
 
 
 def test_a_face_at_the_feet_is_a_false_detection():
     shoe = face(box=(125.0, 320.0, 175.0, 375.0))
-    result = cp.plan_crops("ccp/0005", person_mask(), [shoe], params())
-    assert reasons(result) == [(0, cp.FACE_LOW_ON_PERSON)]
+    result = plan_photo("ccp/0005", person_mask(), [shoe], params())
+    assert reasons(result) == [(0, planning.FACE_LOW_ON_PERSON)]
 
 
 def test_a_crop_showing_an_unannotated_face_is_dropped():
     # A passer-by's face right beside the subject's head falls inside the subject's crop.
     passer_by = face(box=(172.0, 48.0, 202.0, 90.0))
     mask = person_mask()
-    result = cp.plan_crops("ccp/0006", mask, [face(), passer_by], params())
-    assert reasons(result) == [(0, cp.UNANNOTATED_FACE), (1, cp.FACE_OFF_PERSON)]
-    allowed = cp.plan_crops("ccp/0006", mask, [face(), passer_by], params(quality={"drop_unannotated_faces": False}))
+    result = plan_photo("ccp/0006", mask, [face(), passer_by], params())
+    assert reasons(result) == [(0, planning.UNANNOTATED_FACE), (1, planning.FACE_OFF_PERSON)]
+    allowed = plan_photo("ccp/0006", mask, [face(), passer_by], params(quality={"drop_unannotated_faces": False}))
     assert [p.face_index for p in allowed.plans] == [0]
 
 
@@ -231,24 +237,24 @@ def test_a_crop_cut_off_by_the_border_is_dropped_under_both_policies():
     # than the photo and must be zoomed in by 0.72 (48% of its area lost).
     for geometry in ({"border": "pad", "expand_top": 1.5}, {"border": "shift", "expand_bottom": 8.0}):
         strict = params(geometry={**geometry, "max_border_fraction": 0.3})
-        assert reasons(cp.plan_crops("ccp/0007", mask, [top_face], strict)) == [(0, cp.CUT_BY_BORDER)], geometry
+        assert reasons(plan_photo("ccp/0007", mask, [top_face], strict)) == [(0, planning.CUT_BY_BORDER)], geometry
         lenient = params(geometry={**geometry, "max_border_fraction": 0.5}, quality={"mask_fraction_min": 0.1})
-        assert len(cp.plan_crops("ccp/0007", mask, [top_face], lenient).plans) == 1, geometry
+        assert len(plan_photo("ccp/0007", mask, [top_face], lenient).plans) == 1, geometry
 
 
 def test_shift_policy_keeps_a_face_near_the_top_at_the_cost_of_moving_it():
     mask = person_mask()
     mask[0:40, 125:175] = True
     top_face = face(box=(128.0, 2.0, 172.0, 55.0))
-    (plan,) = cp.plan_crops("ccp/0007", mask, [top_face], params()).plans
+    (plan,) = plan_photo("ccp/0007", mask, [top_face], params()).plans
     assert plan.placement.box[1] == 0 and plan.placement.shift[1] > 0
-    (padded,) = cp.plan_crops("ccp/0007", mask, [top_face], params(geometry={"border": "pad", "max_border_fraction": 0.3})).plans
+    (padded,) = plan_photo("ccp/0007", mask, [top_face], params(geometry={"border": "pad", "max_border_fraction": 0.3})).plans
     assert padded.placement.padding[1] > 0 and padded.placement.shift == (0, 0)
 
 
 def test_mask_fraction_outside_the_range_is_dropped():
-    result = cp.plan_crops("ccp/0008", person_mask(), [face()], params(quality={"mask_fraction_max": 0.3}))
-    assert [r for _, r in reasons(result)] == [cp.MASK_FRACTION_OUT_OF_RANGE]
+    result = plan_photo("ccp/0008", person_mask(), [face()], params(quality={"mask_fraction_max": 0.3}))
+    assert [r for _, r in reasons(result)] == [planning.MASK_FRACTION_OUT_OF_RANGE]
     assert "not in [0.25, 0.3]" in result.dropped[0].detail
 
 
@@ -257,19 +263,22 @@ def test_several_faces_give_separate_crops():
     mask[40:380, 90:210] = True
     mask[40:380, 390:510] = True
     faces = [face(), face(box=(428.0, 45.0, 472.0, 98.0))]
-    result = cp.plan_crops("ccp/0009", mask, faces, params())
+    result = plan_photo("ccp/0009", mask, faces, params())
     assert [p.face_index for p in result.plans] == [0, 1]
-    assert {cp.crop_key(p.parent_id, p.face_index) for p in result.plans} == {"0009_f0", "0009_f1"}
+    assert {planning.crop_key(p.parent_id, p.face_index) for p in result.plans} == {"0009_f0", "0009_f1"}
 
 
 def test_params_reject_an_empty_mask_fraction_range_and_unknown_keys():
+    def section(**changes) -> dict:
+        return {"crop_portraits": quick_section("crop_portraits", **changes)}
+
     with pytest.raises(ParamsError, match="mask_fraction_min"):
-        parse_section(cp.CropParams, {"crop_portraits": {"quality": {"mask_fraction_min": 0.9,
-                                                                      "mask_fraction_max": 0.5}}}, "crop_portraits")
+        parse_section(cp.CropParams, section(quality={"mask_fraction_min": 0.9, "mask_fraction_max": 0.5}),
+                      "crop_portraits")
     with pytest.raises(ParamsError, match="crop_portraits.geometry.expand_lef"):
-        parse_section(cp.CropParams, {"crop_portraits": {"geometry": {"expand_lef": 1}}}, "crop_portraits")
+        parse_section(cp.CropParams, section(geometry={"expand_lef": 1}), "crop_portraits")
     with pytest.raises(ParamsError, match="border"):
-        parse_section(cp.CropParams, {"crop_portraits": {"geometry": {"border": "wrap"}}}, "crop_portraits")
+        parse_section(cp.CropParams, section(geometry={"border": "wrap"}), "crop_portraits")
 
 
 # --------------------------------------------------------------------------- the stage, with a fake detector
@@ -332,19 +341,24 @@ def make_prepared(root: Path) -> None:
     to_frame(rows).to_csv(root / "manifest.csv", index=False)
 
 
-def test_stage_writes_crops_drops_calibration_and_metrics(tmp_path, monkeypatch):
+def stage_paths(prepared: Path, out: Path) -> dict:
+    """The ``paths`` the stage reads and writes: crops, report and metrics (crops.json) under ``out``."""
+    return {"prepared": str(prepared), "crops": str(out / "crops"), "metrics": str(out),
+            "crops_report": str(out / "report")}
+
+
+def test_stage_writes_crops_drops_calibration_and_metrics(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the project: the folder of the params file
     prepared = tmp_path / "prepared"
     make_prepared(prepared)
     out = tmp_path / "out"
-    config = {"crop_portraits": {
-        "input_dir": str(prepared), "output_dir": str(out / "crops"), "metrics_file": str(out / "crops.json"),
-        "report_dir": str(out / "report"), "detector": {"batch_size": 2},
-        "calibration": {"reference_limit": 5}}}
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(config))
+    params_file = write_params(tmp_path / "params.yaml", {
+        "paths": stage_paths(prepared, out),
+        "crop_portraits": {"detector": {"batch_size": 2}, "calibration": {"reference_limit": 5}}})
     monkeypatch.setattr("pipeline.detectors.build_detector", lambda name, **kw: RedSquareDetector())
 
     assert cp.main(["--params", str(params_file), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: no progress bars
 
     crops = read_manifest(out / "crops")
     assert list(crops["id"]) == ["ccp_crops/0001_f0", "ccp_crops/0002_f0"]
@@ -357,13 +371,13 @@ def test_stage_writes_crops_drops_calibration_and_metrics(tmp_path, monkeypatch)
         assert (out / "crops" / row["mask"]).is_file()
     dropped = pd.read_csv(out / "crops" / "dropped.csv")
     assert set(zip(dropped["parent_id"], dropped["reason"])) == {
-        ("ccp/0003", cp.FACE_LOW_ON_PERSON), ("ccp/0004", cp.NO_FACE), ("ccp/0005", cp.UNREADABLE)}
+        ("ccp/0003", planning.FACE_LOW_ON_PERSON), ("ccp/0004", planning.NO_FACE), ("ccp/0005", planning.UNREADABLE)}
     metrics = json.loads((out / "crops.json").read_text())
     assert metrics["photos"] == 5 and metrics["crops_kept"] == 2 and metrics["share_photos_with_crop"] == 0.4
-    assert metrics["dropped"][cp.NO_FACE] == 1 and metrics["reference_images"] == 1
+    assert metrics["dropped"][planning.NO_FACE] == 1 and metrics["reference_images"] == 1
     assert metrics["median_mask_fraction"]["eg1800"] == pytest.approx(0.513, abs=0.01)
     table = pd.read_csv(out / "report" / "calibration.csv")
-    assert set(table["measure"]) == set(cp.CALIBRATION_COLUMNS)
+    assert set(table["measure"]) == set(calibration.CALIBRATION_COLUMNS)
     assert (out / "report" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -373,13 +387,11 @@ class BrokenDetector:
 
 
 def test_a_crash_keeps_the_previous_crops_and_a_rerun_clears_its_leftovers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     prepared = tmp_path / "prepared"
     make_prepared(prepared)
     out = tmp_path / "out"
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"crop_portraits": {
-        "input_dir": str(prepared), "output_dir": str(out / "crops"), "metrics_file": str(out / "crops.json"),
-        "report_dir": str(out / "report")}}))
+    params_file = write_params(tmp_path / "params.yaml", {"paths": stage_paths(prepared, out)})
     monkeypatch.setattr("pipeline.detectors.build_detector", lambda name, **kw: RedSquareDetector())
     assert cp.main(["--params", str(params_file), "--quiet"]) == 0
     before = (out / "crops" / "manifest.csv").read_bytes()
@@ -400,19 +412,19 @@ def test_a_crash_keeps_the_previous_crops_and_a_rerun_clears_its_leftovers(tmp_p
 def test_reference_sample_is_spread_over_the_ids():
     manifest = pd.DataFrame({"id": [f"eg1800/{i:05d}" for i in range(10)], "source": "eg1800", "split": "train",
                              "mask": "m.png"})
-    assert list(cp.select_photos(manifest, "eg1800", ["train"], 3, spread=True)["id"]) == [
+    assert list(planning.select_photos(manifest, "eg1800", ["train"], 3, spread=True)["id"]) == [
         "eg1800/00000", "eg1800/00004", "eg1800/00009"]
-    assert list(cp.select_photos(manifest, "eg1800", ["train"], 3)["id"]) == [
+    assert list(planning.select_photos(manifest, "eg1800", ["train"], 3)["id"]) == [
         "eg1800/00000", "eg1800/00001", "eg1800/00002"]
-    assert len(cp.select_photos(manifest, "eg1800", ["train"], 0)) == 10
+    assert len(planning.select_photos(manifest, "eg1800", ["train"], 0)) == 10
 
 
 def test_stage_without_photos_of_the_source_fails_clearly(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default output paths are relative to the project, here tmp_path
     prepared = tmp_path / "prepared"
     make_prepared(prepared)
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"crop_portraits": {"input_dir": str(prepared), "source": "baidu"}}))
+    params_file = write_params(tmp_path / "params.yaml", {"paths": {"prepared": str(prepared)},
+                                                          "crop_portraits": {"source": "baidu"}})
     assert cp.main(["--params", str(params_file), "--quiet"]) == 2
     assert "no labelled photos of source 'baidu'" in capsys.readouterr().err
 
@@ -454,9 +466,9 @@ def test_real_ccp_crops_are_aligned_and_the_face_is_where_the_geometry_puts_it(s
     kept = 0
     for (image, mask), faces in zip(photos, detections):
         assert faces, "MTCNN found no face on a CCP photo it is known to find"
-        for plan in cp.plan_crops("ccp/x", mask, faces, settings).plans:
+        for plan in plan_photo("ccp/x", mask, faces, settings).plans:
             kept += 1
-            crop_rgb, crop_mask = cp.crop_image_and_mask(image, mask, plan.placement.box, out_size)
+            crop_rgb, crop_mask = geo.crop_image_and_mask(image, mask, plan.placement.box, out_size)
             assert_crop_of_stack_matches(image, mask, plan.placement.box, out_size, crop_rgb, crop_mask)
             assert crop_mask.mean() == pytest.approx(plan.mask_fraction, abs=0.02)
             # Re-detect on the crop: the face is where the crop box maps the original one.

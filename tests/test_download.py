@@ -8,11 +8,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.atomic import OWNER_MARKER
-from pipeline.stages.download import (ChecksumError, DownloadParams, UnsafeArchiveError, fetch_source, fetch_to_cache, run,
-                               safe_extract, tree_sha256)
+from pipeline.stages.download import (ChecksumError, DownloadParams, UnsafeArchiveError, fetch_source, fetch_to_cache,
+                                      main, run, safe_extract, tree_sha256)
 from pipeline.params import ParamsError, parse_section
+from params_helpers import write_params
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
@@ -24,6 +26,11 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _run(params: DownloadParams, project: Path):
+    """The stage's core with the project layout of params.yaml's paths (raw, download_cache)."""
+    return run(params, project / "data/raw", project / "data/.cache/downloads", project, progress=False)
 
 
 def test_directory_source_is_copied_and_its_tree_hash_verified(tmp_path):
@@ -67,9 +74,9 @@ def test_archive_via_file_url_is_extracted_under_its_subdir(tmp_path):
 def test_run_counts_dataset_files_only_and_marks_only_the_output_root(tmp_path):
     """The owner marker of atomic_dir sits in out_dir, never inside a source's folder or its count."""
     archive = _zip(tmp_path / "ds.zip", {"repo-master/data/x.txt": b"x", "repo-master/data/y.txt": b"y"})
-    params = parse_section(DownloadParams, {"download": {"sources": {"ds": {
+    params = parse_section(DownloadParams, {"download": {"mirror": None, "sources": {"ds": {
         "url": archive.as_uri(), "sha256": _sha(archive), "subdir": "repo-master/data"}}}}, "download")
-    results = run(params, tmp_path, progress=False)
+    results = _run(params, tmp_path)
     raw = tmp_path / "data" / "raw"
     assert sorted(p.name for p in (raw / "ds").iterdir()) == ["x.txt", "y.txt"]
     assert results[0].files == 2
@@ -194,11 +201,33 @@ def test_mirror_overrides_upstream_url(tmp_path):
     params = parse_section(DownloadParams, {"download": {"mirror": "m", "sources": {"ds": {
         "url": "https://example.invalid/ds.zip", "mirror": "ds", "mirror_sha256": tree_sha256(tmp_path / "m" / "ds")}}}},
         "download")
-    results = run(params, tmp_path, progress=False)
+    results = _run(params, tmp_path)
     assert results[0].pinned and (tmp_path / "data/raw/ds/f").is_file()
     assert (tmp_path / "data/raw/SOURCES.json").is_file()
 
 
 def test_bad_checksum_param_is_reported_by_key():
     with pytest.raises(ParamsError, match=r"download\.sources\.ds\.sha256"):
-        parse_section(DownloadParams, {"download": {"sources": {"ds": {"url": "x", "sha256": "abc"}}}}, "download")
+        parse_section(DownloadParams, {"download": {"mirror": None, "sources": {"ds": {"url": "x", "sha256": "abc"}}}},
+                      "download")
+
+
+def test_main_writes_where_the_paths_section_says(tmp_path, server, monkeypatch, capsys):
+    """paths.raw and paths.download_cache, not the quick profile's data/raw and data/.cache."""
+    handler, file_url = server
+    handler.payload = _zip(tmp_path / "served.zip", {"top/data/x.txt": b"x"}).read_bytes()
+    url = file_url.rsplit("/", 1)[0] + "/ds.zip"
+    project = tmp_path / "proj"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    params = write_params(project / "params.yaml", {"paths": {"raw": "store/raw", "download_cache": "store/cache"}})
+    profile = yaml.safe_load(params.read_text())
+    profile["download"] = {"mirror": None, "sources": {"ds": {"url": url, "sha256": hashlib.sha256(
+        handler.payload).hexdigest(), "subdir": "top/data"}}}
+    params.write_text(yaml.safe_dump(profile))
+    assert main(["--params", "params.yaml", "--quiet"]) == 0
+    assert (project / "store/raw/ds/x.txt").read_bytes() == b"x"
+    assert json.loads((project / "store/raw/SOURCES.json").read_text())["ds"]["pinned"] is True
+    assert [p.name.endswith("ds.zip") for p in (project / "store/cache").iterdir()] == [True]
+    assert not (project / "data").exists()
+    assert capsys.readouterr().err == ""  # --quiet: no progress bars

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from pipeline.checkpoint import save_checkpoint
@@ -17,6 +16,7 @@ from pipeline.stages.evaluate import PER_IMAGE_COLUMNS, main, predict_masks, sum
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
 from pipeline.models import MODELS, register
+from params_helpers import write_params
 
 
 class BrightnessNet(nn.Module):
@@ -121,10 +121,10 @@ def project(tmp_path, monkeypatch):
         rows.append(ManifestRow(id=f"eg1800/{key}", source="eg1800", split=split,
                                 image=f"images/eg1800/{key}.png", mask=f"masks/eg1800/{key}.png", width=w, height=h))
     to_frame(rows).to_csv(prepared / "manifest.csv", index=False)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+    write_params(tmp_path / "params.yaml", {
         "train": {"archs": ["test_brightness"]},
         "evaluate": {"boundary_tolerance_px": 2, "batch_size": 2, "workers": 0},
-    }))
+    })
     save_checkpoint(tmp_path / "models" / "test_brightness" / "model.pt",
                     {"arch": "test_brightness", "config": {}, "model": BrightnessNet().state_dict(),
                      "input_size": 32})
@@ -164,3 +164,26 @@ def test_model_of_another_architecture_is_refused(project, capsys):
     assert "unknown architecture(s) ['missing_net']" in capsys.readouterr().err
     assert main(["--params", "params.yaml", "--arch", "extremec3net"]) == 2  # registered, never trained
     assert "no trained model" in capsys.readouterr().err
+
+
+def test_stage_reads_and_writes_where_the_paths_section_says(project):
+    """Inputs and outputs follow ``paths`` (models, prepared, metrics), not a stage key or a code default."""
+    (project / "data").rename(project / "elsewhere")
+    (project / "models").rename(project / "nets")
+    write_params(project / "params.yaml", {
+        "paths": {"prepared": "elsewhere/prepared", "models": "nets", "metrics": "figures"},
+        "train": {"archs": ["test_brightness"]},
+        "evaluate": {"batch_size": 2, "workers": 0},
+    })
+    assert main(["--params", "params.yaml", "--quiet"]) == 0
+    assert (project / "nets" / "test_brightness" / "per_image.csv").is_file()
+    metrics = json.loads((project / "figures" / "eval" / "test_brightness.json").read_text())
+    assert metrics["n_images"] == 3
+    assert not (project / "metrics").exists() and not (project / "models").exists()
+
+
+def test_quiet_shows_no_progress_bar(project, capsys):
+    assert main(["--params", "params.yaml", "--quiet"]) == 0
+    assert "evaluate test_brightness" not in capsys.readouterr().err  # tqdm writes its bar to stderr
+    assert main(["--params", "params.yaml"]) == 0
+    assert "evaluate test_brightness" in capsys.readouterr().err

@@ -167,3 +167,19 @@ def test_loss_upsamples_low_resolution_logits_and_rejects_bad_settings():
         SegmentationLoss("dice")
     with pytest.raises(ValueError):
         SegmentationLoss("lovasz", boundary_kernel=6)
+
+
+def test_the_teacher_loss_is_cross_entropy_plus_weighted_dice():
+    from pipeline.losses import cross_entropy_dice
+
+    torch.manual_seed(0)
+    logit = torch.randn(2, 1, 8, 8)
+    masks = (torch.rand(2, 8, 8) > 0.5).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logit[:, 0], masks)
+    assert torch.isclose(cross_entropy_dice(logit, masks, 0.0), bce)
+    prob = torch.sigmoid(logit[:, 0])
+    dice = 1 - (2 * (prob * masks).sum(dim=(1, 2)) + 1) / (prob.sum(dim=(1, 2)) + masks.sum(dim=(1, 2)) + 1)
+    assert torch.isclose(cross_entropy_dice(logit, masks, 0.5), bce + 0.5 * dice.mean())
+    # two classes with logits (0, z) are the one-logit case z: softmax of class 1 = sigmoid(z)
+    two = torch.cat([torch.zeros_like(logit), logit], dim=1)
+    assert torch.isclose(cross_entropy_dice(two, masks, 0.5), cross_entropy_dice(logit, masks, 0.5), atol=1e-6)

@@ -44,12 +44,16 @@ def test_unknown_runtime_is_refused():
         onnx_runner(build_model("extremec3net").eval(), (32, 32), runtime="tensorrt")
 
 
-def test_complexity_runtime_param_defaults_to_torch_and_needs_the_deploy_form():
+def test_complexity_runtime_param_needs_the_deploy_form():
     from pydantic import ValidationError
 
+    from params_helpers import quick_section
     from pipeline.stages.complexity import ComplexityParams
 
-    assert ComplexityParams().latency_runtime == "torch"
-    assert ComplexityParams(latency_runtime="openvino").latency_form == "deploy"
+    def params(**changes):
+        return ComplexityParams(**quick_section("complexity", **changes))
+
+    assert params(latency_runtime="torch", latency_form="train").latency_runtime == "torch"  # torch times either form
+    assert params(latency_runtime="openvino", latency_form="deploy").latency_form == "deploy"
     with pytest.raises(ValidationError, match="latency_form: deploy"):
-        ComplexityParams(latency_runtime="onnxruntime", latency_form="train")
+        params(latency_runtime="onnxruntime", latency_form="train")

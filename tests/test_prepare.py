@@ -1,5 +1,7 @@
 """prepare on small fixtures of every format, including the bad inputs real data has."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,8 @@ from PIL import Image
 from pipeline.images import read_mask_png
 from pipeline.manifest import read_manifest
 from pipeline.params import parse_section
-from pipeline.stages.prepare import PrepareParams, run
+from pipeline.stages.prepare import PrepareParams, main, run
+from params_helpers import quick_section, write_params
 
 
 def _img(path, h=8, w=6, mode="RGB", value=120):
@@ -29,9 +32,17 @@ def _mask(h=8, w=6):
     return m
 
 
+def _prepare(tmp_path, params):
+    """Run the core with the dataset roots under ``tmp_path`` (as paths.raw)."""
+    return run(params, tmp_path, tmp_path / "data/prepared", tmp_path / "metrics/prepare.json", progress=False)
+
+
+def _params(datasets, **changes):
+    return parse_section(PrepareParams, {"prepare": quick_section("prepare", datasets=datasets, **changes)}, "prepare")
+
+
 def _run(tmp_path, datasets):
-    params = parse_section(PrepareParams, {"prepare": {"datasets": datasets, "workers": 2}}, "prepare")
-    summary = run(params, tmp_path, progress=False)
+    summary = _prepare(tmp_path, _params(datasets, workers=2))
     root = tmp_path / "data/prepared"
     return summary, read_manifest(root), pd.read_csv(root / "skipped.csv", keep_default_na=False), root
 
@@ -161,9 +172,26 @@ def test_a_failed_prepare_keeps_the_previous_dataset(tmp_path):
     make_eg1800(tmp_path / "eg")
     _run(tmp_path, [{"name": "eg", "format": "eg1800_original", "root": "eg"}])
     before = (tmp_path / "data/prepared/manifest.csv").read_bytes()
-    params = parse_section(PrepareParams, {"prepare": {"datasets": [
-        {"name": "eg", "format": "eg1800_original", "root": "eg"},
-        {"name": "x", "format": "baidu", "root": "missing"}]}}, "prepare")
+    params = _params([{"name": "eg", "format": "eg1800_original", "root": "eg"},
+                      {"name": "x", "format": "baidu", "root": "missing"}])
     with pytest.raises(Exception, match="not found"):
-        run(params, tmp_path, progress=False)
+        _prepare(tmp_path, params)
     assert (tmp_path / "data/prepared/manifest.csv").read_bytes() == before
+
+
+def test_main_reads_and_writes_where_the_paths_section_says(tmp_path, monkeypatch, capsys):
+    """Dataset roots are under paths.raw; the dataset and its metrics go to paths.prepared / paths.metrics."""
+    monkeypatch.chdir(tmp_path)
+    make_eg1800(tmp_path / "store/raw/eg")
+    write_params(tmp_path / "params.yaml", {
+        "paths": {"raw": "store/raw", "prepared": "store/prepared", "metrics": "store/metrics"},
+        "prepare": {"datasets": [{"name": "eg", "format": "eg1800_original", "root": "eg"}]}})
+    assert main(["--params", "params.yaml", "--quiet"]) == 0
+    assert read_manifest(tmp_path / "store/prepared")["id"].tolist() == ["eg/00001", "eg/00002"]
+    assert (tmp_path / "store/prepared/skipped.csv").is_file()
+    assert json.loads((tmp_path / "store/metrics/prepare.json").read_text())["samples"] == 2
+    assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
+    captured = capsys.readouterr()
+    assert captured.err == "" and "total        2" in captured.out  # --quiet: the summary, no progress bar
+    assert main(["--params", "params.yaml"]) == 0
+    assert "prepare eg" in capsys.readouterr().err  # without it, the progress bar

@@ -14,6 +14,7 @@ from pipeline.params import parse_section
 from pipeline.stages.prepare import PrepareParams, run
 from pipeline.sources import LoaderReport
 from pipeline.sources.eg1800 import iter_eg1800_original
+from params_helpers import quick_section
 
 pytestmark = pytest.mark.realdata
 
@@ -81,10 +82,10 @@ def real_subset(tmp_path, shared_datasets):
 
 def test_real_portraits_and_photos_are_prepared_aligned_and_binary(real_subset, shared_datasets):
     base, chosen, annotated, unannotated = real_subset
-    params = parse_section(PrepareParams, {"prepare": {"datasets": [
+    params = parse_section(PrepareParams, {"prepare": quick_section("prepare", datasets=[
         {"name": "eg1800", "format": "eg1800_original", "root": "eg1800"},
-        {"name": "ccp", "format": "ccp", "root": "ccp", "val_fraction": 0.0}]}}, "prepare")
-    summary = run(params, base, progress=False)
+        {"name": "ccp", "format": "ccp", "root": "ccp", "val_fraction": 0.0}])}, "prepare")
+    summary = run(params, base, base / "data/prepared", base / "metrics/prepare.json", progress=False)
     root = base / "data/prepared"
     manifest = read_manifest(root).set_index("id")
     assert summary["per_source"]["eg1800"] == {"train": len(chosen)}

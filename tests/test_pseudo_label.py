@@ -18,9 +18,10 @@ from pipeline.manifest import read_manifest
 from pipeline.metrics import failure_auc, roc_auc
 from pipeline.stages.pseudo_label import ScoreParams, combine_score, score_components
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
-from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical, write_params
+from params_helpers import quick_section, write_params
+from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical
 
-SCORE = ScoreParams()
+SCORE = ScoreParams(**quick_section("pseudo_label")["score"])
 
 
 def soft_mask(mask: np.ndarray, confidence: float) -> np.ndarray:
@@ -91,7 +92,7 @@ def test_roc_auc_and_its_failure_direction():
 def stand_in_teacher(monkeypatch, tmp_path):
     """Replace the checkpoint loader: the 'teacher' marks bright pixels, so true masks are known.
 
-    The project is ``tmp_path`` (where stage_params writes params.yaml), so default outputs land there.
+    The project is ``tmp_path`` (where stage_params writes params.yaml).
     """
     monkeypatch.chdir(tmp_path)
     seen_in_training = ["val/trained_on"]
@@ -102,17 +103,17 @@ def stand_in_teacher(monkeypatch, tmp_path):
     monkeypatch.setattr(pl, "load_teacher", fake_load)
 
 
-def stage_params(tmp_path, pool_root, val_root, **overrides):
-    section = {"teacher": str(tmp_path / "teacher.pt"), "pool_root": str(pool_root), "batch_size": 2,
-               "flip_tta": True, "device": "cpu", "bfloat16": False, "output": str(tmp_path / "data" / "pseudo"),
-               "metrics": str(tmp_path / "metrics" / "pseudo_label.json"),
-               "validation": {"data": [{"root": str(val_root), "splits": ["val"]}], "iou_threshold": 0.9,
-                              "per_image_csv": str(tmp_path / "metrics" / "validation.csv")}}
+def stage_params(tmp_path, pool_root, validate: bool = True, **overrides):
+    """Params for a pool in ``pool_root`` (paths.prepared) whose split ``val`` rows validate the score."""
+    paths = {"teacher": str(tmp_path / "teacher.pt"), "prepared": str(pool_root),
+             "pseudo": str(tmp_path / "data" / "pseudo"), "metrics": str(tmp_path / "metrics")}
+    section = {"batch_size": 2, "flip_tta": True, "device": "cpu", "bfloat16": False,
+               "validation": {"data": [{"dataset": "prepared", "splits": ["val"]}], "iou_threshold": 0.9}}
     section.update(overrides)
-    if val_root is None:  # no validation set: allowed explicitly
-        section["validation"] = {"data": [], "allow_empty_validation": True,
-                                 "per_image_csv": str(tmp_path / "metrics" / "validation.csv")}
-    return write_params(tmp_path / "params.yaml", {"teacher": {"encoder_name": "resnet18"}, "pseudo_label": section})
+    if not validate:  # no validation set: allowed explicitly
+        section["validation"] = {"data": [], "allow_empty_validation": True}
+    return write_params(tmp_path / "params.yaml", {"paths": paths, "teacher": {"encoder_name": "resnet18"},
+                                                   "pseudo_label": section})
 
 
 def test_stage_writes_aligned_masks_scores_and_skips(tmp_path, stand_in_teacher):
@@ -122,20 +123,17 @@ def test_stage_writes_aligned_masks_scores_and_skips(tmp_path, stand_in_teacher)
     samples = [{"id": i, "split": "unlabelled", "image": rectangle_image(h, w, box)[0]} for i, (h, w, box) in boxes.items()]
     samples.append({"id": "other/x", "split": "train", "image": rectangle_image(8, 8, (0, 0, 4, 4))[0],
                     "mask": np.zeros((8, 8), bool)})
-    write_canonical(pool_root, samples + [{"id": "pool/broken", "split": "unlabelled",
-                                           "image": np.zeros((8, 8, 3), np.uint8)}])
-    (pool_root / "images" / "pool" / "broken.png").write_bytes(b"not a png")
-
     # validation: two right masks, one wrong one, one the teacher was trained on
-    val_root = tmp_path / "val"
     val = []
     for key, box, wrong in (("good1", (5, 5, 30, 30), False), ("good2", (10, 0, 50, 40), False),
                             ("bad", (0, 0, 20, 60), True), ("trained_on", (5, 5, 30, 30), False)):
         image, mask = rectangle_image(60, 60, box)
         val.append({"id": f"val/{key}", "split": "val", "image": image, "mask": ~mask if wrong else mask})
-    write_canonical(val_root, val)
+    write_canonical(pool_root, samples + val + [{"id": "pool/broken", "split": "unlabelled",
+                                                 "image": np.zeros((8, 8, 3), np.uint8)}])
+    (pool_root / "images" / "pool" / "broken.png").write_bytes(b"not a png")
 
-    assert pl.main(["--params", str(stage_params(tmp_path, pool_root, val_root))]) == 0
+    assert pl.main(["--params", str(stage_params(tmp_path, pool_root)), "--quiet"]) == 0
     out = tmp_path / "data" / "pseudo"
     manifest = read_manifest(out)
     assert sorted(manifest["origin"]) == ["pool/a", "pool/b", "pool/c"]
@@ -161,7 +159,7 @@ def test_stage_writes_aligned_masks_scores_and_skips(tmp_path, stand_in_teacher)
     validation = metrics["validation"]
     assert validation["images"] == 3 and validation["excluded_seen_in_training"] == 1
     assert validation["below_threshold"] == 1
-    per_image = pd.read_csv(tmp_path / "metrics" / "validation.csv").set_index("id")
+    per_image = pd.read_csv(tmp_path / "metrics" / "pseudo_label_validation.csv").set_index("id")
     assert per_image.loc["val/bad", "iou"] < 0.2 < 0.85 < per_image.loc["val/good1", "iou"]
 
 
@@ -169,7 +167,7 @@ def test_stage_respects_max_images_and_no_tta(tmp_path, stand_in_teacher):
     pool_root = tmp_path / "prepared"
     write_canonical(pool_root, [{"id": f"pool/{i}", "split": "unlabelled",
                                  "image": rectangle_image(40, 40, (i, i, 20 + i, 30))[0]} for i in range(4)])
-    params = stage_params(tmp_path, pool_root, None, max_images=2, flip_tta=False)
+    params = stage_params(tmp_path, pool_root, validate=False, max_images=2, flip_tta=False)
     assert pl.main(["--params", str(params)]) == 0
     scores = pd.read_csv(tmp_path / "data" / "pseudo" / "scores.csv")
     assert sorted(scores["origin"]) == ["pool/0", "pool/1"]
@@ -183,7 +181,7 @@ def test_stage_refuses_a_teacher_checkpoint_of_another_encoder(tmp_path, capsys,
                                               "model": build_teacher(config).state_dict()})
     params = write_params(tmp_path / "params.yaml", {
         "teacher": {"encoder_name": "mobilenet_v2", "decoder_channels": 16},
-        "pseudo_label": {"teacher": str(tmp_path / "teacher.pt"), "output": str(tmp_path / "pseudo")}})
+        "paths": {"teacher": str(tmp_path / "teacher.pt"), "pseudo": str(tmp_path / "pseudo")}})
     assert pl.main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "encoder_name" in err and "mobilenet_v2" in err
@@ -198,9 +196,30 @@ def test_real_unlabelled_photos_get_masks_of_their_own_size(tmp_path, shared_dat
     pool_root = tmp_path / "prepared"
     write_canonical(pool_root, [{"id": f"ccp/{p.stem}", "split": "unlabelled",
                                  "image": np.asarray(Image.open(p).convert("RGB"))} for p in photos])
-    assert pl.main(["--params", str(stage_params(tmp_path, pool_root, None))]) == 0
+    assert pl.main(["--params", str(stage_params(tmp_path, pool_root, validate=False))]) == 0
     manifest = read_manifest(tmp_path / "data" / "pseudo")
     assert len(manifest) == 3
     for row in manifest.to_dict("records"):
         width, height = Image.open(ccp / "photos" / (row["origin"].split("/")[1] + ".jpg")).size
         assert read_mask_png(tmp_path / "data" / "pseudo" / row["mask"]).shape == (height, width)
+
+
+def test_every_pseudo_label_key_comes_from_params():
+    """No code default can disagree with params.yaml (it had the IoU threshold at 0.9 vs 0.4)."""
+    from pipeline.stages.pseudo_label import PseudoLabelParams, ValidationParams
+
+    for model in (PseudoLabelParams, ScoreParams, ValidationParams):
+        assert all(info.is_required() for info in model.model_fields.values()), model
+    section = quick_section("pseudo_label")
+    assert PseudoLabelParams.model_validate(section).validation.iou_threshold == section["validation"]["iou_threshold"]
+
+
+def test_quiet_turns_the_progress_bars_off(tmp_path, stand_in_teacher, capsys):
+    pool_root = tmp_path / "prepared"
+    write_canonical(pool_root, [{"id": f"pool/{i}", "split": "unlabelled",
+                                 "image": rectangle_image(40, 40, (i, i, 20 + i, 30))[0]} for i in range(2)])
+    params = str(stage_params(tmp_path, pool_root, validate=False))
+    assert pl.main(["--params", params]) == 0
+    assert "pseudo-label" in capsys.readouterr().err  # tqdm writes to stderr
+    assert pl.main(["--params", params, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

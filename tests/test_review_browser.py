@@ -13,10 +13,11 @@ import uuid
 
 import pytest
 
-from pipeline.review import browser as rb
+import review_browser as rb
+from params_helpers import write_params
 from pipeline.review import journal as jr
 from pipeline.stages.export_reviews import main as export_main
-from pipeline.review.standin import synthetic_sample, write_pool
+from review_standin import synthetic_sample, write_pool
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -33,13 +34,10 @@ def review_app(tmp_path_factory):
     write_pool(root / "pseudo", ((f"{i:03d}", *synthetic_sample(i, size=120)) for i in range(10)), seed=5)
     name = f"pc-test-review-browser-{uuid.uuid4().hex[:8]}"
     port = rb.free_port()
-    params = root / "params.yaml"
-    params.write_text(
-        "review:\n"
-        f"  pseudo_dir: {root / 'pseudo'}\n  journal_dir: {root / 'journal'}\n"
-        f"  decisions_csv: {root / 'reviews' / 'decisions.csv'}\n  dataset_name: {name}\n"
-        f"  port: {port}\n  min_seen_ms: {MIN_SEEN_MS}\n")
-    process = rb.start_review_app(params, port, "tester", root / "app.log", cwd=rb.repo_root())
+    params = write_params(root / "params.yaml", {
+        "paths": {"pseudo": "pseudo", "journal": "journal", "decisions": "reviews/decisions.csv"},
+        "review": {"dataset_name": name, "port": port, "min_seen_ms": MIN_SEEN_MS}})
+    process = rb.start_review_app(params, port, "tester", root / "app.log", cwd=root)  # root is the project
     try:
         rb.wait_for_http(f"http://127.0.0.1:{port}/", process, timeout=240)
         yield {"root": root, "params": params, "url": f"http://127.0.0.1:{port}/", "process": process}
@@ -60,7 +58,7 @@ def _saved(page, sample_id: str) -> dict:
                          sample_id)
 
 
-def test_keys_and_clicks_decide_undo_and_export(review_app):
+def test_keys_and_clicks_decide_undo_and_export(review_app, monkeypatch):
     from playwright.sync_api import sync_playwright
 
     root = review_app["root"]
@@ -125,6 +123,7 @@ def test_keys_and_clicks_decide_undo_and_export(review_app):
     assert assert_all_reviewed_by(events, "tester")
 
     rb.stop_process_group(review_app["process"])  # export needs no App
+    monkeypatch.chdir(root)
     assert export_main(["--params", str(review_app["params"])]) == 0
     with open(root / "reviews" / "decisions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -10,8 +10,9 @@ import pytest
 from pipeline.review import journal as jr
 from pipeline.stages.export_reviews import decisions_csv_text, export_summary, main as export_main
 from pipeline.review.pool import queue_order, read_pool
-from pipeline.review.standin import synthetic_sample, write_pool
 from pipeline.stage import StageError
+from params_helpers import write_params
+from review_standin import synthetic_sample, write_pool
 
 H1, H2 = "a" * 64, "b" * 64
 
@@ -163,7 +164,8 @@ def test_read_pool_without_manifest_is_a_clear_error(tmp_path):
         read_pool(tmp_path / "missing")
 
 
-def test_export_main_from_journal_only(pool, tmp_path):
+def test_export_main_from_journal_only(pool, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project: where params.yaml is
     items, _ = read_pool(pool)
     journal_dir = tmp_path / "journal"
     for index, item in enumerate(items[:3]):
@@ -171,10 +173,10 @@ def test_export_main_from_journal_only(pool, tmp_path):
                         decision(item.id, "accept" if index else "reject", item.mask_sha256, f"2026-01-01T00:00:0{index}Z"))
     jr.append_event(jr.journal_path(journal_dir, "bob"),
                     decision(items[3].id, "accept", "c" * 64, "2026-01-01T00:00:09Z"))  # an older mask
-    params = tmp_path / "params.yaml"
     out = tmp_path / "reviews" / "decisions.csv"
-    params.write_text(f"review:\n  pseudo_dir: {pool}\n  journal_dir: {journal_dir}\n  decisions_csv: {out}\n")
-    assert export_main(["--params", str(params)]) == 0
+    params = write_params(tmp_path / "params.yaml",
+                          {"paths": {"pseudo": str(pool), "journal": str(journal_dir), "decisions": str(out)}})
+    assert export_main(["--params", str(params), "--quiet"]) == 0
     first = out.read_bytes()
     rows = first.decode().splitlines()[1:]
     assert [r.split(",")[1] for r in rows] == ["reject", "accept", "accept"]
@@ -184,7 +186,6 @@ def test_export_main_from_journal_only(pool, tmp_path):
 
 
 def test_export_main_reports_bad_params(tmp_path, capsys):
-    params = tmp_path / "params.yaml"
-    params.write_text("review:\n  pseudo_dirr: x\n")
+    params = write_params(tmp_path / "params.yaml", {"paths": {"pseudoo": "x"}})
     assert export_main(["--params", str(params)]) == 2
-    assert "unknown key" in capsys.readouterr().err
+    assert "paths.pseudoo: unknown key" in capsys.readouterr().err

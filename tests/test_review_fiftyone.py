@@ -11,7 +11,8 @@ import pytest
 from pipeline.images import mask_to_png_bytes
 from pipeline.review import journal as jr
 from pipeline.review.pool import read_pool
-from pipeline.review.standin import synthetic_sample, write_pool
+from params_helpers import write_params
+from review_standin import synthetic_sample, write_pool
 
 fo = pytest.importorskip("fiftyone")
 
@@ -125,6 +126,30 @@ def test_plugin_operators_record_through_fiftyone(queue, monkeypatch):
     assert (events[-1].via, events[-1].seconds_on_screen) == ("button", None)
 
 
+def test_progress_operator_tells_the_key_script_min_seen_ms(queue, monkeypatch):
+    """review.min_seen_ms reaches the App through the environment, else the dataset; else none is sent."""
+    import fiftyone.operators as foo
+
+    from pipeline.review.config import ENV_MIN_SEEN_MS, INFO_MIN_SEEN_MS, PLUGIN_NAME, PLUGINS_DIR
+
+    pool, journal_dir, name = queue
+    dataset, _, _ = _sync(pool, journal_dir, name)
+    monkeypatch.setattr(fo.config, "plugins_dir", str(PLUGINS_DIR))
+    monkeypatch.delenv(ENV_MIN_SEEN_MS, raising=False)
+
+    def progress_result():
+        result = foo.execute_operator(f"{PLUGIN_NAME}/review_progress", ctx={"dataset": dataset, "params": {}})
+        assert result.result["ok"], result.result
+        return result.result
+
+    assert "min_seen_ms" not in progress_result()  # the key script keeps its starting value
+    dataset.info[INFO_MIN_SEEN_MS] = 210
+    dataset.save()
+    assert progress_result()["min_seen_ms"] == 210
+    monkeypatch.setenv(ENV_MIN_SEEN_MS, "180")
+    assert progress_result()["min_seen_ms"] == 180
+
+
 def test_review_command_load_only_and_status(queue, tmp_path, capsys, monkeypatch):
     from pipeline.review import config
     from pipeline.tools.review import main as review_main
@@ -135,9 +160,11 @@ def test_review_command_load_only_and_status(queue, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(fo.config, "plugins_dir", fo.config.plugins_dir)
 
     pool, journal_dir, name = queue
-    params = tmp_path / "params.yaml"
-    params.write_text(f"review:\n  pseudo_dir: {pool}\n  journal_dir: {journal_dir}\n  dataset_name: {name}\n"
-                      f"  decisions_csv: {tmp_path / 'reviews' / 'decisions.csv'}\n")
+    monkeypatch.chdir(tmp_path)  # the project: where params.yaml is
+    params = write_params(tmp_path / "params.yaml", {
+        "paths": {"pseudo": str(pool), "journal": str(journal_dir),
+                  "decisions": str(tmp_path / "reviews" / "decisions.csv")},
+        "review": {"dataset_name": name, "min_seen_ms": 230}})
     items, _ = read_pool(pool)
     jr.append_event(jr.journal_path(journal_dir, "dan"),
                     jr.make_decision(items[0].id, "reject", items[0].mask_sha256, "dan", 2.5))
@@ -145,6 +172,9 @@ def test_review_command_load_only_and_status(queue, tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert "6 samples" in out and "1 decided" in out
     assert fo.load_dataset(name).count_values("review_decision").get("reject") == 1
+    # what the App server reads when it was started without the command's environment
+    assert fo.load_dataset(name).info["review_min_seen_ms"] == 230
+    assert fo.load_dataset(name).info["review_journal_dir"] == str(journal_dir.resolve())
     assert review_main(["--params", str(params), "--status"]) == 0
     status = capsys.readouterr().out
     assert "reviewed 1/6 (accepted 0, rejected 1), left 5, median 2.50 s" in status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,12 +14,16 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from params_helpers import quick_section
 from pipeline.checkpoint import CheckpointError, save_checkpoint
+from pipeline.data import SeededAugmentation
+from pipeline.losses import cross_entropy_dice
 from pipeline.metrics import iou
 from pipeline.teacher import (TEACHER_ARCH, TeacherRunner, build_teacher, load_teacher, merge_flip,
                               teacher_config)
 from pipeline.selection import drop_leaks
-from pipeline.stages.train_teacher import TeacherParams, fit, main, segmentation_loss
+from pipeline.stages.train_teacher import TeacherParams, main, teacher_job
+from pipeline.training import run
 from teacher_helpers import BrightnessTeacher, LeftHalfTeacher, rectangle_image, write_canonical, write_params
 
 TINY = {"encoder_name": "resnet18", "decoder_channels": 16}
@@ -117,18 +122,18 @@ def test_load_teacher_refuses_another_architecture(tiny_checkpoint, tmp_path):
 
 def test_train_teacher_adopts_a_matching_checkpoint_and_refuses_a_wrong_one(tiny_checkpoint, tmp_path, capsys,
                                                                            monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the project is the params file's folder; default outputs land there
+    monkeypatch.chdir(tmp_path)  # the project is the params file's folder; its outputs land there
     path, _ = tiny_checkpoint
     out = tmp_path / "models" / "teacher.pt"
-    section = {**TINY, "checkpoint": str(path), "output": str(out), "metrics": str(tmp_path / "m.json"),
-               "log": str(tmp_path / "log.csv")}
-    params = write_params(tmp_path / "params.yaml", {"teacher": section})
+    section = {**TINY, "checkpoint": str(path)}
+    paths = {"teacher": str(out), "metrics": str(tmp_path / "m")}
+    params = write_params(tmp_path / "params.yaml", {"paths": paths, "teacher": section})
     assert main(["--params", str(params)]) == 0
     assert out.read_bytes() == path.read_bytes()
-    assert json.loads((tmp_path / "m.json").read_text())["source"] == "checkpoint"
+    assert json.loads((tmp_path / "m" / "teacher" / "train.json").read_text())["source"] == "checkpoint"
 
     out.unlink()
-    wrong = write_params(tmp_path / "wrong.yaml", {"teacher": {**section, "encoder_name": "mobilenet_v2"}})
+    wrong = write_params(tmp_path / "wrong.yaml", {"paths": paths, "teacher": {**section, "encoder_name": "mobilenet_v2"}})
     assert main(["--params", str(wrong)]) == 2
     assert "encoder_name" in capsys.readouterr().err
     assert not out.exists()
@@ -136,7 +141,7 @@ def test_train_teacher_adopts_a_matching_checkpoint_and_refuses_a_wrong_one(tiny
 
 def test_params_refuse_an_input_size_the_network_cannot_take():
     with pytest.raises(ValueError, match="multiple of 16"):
-        TeacherParams(input_size=100)
+        TeacherParams(**quick_section("teacher", input_size=100))
 
 
 # ---------------------------------------------------------------------------- training core
@@ -168,41 +173,51 @@ def tiny_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 1, 1))
 
 
-def test_fit_resumed_after_a_crash_ends_where_an_uninterrupted_run_ends():
+def tiny_teacher_job(folder, **changes):
+    """The teacher's run (AdamW, cosine per step, cross-entropy + Dice) on a tiny network."""
     data = SyntheticSquares(10)
-    settings = TeacherParams(epochs=3, batch_size=4, lr=0.01, checkpoint_every_steps=1, input_size=16)
-    straight = tiny_net()
-    history = fit(straight, data, data, settings, progress=False)
-    assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
+    settings = TeacherParams(**quick_section("teacher", epochs=3, batch_size=4, lr=0.01, checkpoint_every_steps=1,
+                                             input_size=16))
+    job = teacher_job(settings, SeededAugmentation(data, None, settings.seed), data, folder, "fp", progress=False,
+                      log=lambda m: None)
+    return dataclasses.replace(job, make_model=lambda fresh: tiny_net(), **changes)
 
-    saved = {}
+
+def test_a_teacher_run_resumed_after_a_crash_ends_where_an_uninterrupted_run_ends(tmp_path):
+    straight = run(tiny_teacher_job(tmp_path / "straight"))
+    history = straight.history
+    assert len(history) == 3 and history[-1]["train_loss"] < history[0]["train_loss"]
 
     class Crash(Exception):
         pass
 
-    def save_then_crash(state):
-        saved["state"] = {k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in state.items()}
-        if state["global_step"] == 4:  # mid-epoch 2 (3 batches per epoch)
+    calls = []
+
+    def crash_on_fifth_step(net, images, masks):
+        calls.append(1)
+        if len(calls) == 5:  # 4 steps done: mid-epoch 2 (3 batches per epoch)
             raise Crash
+        return cross_entropy_dice(net(images), masks, 0.5)
 
     with pytest.raises(Crash):
-        fit(tiny_net(), data, data, settings, save=save_then_crash, progress=False)
-    assert saved["state"]["epoch"] == 1 and saved["state"]["batch_in_epoch"] == 1
-    resumed = tiny_net()
-    history_resumed = fit(resumed, data, data, settings, resume=saved["state"], progress=False)
+        run(tiny_teacher_job(tmp_path / "crashed", loss=crash_on_fifth_step))
+    saved = torch.load(tmp_path / "crashed" / "last.pt", weights_only=True)
+    assert saved["epoch"] == 1 and saved["batch_in_epoch"] == 1
+    resumed = run(tiny_teacher_job(tmp_path / "crashed"))
+    history_resumed = resumed.history
     assert [h["step"] for h in history_resumed] == [3, 6, 9]
-    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5)
-    assert history_resumed[-1]["train_loss"] == pytest.approx(history[-1]["train_loss"], rel=1e-4)
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)  # bit for bit: the RNG state and the sample order are resumed too
+    assert history_resumed[-1]["train_loss"] == history[-1]["train_loss"]
 
 
-def test_segmentation_loss_prefers_the_right_mask():
+def test_the_teacher_loss_prefers_the_right_mask():
     target = torch.zeros(1, 8, 8)
     target[:, 2:6, 2:6] = 1
     good = (target * 2 - 1).unsqueeze(1) * 6
-    assert segmentation_loss(good, target, 0.5) < segmentation_loss(-good, target, 0.5)
+    assert cross_entropy_dice(good, target, 0.5) < cross_entropy_dice(-good, target, 0.5)
     two_class = torch.cat([-good, good], dim=1)
-    assert segmentation_loss(two_class, target, 0.5) < segmentation_loss(-two_class, target, 0.5)
+    assert cross_entropy_dice(two_class, target, 0.5) < cross_entropy_dice(-two_class, target, 0.5)
 
 
 def test_drop_leaks_removes_validation_samples_and_crops_of_them():
@@ -239,26 +254,32 @@ def real_eg1800(tmp_path, shared_datasets):
 def test_train_teacher_on_real_images_lowers_the_loss_and_resumes(real_eg1800, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
-    section = {**TINY, "train_data": [{"root": str(real_eg1800), "splits": ["train"]},
-                                      {"root": str(tmp_path / "no-crops"), "optional": True}],
-               "val_data": [{"root": str(real_eg1800), "splits": ["val"]}],
+    paths = {"prepared": str(real_eg1800), "crops": str(tmp_path / "no-crops"), "teacher": str(out / "teacher.pt"),
+             "teacher_resume": str(out / "resume"), "metrics": str(out / "metrics")}
+    section = {**TINY, "train_data": [{"dataset": "prepared", "splits": ["train"]},
+                                      {"dataset": "crops", "optional": True}],
+               "val_data": [{"dataset": "prepared", "splits": ["val"]}],
                "input_size": 64, "epochs": 1, "batch_size": 4, "lr": 0.003, "checkpoint_every_steps": 100,
-               "seed": 1, "device": "cpu", "output": str(out / "teacher.pt"),
-               "resume_checkpoint": str(out / "resume" / "last.pt"), "metrics": str(out / "train.json"),
-               "log": str(out / "log.csv")}
-    assert main(["--params", str(write_params(tmp_path / "p1.yaml", {"teacher": section}))]) == 0
-    first = pd.read_csv(out / "log.csv")
+               "seed": 1, "device": "cpu"}
+    log_csv = out / "metrics" / "teacher" / "train_log.csv"
+    assert main(["--params", str(write_params(tmp_path / "p1.yaml", {"paths": paths, "teacher": section})),
+                 "--quiet"]) == 0
+    first = pd.read_csv(log_csv)
     assert len(first) == 1
+    assert (out / "resume" / "last.pt").is_file()
 
     # Rerun with more epochs: continues from the resume checkpoint instead of starting over.
     section["epochs"] = 4
-    assert main(["--params", str(write_params(tmp_path / "p2.yaml", {"teacher": section}))]) == 0
-    assert "resuming from" in capsys.readouterr().out
-    log = pd.read_csv(out / "log.csv")
+    assert main(["--params", str(write_params(tmp_path / "p2.yaml", {"paths": paths, "teacher": section})),
+                 "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming from" in captured.out
+    assert "%|" not in captured.err  # --quiet: no progress bar
+    log = pd.read_csv(log_csv)
     assert log["epoch"].tolist() == [1, 2, 3, 4]
     assert log["train_loss"].iloc[0] == pytest.approx(first["train_loss"].iloc[0])
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
-    metrics = json.loads((out / "train.json").read_text())
+    metrics = json.loads((out / "metrics" / "teacher" / "train.json").read_text())
     assert metrics["train_images"] == 5 and metrics["val_images"] == 1
     assert any("no-crops" in note for note in metrics["notes"])
     model, state = load_teacher(out / "teacher.pt", expected_config=teacher_config("resnet18", 1, 16))

@@ -9,17 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from torch import nn
 
+from params_helpers import merged, quick_section, write_params
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.data import eval_transform, train_transform
+from pipeline.data import eval_transform
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, read_manifest, to_frame
 from pipeline.models import MODELS, register
 from pipeline.stage import StageError
-from pipeline.stages.train import (SeededAugmentDataset, TrainContext, TrainParams, fingerprint, holdout_mask,
-                            learning_rate, main, plan_stages, split_train_val, train_architecture)
+from pipeline.stages.train import (TrainContext, TrainSettings, fingerprint, holdout_mask, learning_rate, main,
+                                   plan_stages, seeded_training_data, split_train_val, train_architecture)
 
 STAGE1_LOADS: list[int] = []
 
@@ -85,31 +85,39 @@ def write_synthetic_set(root: Path, n: int = 10, size=(40, 32)) -> None:
     to_frame(rows).to_csv(root / "manifest.csv", index=False)
 
 
-def quick_params(**overrides) -> dict:
-    params = {"archs": ["test_tiny"], "input_size": 32, "epochs": 2, "batch_size": 4, "workers": 0,
-              "max_steps_per_epoch": 2, "val_fraction": 0.3, "lr": 0.01, "seed": 3,
-              "loss": {"kind": "lovasz", "boundary_weight": 0.5, "boundary_kernel": 3}}
-    params.update(overrides)
-    return params
+TINY_SETTINGS = {"input_size": 32, "epochs": 2, "batch_size": 4, "workers": 0, "max_steps_per_epoch": 2,
+                 "val_fraction": 0.3, "lr": 0.01, "seed": 3, "device": "cpu",
+                 "loss": {"kind": "lovasz", "boundary_weight": 0.5, "boundary_kernel": 3}}
+TINY_KWARGS = {"test_tiny": {}, "test_tiny2": {}}
+
+
+def settings(**changes) -> TrainSettings:
+    """``train.settings`` of the quick profile with the tiny test values and ``changes``."""
+    return TrainSettings(**merged(quick_section("train")["settings"], {**TINY_SETTINGS, **changes}))
+
+
+def train_section(archs=("test_tiny",), model_kwargs=None, **changes) -> dict:
+    return {"archs": list(archs), "model_kwargs": {**TINY_KWARGS, **(model_kwargs or {})},
+            "settings": {**TINY_SETTINGS, **changes}}
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_synthetic_set(tmp_path / "data" / "train_set")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": quick_params()}))
+    write_params(tmp_path / "params.yaml", {"train": train_section()})
     return tmp_path
 
 
-def set_params(root: Path, **values) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": quick_params(**values)}))
+def set_params(root: Path, archs=("test_tiny",), model_kwargs=None, **values) -> None:
+    write_params(root / "params.yaml", {"train": train_section(archs, model_kwargs, **values)})
 
 
 def test_learning_rate_halves_at_half_and_five_sixths():
-    params = TrainParams(epochs=12, lr=1e-3)
+    params = settings(epochs=12, lr=1e-3)
     assert [learning_rate(params, e) for e in (0, 5, 6, 9, 10, 11)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
-    assert learning_rate(TrainParams(epochs=12, lr_schedule="constant"), 11) == pytest.approx(0.001)
-    assert learning_rate(TrainParams(epochs=1, lr=1e-3), 0) == 1e-3  # a one-epoch run keeps the full rate
+    assert learning_rate(settings(epochs=12, lr=1e-3, lr_schedule="constant"), 11) == pytest.approx(0.001)
+    assert learning_rate(settings(epochs=1, lr=1e-3), 0) == 1e-3  # a one-epoch run keeps the full rate
 
 
 def test_holdout_is_deterministic_and_per_id():
@@ -127,7 +135,7 @@ def test_holdout_is_deterministic_and_per_id():
 def test_split_prefers_an_explicit_val_split():
     frame = pd.DataFrame({"id": ["a/1", "a/2", "a/3"], "source": ["a"] * 3, "split": ["train", "val", "train"],
                           "mask": ["m"] * 3})
-    train, val = split_train_val(frame, TrainParams(val_fraction=0.5))
+    train, val = split_train_val(frame, settings(val_fraction=0.5))
     assert val["id"].tolist() == ["a/2"] and train["id"].tolist() == ["a/1", "a/3"]
 
 
@@ -146,30 +154,38 @@ def test_extremec3net_trains_in_two_stages():
 
 
 def test_code_digest_covers_the_network_source():
-    from pipeline.stages.train import code_digest
+    from pipeline.stages.train import code_modules
+    from pipeline.training import code_digest
 
-    one, two = code_digest(plan_stages("test_tiny")), code_digest(plan_stages("test_tiny2"))
-    assert one == code_digest(plan_stages("test_tiny"))
+    def digest(arch):
+        return code_digest(code_modules(plan_stages(arch)))
+
+    one = digest("test_tiny")
+    assert one == digest("test_tiny")
     assert isinstance(one, str) and len(one) == 64
+    assert "pipeline.training" in code_modules(plan_stages("test_tiny"))  # the loop decides the weights too
     pytest.importorskip("pipeline.models.extremec3net")
-    assert code_digest(plan_stages("extremec3net")) != code_digest(plan_stages("portraitnet"))
+    assert digest("extremec3net") != digest("portraitnet")
 
 
 def test_seeded_augmentation_repeats_per_epoch(project):
+    from pipeline.training import derived_seed
+
     frame = read_manifest("data/train_set")
-    data = SeededAugmentDataset("data/train_set", frame, transform=train_transform(32), seed=1)
-    data.set_epoch(1, 0)
+    data = seeded_training_data("data/train_set", frame, 32, seed=1)
+    data.reseed(derived_seed(1, 1, 0))
     a = data[3]["image"]
-    data.set_epoch(1, 1)
+    data.reseed(derived_seed(1, 1, 1))
     b = data[3]["image"]
-    data.set_epoch(1, 0)
+    data[5]  # another sample in between changes nothing
+    data.reseed(derived_seed(1, 1, 0))
     assert torch.equal(data[3]["image"], a) and not torch.equal(a, b)
 
 
 def test_main_two_stage_run_writes_model_metrics_and_plots(project):
     STAGE1_LOADS.clear()
     set_params(project, archs=["test_tiny2"], model_kwargs={"test_tiny2": {"width": 3}})
-    assert main(["--params", "params.yaml"]) == 0
+    assert main(["--params", "params.yaml", "--quiet"]) == 0
     assert STAGE1_LOADS == [7]  # stage 2 started from stage 1's encoder: conv (2) + batch norm (5) tensors
     state = load_checkpoint(project / "models" / "test_tiny2" / "model.pt", expected_arch="test_tiny2")
     assert state["config"] == {"width": 3} and state["input_size"] == 32
@@ -187,11 +203,10 @@ def test_main_two_stage_run_writes_model_metrics_and_plots(project):
             assert (project / "models" / "test_tiny2" / "checkpoints" / f"stage{stage}_{kind}.pt").is_file()
 
 
-def make_context(root: Path, params: TrainParams, log: list[str], stop_after: int | None = None) -> TrainContext:
+def make_context(root: Path, params: TrainSettings, log: list[str], stop_after: int | None = None) -> TrainContext:
     frame = read_manifest(root / "data" / "train_set")
     train_rows, val_rows = split_train_val(frame, params)
-    train_data = SeededAugmentDataset(root / "data" / "train_set", train_rows,
-                                      transform=train_transform(params.input_size), seed=params.seed)
+    train_data = seeded_training_data(root / "data" / "train_set", train_rows, params.input_size, params.seed)
     from pipeline.data import ManifestDataset
 
     val_data = ManifestDataset(root / "data" / "train_set", val_rows, transform=eval_transform(params.input_size))
@@ -200,37 +215,37 @@ def make_context(root: Path, params: TrainParams, log: list[str], stop_after: in
         if stop_after is not None and len(history) == stop_after:
             raise KeyboardInterrupt  # the kill
 
-    return TrainContext(train_data, val_data, root / "out", fingerprint(params, "x", "digest"),
-                        on_epoch=on_epoch, log=log.append)
+    return TrainContext(train_data, val_data, root / "out", fingerprint(params, "x", {}, "digest"),
+                        on_epoch=on_epoch, log=log.append, progress=False)
 
 
 def test_resume_after_a_kill_continues_and_matches_an_uninterrupted_run(project, tmp_path_factory):
-    params = TrainParams(**quick_params(archs=["test_tiny2"], epochs=2))
+    params = settings(epochs=2)
     other = tmp_path_factory.mktemp("uninterrupted")
     write_synthetic_set(other / "data" / "train_set")
-    reference = train_architecture("test_tiny2", params, make_context(other, params, []))
+    reference = train_architecture("test_tiny2", params, {}, make_context(other, params, []))
 
     log: list[str] = []
     with pytest.raises(KeyboardInterrupt):  # killed after stage 2's first epoch (3rd overall)
-        train_architecture("test_tiny2", params, make_context(project, params, log, stop_after=3))
+        train_architecture("test_tiny2", params, {}, make_context(project, params, log, stop_after=3))
     saved = torch.load(project / "out" / "checkpoints" / "stage2_last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["stage"] == 2 and "optimizer" in saved and "rng" in saved
-    resumed = train_architecture("test_tiny2", params, make_context(project, params, log))
-    assert any("resuming after epoch 1 of 2" in line for line in log)
+    resumed = train_architecture("test_tiny2", params, {}, make_context(project, params, log))
+    assert any("resuming from" in line and "after epoch 1 of 2" in line for line in log)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
     for key, value in reference["model"]["model"].items():
-        assert torch.allclose(value.float(), resumed["model"]["model"][key].float(), atol=1e-6), key
+        assert torch.equal(value, resumed["model"]["model"][key]), key  # the same weights, bit for bit
     assert resumed["history"][-1]["train_loss"] == pytest.approx(reference["history"][-1]["train_loss"], rel=1e-5)
 
 
 def test_changed_settings_start_over(project):
-    assert main(["--params", "params.yaml"]) == 0
+    assert main(["--params", "params.yaml", "--quiet"]) == 0
     set_params(project, lr=0.02)
     log: list[str] = []
-    params = TrainParams(**quick_params(lr=0.02))
+    params = settings(lr=0.02)
     ctx = make_context(project, params, log)
     ctx.out_dir = project / "models" / "test_tiny"
-    result = train_architecture("test_tiny", params, ctx)
+    result = train_architecture("test_tiny", params, {}, ctx)
     assert any("starts over" in line for line in log)
     assert len(result["history"]) == 2
 
@@ -238,7 +253,7 @@ def test_changed_settings_start_over(project):
 def test_checkpoint_of_another_architecture_is_refused(project, capsys):
     foreign = {"arch": "extremec3net", "config": {}, "model": {"w": torch.zeros(1)}}
     save_checkpoint(project / "models" / "test_tiny" / "checkpoints" / "stage1_last.pt", foreign)
-    assert main(["--params", "params.yaml"]) == 2
+    assert main(["--params", "params.yaml", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "'extremec3net'" in err and "'test_tiny'" in err
 
@@ -246,9 +261,9 @@ def test_checkpoint_of_another_architecture_is_refused(project, capsys):
 def test_unknown_architecture_and_bad_params_are_clear_errors(project, capsys):
     assert main(["--params", "params.yaml", "--arch", "nope"]) == 2
     assert "unknown architecture 'nope'" in capsys.readouterr().err
-    set_params(project, loss={"kind": "lovasz", "boundary_kernel": 4})
+    set_params(project, loss={"kind": "lovasz", "boundary_weight": 0.5, "boundary_kernel": 4})
     assert main(["--params", "params.yaml"]) == 2
-    assert "boundary_kernel" in capsys.readouterr().err
+    assert "train.settings.loss.boundary_kernel" in capsys.readouterr().err
 
 
 def load_real_eg1800(n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,17 +330,20 @@ def test_paper_loss_kind_uses_the_architectures_own_loss():
     from pipeline.models.segnets import squared_l2_mask_loss
     from pipeline.stages.train import LossParams, training_loss
 
+    def loss(kind: str) -> LossParams:  # the quick profile's loss with another kind
+        return LossParams(**{**quick_section("train")["settings"]["loss"], "kind": kind})
+
     torch.manual_seed(0)
     segnet = build_model("simple_seg_net").eval()
     images = torch.randn(2, 3, 48, 48)
     masks = (torch.rand(2, 48, 48) > 0.5).float()
-    own = training_loss(segnet, LossParams(kind="paper"))(segnet, images, masks)
+    own = training_loss(segnet, loss("paper"))(segnet, images, masks)
     assert torch.isclose(own, squared_l2_mask_loss(segnet.forward_native(images), masks))
-    lovasz = training_loss(segnet, LossParams(kind="lovasz"))(segnet, images, masks)
+    lovasz = training_loss(segnet, loss("lovasz"))(segnet, images, masks)
     assert not torch.isclose(own, lovasz)
     # a network without a paper loss of its own falls back to the Lovasz loss
     ext = build_model("extremec3net").eval()
     x = torch.randn(1, 3, 64, 64)
     m = (torch.rand(1, 64, 64) > 0.5).float()
-    assert torch.isclose(training_loss(ext, LossParams(kind="paper"))(ext, x, m),
-                         training_loss(ext, LossParams(kind="lovasz"))(ext, x, m))
+    assert torch.isclose(training_loss(ext, loss("paper"))(ext, x, m),
+                         training_loss(ext, loss("lovasz"))(ext, x, m))

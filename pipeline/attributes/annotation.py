@@ -15,14 +15,12 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from pipeline.attributes.scheme import ATTRIBUTES, UNKNOWN
-from pipeline.attributes.table import _BOX_DECIMALS, BOX_COLUMNS, COLUMNS, empty_table, normalise_table
+from pipeline.attributes.table import BOX_DECIMALS, BOX_COLUMNS, COLUMNS, empty_table, normalise_table
 from pipeline.errors import StageError
 
 
 # FiftyOne field holding one Detection per person; its label is always FACE_LABEL.
 PEOPLE_FIELD = "people"
-
-
 FACE_LABEL = "face"
 
 
@@ -31,8 +29,8 @@ def relative_box(box_xyxy: Sequence[float], width: int, height: int) -> tuple[fl
     x0, y0, x1, y1 = box_xyxy
     x0, x1 = max(0.0, min(float(width), x0)), max(0.0, min(float(width), x1))
     y0, y1 = max(0.0, min(float(height), y0)), max(0.0, min(float(height), y1))
-    return (round(x0 / width, _BOX_DECIMALS), round(y0 / height, _BOX_DECIMALS),
-            round((x1 - x0) / width, _BOX_DECIMALS), round((y1 - y0) / height, _BOX_DECIMALS))
+    return (round(x0 / width, BOX_DECIMALS), round(y0 / height, BOX_DECIMALS),
+            round((x1 - x0) / width, BOX_DECIMALS), round((y1 - y0) / height, BOX_DECIMALS))
 
 
 def assign_faces(table: pd.DataFrame, faces: Mapping[str, Sequence[tuple[float, float, float, float]]]
@@ -74,11 +72,12 @@ def assign_faces(table: pd.DataFrame, faces: Mapping[str, Sequence[tuple[float, 
 
 
 def detect_face_boxes(image_paths: Mapping[str, Path], detector, min_confidence: float,
-                      batch_size: int = 8, notes: list[str] | None = None
+                      batch_size: int = 8, notes: list[str] | None = None, progress: bool = True
                       ) -> dict[str, list[tuple[float, float, float, float]]]:
     """Relative face boxes per image id from a ``pipeline.detectors.FaceDetector``.
 
     An image that does not decode is left out (no boxes) and a note in ``notes`` says why.
+    ``progress``: a progress bar (off for ``--quiet``).
     """
     from tqdm import tqdm
 
@@ -86,7 +85,7 @@ def detect_face_boxes(image_paths: Mapping[str, Path], detector, min_confidence:
 
     found: dict[str, list[tuple[float, float, float, float]]] = {}
     items = list(image_paths.items())
-    with tqdm(total=len(items), desc="faces", unit="img") as bar:
+    with tqdm(total=len(items), desc="faces", unit="img", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
             chunk, images = [], []
@@ -136,7 +135,7 @@ def table_to_dataset(table: pd.DataFrame, image_paths: Mapping[str, str | os.Pat
     missing = sorted(set(table["image_id"]) - set(image_paths))
     if missing:
         raise StageError(f"{len(missing)} image(s) of the attribute table not found, e.g. {', '.join(missing[:5])}: "
-                         "check attributes.manifest / attributes.image_dir")
+                         "check paths.prepared / attributes.image_dir")
     if fo.dataset_exists(name):
         if not overwrite:
             raise StageError(f"FiftyOne dataset {name!r} exists; export it first or pass --overwrite")

@@ -14,18 +14,10 @@ import itertools
 from dataclasses import dataclass
 
 
-UNKNOWN = "unknown"
-
-
+UNKNOWN = "unknown"  # a legal value of every attribute: the photo does not tell
 RACES = ("caucasian", "asian", "black")
-
-
 GENDERS = ("man", "woman")
-
-
-AGES = ("child", "youth", "senior")
-
-
+AGES = ("child", "youth", "senior")  # youth = youth or middle-aged, as in the paper
 ATTRIBUTES: dict[str, tuple[str, ...]] = {"race": RACES, "gender": GENDERS, "age": AGES}
 
 
@@ -48,8 +40,6 @@ CLASSES: tuple[IntersectionalClass, ...] = tuple(
 
 
 _CLASS_BY_TRIPLE = {(c.race, c.gender, c.age): c for c in CLASSES}
-
-
 _CLASS_BY_NUMBER = {c.number: c for c in CLASSES}
 
 

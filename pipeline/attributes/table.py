@@ -21,17 +21,9 @@ from pipeline.errors import StageError
 
 
 BOX_COLUMNS = ("face_x", "face_y", "face_w", "face_h")
-
-
 REQUIRED_COLUMNS = ("image_id", "person", "race", "gender", "age")
-
-
 COLUMNS = ("image_id", "person", *BOX_COLUMNS, "race", "gender", "age", "annotator")
-
-
-_BOX_DECIMALS = 6
-
-
+BOX_DECIMALS = 6  # boxes are stored rounded: a CSV round trip gives the same bytes
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -100,7 +92,7 @@ def normalise_table(raw: pd.DataFrame, source: str = "attribute table") -> pd.Da
                 fail("face_w" if box[2] <= 0 else "face_h", "a face box needs a positive width and height")
             if box[0] + box[2] > 1.0 + 1e-6 or box[1] + box[3] > 1.0 + 1e-6:
                 fail("face_w" if box[0] + box[2] > 1.0 + 1e-6 else "face_h", "the face box leaves the image")
-        record.update({c: round(v, _BOX_DECIMALS) for c, v in zip(BOX_COLUMNS, box)})
+        record.update({c: round(v, BOX_DECIMALS) for c, v in zip(BOX_COLUMNS, box)})
         record["annotator"] = _text(row.get("annotator"))
         records.append(record)
     table = pd.DataFrame(records, columns=list(COLUMNS))

@@ -195,9 +195,11 @@ def _check_type(name: str, argument: str, value: Any, parameter: inspect.Paramet
         raise ModelArgumentError(argument, f"argument of {name} must be >= 1", value)
 
 
-def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
-    """Refuse builder arguments that ``name`` does not take, of the wrong type, or that do not build.
+def check_argument_names(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse builder arguments that ``name`` does not take or of the wrong type, without building it.
 
+    The cheap half of ``check_model_kwargs``: for the kwargs of a network that is not trained
+    now, a typo is still a typo, but building every listed network would make loading params slow.
     Raises ModelArgumentError (a ValueError) naming the argument; KeyError for an unknown ``name``.
     """
     get_spec(name)
@@ -210,6 +212,14 @@ def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
         if known is not None and argument not in known:
             raise ModelArgumentError(argument, f"unknown argument of {name} (known: {', '.join(sorted(known))})")
         _check_type(name, argument, value, (known or {}).get(argument))
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse builder arguments that ``name`` does not take, of the wrong type, or that do not build.
+
+    Raises ModelArgumentError (a ValueError) naming the argument; KeyError for an unknown ``name``.
+    """
+    check_argument_names(name, kwargs)
     _check_builds(name, dict(kwargs))
 
 

@@ -27,16 +27,6 @@ class ReviewError(RuntimeError):
     """A decision that cannot be recorded (unknown sample, mask changed on disk)."""
 
 
-def use_database(database_uri: str = "") -> None:
-    """Point FiftyOne at an external MongoDB (shared by reviewers) before it connects."""
-    if database_uri:
-        os.environ["FIFTYONE_DATABASE_URI"] = database_uri
-    import fiftyone as fo
-
-    if database_uri:
-        fo.config.database_uri = database_uri
-
-
 def _decision_values(event: jr.ReviewEvent | None) -> dict:
     if event is None:
         return {name: None for name in DECISION_FIELDS}

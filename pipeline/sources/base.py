@@ -11,7 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -168,5 +168,3 @@ def png_mask_reader(path: Path) -> MaskReader:
 
     return read
 
-
-Loader = Callable[..., Iterator[RawItem]]

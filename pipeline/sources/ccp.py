@@ -1,7 +1,7 @@
 """Clothing Co-Parsing: ``photos/NNNN.jpg``, ``annotations/pixel-level/NNNN.mat``
 (variable ``groundtruth``: labels 0..58, 0 = background), ``label_list.mat``.
 
-Person = any label > 0, except carried items (bag, purse, wallet by default), which
+Person = any label > 0, except ``carried_items`` (bag, purse, wallet in params.yaml), which
 count as person only when ``carried_items_are_person`` is true. Photos without a
 pixel-level file become the unlabelled pool (the "web images").
 """
@@ -16,10 +16,7 @@ import numpy as np
 from pipeline.images import BadImageError
 from pipeline.sources.base import LoaderReport, RawItem, hash_split, list_images, require_dir, require_inside
 from pipeline.sources.matlab import load_mat_variable
-from pipeline.stage import StageError
-
-DEFAULT_CARRIED = ("bag", "purse", "wallet")
-
+from pipeline.errors import StageError
 
 MAX_LABELS = 100_000
 
@@ -54,8 +51,8 @@ def person_mask(labels: np.ndarray, background_ids: Sequence[int]) -> np.ndarray
     return mask
 
 
-def iter_ccp(root: Path, report: LoaderReport, *, val_fraction: float = 0.1, carried_items: Sequence[str] = DEFAULT_CARRIED,
-             carried_items_are_person: bool = False, include_unlabelled: bool = True, **_options) -> Iterator[RawItem]:
+def iter_ccp(root: Path, report: LoaderReport, *, val_fraction: float, carried_items: Sequence[str],
+             carried_items_are_person: bool, include_unlabelled: bool, **_options) -> Iterator[RawItem]:
     photos = require_dir(root / "photos", "photos")
     annotations = require_dir(root / "annotations" / "pixel-level", "annotations/pixel-level")
     names = label_names(root)

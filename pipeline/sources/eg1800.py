@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.images import BadImageError, binarize_mask
 from pipeline.sources.base import LoaderReport, RawItem, find_image, require_dir, require_inside
 from pipeline.sources.matlab import load_mat_variable
-from pipeline.stage import StageError
+from pipeline.errors import StageError
 
 MAX_LISTED_IDS = 10_000_000
 

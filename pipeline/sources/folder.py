@@ -1,7 +1,9 @@
 """Generic layouts: a folder of images with a folder of masks, or images alone.
 
 Masks are matched by stem: ``<masks_dir>/<stem><mask_suffix>`` (e.g. ``.png`` or
-``_mask.png``). Unlabelled folders feed the pseudo-labelling pool.
+``_mask.png``). Unlabelled folders feed the pseudo-labelling pool. The folder names and
+the suffix default to this layout's own (``images``, ``masks``, ``.png``; an unlabelled
+folder's images are the root itself) when a dataset's params leave them null.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Iterator
 from pipeline.sources.base import LoaderReport, RawItem, hash_split, list_images, png_mask_reader, require_dir
 
 
-def iter_folder(root: Path, report: LoaderReport, *, images_dir: str = "images", masks_dir: str = "masks",
-                mask_suffix: str = ".png", split: str = "train", val_fraction: float = 0.0, **_options) -> Iterator[RawItem]:
+def iter_folder(root: Path, report: LoaderReport, *, split: str, val_fraction: float, images_dir: str = "images",
+                masks_dir: str = "masks", mask_suffix: str = ".png", **_options) -> Iterator[RawItem]:
     images = require_dir(root / images_dir, images_dir)
     masks = require_dir(root / masks_dir, masks_dir)
     for image in list_images(images, report):

@@ -9,6 +9,9 @@ CSV file.
 A pseudo-label counts only if its review decision is ``accept`` *and* was taken on the mask
 that is on disk now (``mask_sha256`` equals the sha256 of the mask file's bytes): a mask
 regenerated after review has not been reviewed.
+
+Reads ``paths.prepared``, ``paths.crops``, ``paths.pseudo`` and ``paths.decisions``; writes
+``paths.train_set`` (``manifest.csv``) and ``<paths.metrics>/assemble.json``.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from pydantic import Field
 from pipeline.atomic import atomic_dir, write_csv, write_json
 from pipeline.hashing import sha256_file
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, read_manifest
-from pipeline.paths import portable_relpath
-from pipeline.params import InputPath, OutputPath, Section, load_params, parse_section, path_rules
+from pipeline.paths import ProjectPaths, portable_relpath
+from pipeline.params import Section, load_params, parse_section, path_rules
 from pipeline.review.journal import DECISIONS
 from pipeline.stage import StageError, make_parser, run_main
 
@@ -38,18 +41,15 @@ SplitName = Literal["train", "val", "test", "unlabelled"]  # manifest.SPLITS
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+SUMMARY_NAME = "assemble.json"  # in paths.metrics
+
+
 class AssembleParams(Section):
-    prepared_dir: InputPath = "data/prepared"
-    crops_dir: InputPath = "data/crops"
-    pseudo_dir: InputPath = "data/pseudo"
-    decisions: InputPath = "reviews/decisions.csv"
-    output_dir: OutputPath = "data/train_set"
-    summary: OutputPath = "metrics/assemble.json"
-    base_source: str = Field("eg1800", min_length=1)
-    base_split: SplitName = "train"
-    generated_data: bool = True  # the paper's ablation: False = base source only
-    include_crops: bool = True
-    include_pseudo: bool = True
+    base_source: str = Field(min_length=1)
+    base_split: SplitName
+    generated_data: bool  # the paper's ablation: False = base source only
+    include_crops: bool
+    include_pseudo: bool
 
 
 def rebase_paths(frame: pd.DataFrame, source_root: str | os.PathLike, output_root: str | os.PathLike,
@@ -145,7 +145,7 @@ def _tag(frame: pd.DataFrame, input_name: str) -> pd.DataFrame:
     return frame[OUTPUT_COLUMNS]
 
 
-def assemble_training_set(base: pd.DataFrame, *, base_source: str = "eg1800", base_split: str = "train",
+def assemble_training_set(base: pd.DataFrame, *, base_source: str, base_split: str,
                           crops: pd.DataFrame | None = None, pseudo: pd.DataFrame | None = None,
                           decisions: pd.DataFrame | None = None,
                           mask_sha256: Callable[[str], str] | None = None) -> tuple[pd.DataFrame, dict]:
@@ -199,42 +199,47 @@ def _optional_manifest(enabled: bool, directory: str, what: str) -> pd.DataFrame
         raise StageError(str(exc)) from None
 
 
+def read_decisions(path: str | os.PathLike) -> pd.DataFrame:
+    """The exported decisions file, validated now so that a bad one fails naming the file."""
+    if not Path(path).is_file():
+        raise StageError(f"pseudo-labels are switched on but {path} does not exist; "
+                         "export the review decisions (portrait-curation export-reviews) or switch them off")
+    try:
+        decisions = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise StageError(f"{path}: not a readable CSV ({exc})") from None
+    latest_decisions(decisions, str(path))
+    return decisions
+
+
 def _body(args: argparse.Namespace) -> int:
     raw = load_params(args.params)
+    paths = parse_section(ProjectPaths, raw, "paths", args.params)
     params = parse_section(AssembleParams, raw, "assemble", args.params)
     rules = path_rules(raw, args.params)
     anchors = (rules.root, *rules.allowed_outside)
-    out = params.output_dir
+    out = paths.train_set
     try:
-        base = read_manifest(params.prepared_dir)
+        base = read_manifest(paths.prepared)
     except ValueError as exc:
         raise StageError(str(exc)) from None
-    crops = _optional_manifest(params.generated_data and params.include_crops, params.crops_dir, "face-detected crops")
-    pseudo = _optional_manifest(params.generated_data and params.include_pseudo, params.pseudo_dir, "pseudo-labels")
-    roots = {INPUT_BASE: ("prepared_dir", params.prepared_dir), INPUT_CROPS: ("crops_dir", params.crops_dir),
-             INPUT_PSEUDO: ("pseudo_dir", params.pseudo_dir)}
+    crops = _optional_manifest(params.generated_data and params.include_crops, paths.crops, "face-detected crops")
+    pseudo = _optional_manifest(params.generated_data and params.include_pseudo, paths.pseudo, "pseudo-labels")
+    roots = {INPUT_BASE: ("prepared", paths.prepared), INPUT_CROPS: ("crops", paths.crops),
+             INPUT_PSEUDO: ("pseudo", paths.pseudo)}
     for name, frame in ((INPUT_BASE, base), (INPUT_CROPS, crops), (INPUT_PSEUDO, pseudo)):
         key, root = roots[name]
         if frame is not None:
             try:
                 portable_relpath(root, out, anchors)
             except ValueError as exc:
-                raise StageError(f"assemble.{key} {root!r}: the manifest in {out} would point into it with paths "
+                raise StageError(f"paths.{key} {root!r}: the manifest in {out} would point into it with paths "
                                  f"that differ between checkouts ({exc}); keep inputs and output in the project "
                                  "(a symlink inside it works)") from None
-    decisions = None
-    if pseudo is not None:
-        if not Path(params.decisions).is_file():
-            raise StageError(f"pseudo-labels are switched on but {params.decisions} does not exist; "
-                             "export the review decisions (portrait-curation export-reviews) or switch them off")
-        try:
-            decisions = pd.read_csv(params.decisions, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise StageError(f"{params.decisions}: not a readable CSV ({exc})") from None
-        latest_decisions(decisions, params.decisions)  # fails early, naming the file
+    decisions = read_decisions(paths.decisions) if pseudo is not None else None
     frame, summary = assemble_training_set(
         base, base_source=params.base_source, base_split=params.base_split, crops=crops, pseudo=pseudo,
-        decisions=decisions, mask_sha256=lambda rel: sha256_file(Path(params.pseudo_dir) / rel))
+        decisions=decisions, mask_sha256=lambda rel: sha256_file(Path(paths.pseudo) / rel))
     frame = pd.concat([rebase_paths(frame[frame["input"] == name], root, out, anchors)
                        for name, (_, root) in roots.items()], ignore_index=True)
     lost = missing_files(frame, out)
@@ -243,7 +248,7 @@ def _body(args: argparse.Namespace) -> int:
                          f"{', '.join(lost[:3])} (relative to {out})")
     with atomic_dir(out) as tmp:
         write_csv(Path(tmp) / MANIFEST_NAME, frame)
-    write_json(params.summary, summary)
+    write_json(paths.metrics_file(SUMMARY_NAME), summary)
     parts = ", ".join(f"{k} {v}" for k, v in summary["by_input"].items())
     print(f"assemble: {summary['total']} training samples ({parts}) -> {Path(out) / MANIFEST_NAME}")
     return 0
@@ -251,7 +256,6 @@ def _body(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     parser = make_parser("assemble", __doc__.split("\n\n")[0])
-    parser.add_argument("--quiet", action="store_true", help="accepted like the other stages (no progress bars here)")
     return run_main(_body, parser, argv)
 
 

@@ -1,11 +1,12 @@
-"""Comparison table of the trained architectures, like the ExtremeC3Net paper's Table 2.
+"""Stage ``compare``: the trained architectures side by side, like the ExtremeC3Net paper's Table 2.
 
-Joins, per architecture, the complexity figures (``metrics/complexity.json`` from the
-``complexity`` stage: parameters, GFLOPs counting every operation, GMACs by the ESPNetV2
-convention, CPU latency) with the accuracy (``metrics/eval/<arch>.json`` from
-``evaluate``: mIoU in percent) and the parameter count the paper gives. Writes the table
-as CSV and Markdown, a DVC metrics file, and mIoU against parameters on a log axis (the
-paper's Figure 1), so the accuracy/size trade-off is read at a glance.
+Joins, per architecture, the complexity figures (``<paths.metrics>/complexity.json`` from
+the ``complexity`` stage: parameters, GFLOPs counting every operation, GMACs by the
+ESPNetV2 convention, CPU latency) with the accuracy (``<paths.metrics>/eval/<arch>.json``
+from ``evaluate``: mIoU in percent) and the parameter count the paper gives. Writes
+``<paths.reports>/compare/`` (``table.csv``, ``table.md`` and ``accuracy_vs_params.png``:
+mIoU against parameters on a log axis, the paper's Figure 1, so the accuracy/size
+trade-off is read at a glance) and the DVC metrics ``<paths.metrics>/compare.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pydantic import Field, field_validator
 
 from pipeline.atomic import atomic_path, write_csv, write_json, write_text
 from pipeline.models.registry import Architecture
-from pipeline.params import InputPath, OutputPath, Section, load_section
+from pipeline.params import Section, load_section
+from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
 
 COMPLEXITY_KEYS = ("params", "flops_all_ops", "flops_espnetv2", "latency_ms")
@@ -29,10 +31,6 @@ COLUMNS = ["arch", "params", "paper_params", "gflops_all_ops", "gmacs_espnetv2",
 
 class CompareParams(Section):
     architectures: list[Architecture] = Field(min_length=1)
-    complexity: InputPath = "metrics/complexity.json"
-    eval_dir: InputPath = "metrics/eval"
-    out_dir: OutputPath = "reports/compare"
-    metrics: OutputPath = "metrics/compare.json"
 
     @field_validator("architectures")
     @classmethod
@@ -177,26 +175,29 @@ def _read_json(path: Path, stage_hint: str) -> dict:
     return data
 
 
-def run(params: CompareParams) -> pd.DataFrame:
+def run(params: CompareParams, paths: ProjectPaths) -> pd.DataFrame:
+    """Read the complexity and evaluation metrics, write the table, the plot and compare.json."""
     from pipeline.models import get_spec
 
-    complexity = _read_json(Path(params.complexity), "run the complexity stage: `portrait-curation complexity`")
-    evals = {arch: _read_json(Path(params.eval_dir) / f"{arch}.json",
+    complexity = _read_json(paths.metrics_file("complexity.json"),
+                            "run the complexity stage: `portrait-curation complexity`")
+    evals = {arch: _read_json(paths.metrics_file("eval", f"{arch}.json"),
                               f"run `portrait-curation evaluate --arch {arch}` after training it")
              for arch in params.architectures}
     paper = {arch: get_spec(arch).paper_params for arch in params.architectures}
     table = build_table(params.architectures, complexity, evals, paper)
-    out = Path(params.out_dir)
+    out = Path(paths.reports) / "compare"
     write_csv(out / "table.csv", table)
     write_text(out / "table.md", to_markdown(table))
     plot_accuracy_vs_params(table, out / "accuracy_vs_params.png")
-    write_json(params.metrics, summary_metrics(table))
-    print(to_markdown(table), end="")
+    write_json(paths.metrics_file("compare.json"), summary_metrics(table))
     return table
 
 
 def _body(args: argparse.Namespace) -> int:
-    run(load_section(CompareParams, "compare", args.params))
+    paths = load_section(ProjectPaths, "paths", args.params)
+    table = run(load_section(CompareParams, "compare", args.params), paths)
+    print(to_markdown(table), end="")
     return 0
 
 

@@ -13,23 +13,24 @@ For each architecture in ``complexity.architectures``:
   ``latency_form: train``, of the plain eval-mode network; ``torch.inference_mode``,
   ``threads`` intra-op threads, ``warmup_runs`` discarded, median over ``latency_runs``.
   The architectures are timed interleaved (A, B, A, B, ...) so that a load change on the
-  machine touches all of them alike. ``latency_runtime`` (default ``torch``) may instead
-  run the deploy form exported to ONNX in ``onnxruntime`` or ``openvino``
+  machine touches all of them alike. ``latency_runtime: torch`` runs them in PyTorch; it may
+  instead run the deploy form exported to ONNX in ``onnxruntime`` or ``openvino``
   (``pipeline.onnx_runtime``; optional packages, imported only then; needs
   ``latency_form: deploy``), or ``native``: ExtremeC3Net on its fused C kernels
   (``pipeline.native``, compiled on first use) and every other architecture in the torch
   deploy form. The CSV records the runtime each architecture actually ran in.
 
-Writes ``metrics/complexity.json`` (``{"<arch>": {"params", "flops_all_ops",
-"flops_espnetv2", "latency_ms"}}``, read by ``compare``) and ``metrics/complexity.csv``
-(the same plus minimum latency, the form and runtime timed, threads and runs).
+Reads no file (the architectures come from the registry). Writes
+``<paths.metrics>/complexity.json`` (``{"<arch>": {"params", "flops_all_ops",
+"flops_espnetv2", "latency_ms"}}``, read by ``compare``) and ``<paths.metrics>/complexity.csv``
+(the same plus minimum latency, the form and runtime timed, threads and runs); ``--metrics``
+and ``--table`` write them elsewhere (inside the project) instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 import pandas as pd
@@ -42,21 +43,18 @@ from pipeline.flops import count_flops
 from pipeline.latency import interleaved_latencies
 from pipeline.models.registry import Architecture, ModelArgumentError, build_model, check_forward, count_parameters
 from pipeline.params import ParamsError, Section, check_output_path, load_params, load_section, path_rules
+from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
-
-DEFAULT_JSON = Path("metrics/complexity.json")
-DEFAULT_CSV = Path("metrics/complexity.csv")
 
 
 class ComplexityParams(Section):
-    architectures: list[Architecture] = Field(
-        default_factory=lambda: ["extremec3net", "extremec3net_stage1", "portraitnet"], min_length=1)
-    input_size: int = Field(224, ge=32, le=2048)
-    latency_form: Literal["deploy", "train"] = "deploy"
-    latency_runtime: Literal["torch", "onnxruntime", "openvino", "native"] = "torch"
-    latency_runs: int = Field(100, ge=1)
-    warmup_runs: int = Field(10, ge=0)
-    threads: int = Field(2, ge=1, le=256)
+    architectures: list[Architecture] = Field(min_length=1)
+    input_size: int = Field(ge=32, le=2048)
+    latency_form: Literal["deploy", "train"]
+    latency_runtime: Literal["torch", "onnxruntime", "openvino", "native"]
+    latency_runs: int = Field(ge=1)
+    warmup_runs: int = Field(ge=0)
+    threads: int = Field(ge=1, le=256)
 
     @field_validator("architectures")
     @classmethod
@@ -93,8 +91,8 @@ def static_complexity(name: str, input_size: int) -> dict:
     }
 
 
-def make_runner(name: str, form: str, input_size: int, runtime: str = "torch",
-                threads: int = 2) -> tuple[Callable[[torch.Tensor], object], str]:
+def make_runner(name: str, form: str, input_size: int, runtime: str,
+                threads: int) -> tuple[Callable[[torch.Tensor], object], str]:
     """A callable timing ``name`` in ``form``/``runtime``, and the runtime it really uses
     (``native`` falls back to ``torch`` for architectures without fused kernels)."""
     model = build_model(name).eval()
@@ -148,21 +146,24 @@ def measure(params: ComplexityParams, latency_fn=None, progress: bool = True) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser("complexity", __doc__)
-    parser.add_argument("--metrics", default=str(DEFAULT_JSON), help="JSON to write (default: %(default)s)")
-    parser.add_argument("--table", default=str(DEFAULT_CSV), help="CSV table to write (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--metrics", help="JSON to write (default: <paths.metrics>/complexity.json)")
+    parser.add_argument("--table", help="CSV table to write (default: <paths.metrics>/complexity.csv)")
 
     def body(args: argparse.Namespace) -> int:
+        paths = load_section(ProjectPaths, "paths", args.params)
         params = load_section(ComplexityParams, "complexity", args.params)
+        metrics_path = args.metrics or str(paths.metrics_file("complexity.json"))
+        table_path = args.table or str(paths.metrics_file("complexity.csv"))
         rules = path_rules(load_params(args.params), args.params)
         for option, value in (("--metrics", args.metrics), ("--table", args.table)):
             try:
-                check_output_path(value, rules)
+                if value is not None:
+                    check_output_path(value, rules)
             except ValueError as exc:
                 raise ParamsError(f"complexity {option}: {exc}") from None
         metrics, table = measure(params, progress=not args.quiet)
-        write_json(args.metrics, metrics)
-        write_csv(args.table, table)
+        write_json(metrics_path, metrics)
+        write_csv(table_path, table)
         for name, row in metrics.items():
             print(f"{name}: {row['params']:,} params, {row['flops_all_ops']:.3f} GFLOP (all ops), "
                   f"{row['flops_espnetv2']:.3f} GMAC (ESPNetV2), {row['latency_ms']:.2f} ms")

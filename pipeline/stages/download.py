@@ -1,14 +1,18 @@
 """Stage ``download``: fetch each dataset source, verify its sha256, extract it safely.
 
+Reads the ``download`` section (the sources, the offline mirror); writes ``paths.raw``
+(``<source>/`` as published, plus ``SOURCES.json``) and caches archives in
+``paths.download_cache``.
+
 A source is an http(s) URL, a ``file://`` URL or a local path, pointing at an archive
 (zip, tar, tar.gz, ...), a single file, or a directory (an offline mirror such as
-``../shared/datasets``). Archives are cached under ``data/.cache/downloads`` (outside
+``../shared/datasets``). Archives are cached in ``paths.download_cache`` (outside
 the stage's DVC output, so an interrupted download resumes from its ``.part`` file),
 checked against the pinned sha256, and extracted with every member's path checked:
 a member that would land outside the target (zip-slip / tar-slip, absolute paths,
 links) refuses the whole archive. Directories are copied and hashed as a tree.
 
-All sources are built together in one temporary folder that replaces ``data/raw`` as a
+All sources are built together in one temporary folder that replaces ``paths.raw`` as a
 whole, so a failing source leaves every earlier source and ``SOURCES.json`` as they
 were. ``SOURCES.json`` records each source as the params name it (URL, or mirror root
 plus the path inside it), never as a resolved path, so it is the same in every checkout.
@@ -32,12 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.hashing import sha256_file
-from pipeline.params import InputPath, OutputPath, Section, SubPath, check_sub_path, load_section
+from pipeline.params import InputPath, ParamsError, Section, SubPath, check_sub_path, load_section
+from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
 
 CHUNK = 1 << 20
@@ -47,6 +52,13 @@ SOURCES_FILE = "SOURCES.json"
 
 
 class SourceParams(Section):
+    """One source (an entry of ``download.sources``).
+
+    A per-item record: only ``url`` is required; ``sha256``, ``subdir``, ``mirror`` and
+    ``mirror_sha256`` are optional per source and default to null (not pinned, the whole
+    archive or folder, not mirrored).
+    """
+
     url: str = Field(min_length=1, description="upstream location: http(s) URL, file:// URL or local path")
     sha256: str | None = Field(None, description="sha256 of the file (or tree hash of a directory); null = not pinned")
     subdir: SubPath | None = Field(None, description="folder inside the archive/directory that holds the dataset")
@@ -69,10 +81,8 @@ class SourceParams(Section):
 
 
 class DownloadParams(Section):
-    mirror: InputPath | None = Field(None, description="offline mirror root; when set, sources are read from there")
+    mirror: InputPath | None = Field(description="offline mirror root; when set, sources are read from there")
     sources: dict[str, SourceParams]
-    out_dir: OutputPath = "data/raw"
-    cache_dir: OutputPath = "data/.cache/downloads"
 
     @field_validator("sources")
     @classmethod
@@ -85,14 +95,16 @@ class DownloadParams(Section):
                 raise ValueError(f"source name {name!r} must be a plain folder name (not {SOURCES_FILE!r})")
         return value
 
-    @model_validator(mode="after")
-    def _cache_apart_from_output(self):
-        # out_dir is replaced as a whole: a cache inside it would be wiped (and shipped as data).
-        out, cache = (Path(os.path.normpath(p)) for p in (self.out_dir, self.cache_dir))
-        if out == cache or out in cache.parents or cache in out.parents:
-            raise ValueError(f"cache_dir {self.cache_dir!r} and out_dir {self.out_dir!r} must not contain each other "
-                             "(out_dir is replaced as a whole on every run)")
-        return self
+
+def check_paths(paths: ProjectPaths, source: str | os.PathLike = "params.yaml") -> None:
+    """Refuse a download cache inside ``paths.raw`` (or around it).
+
+    ``paths.raw`` is replaced as a whole: a cache inside it would be wiped (and shipped as data).
+    """
+    out, cache = (Path(os.path.normpath(p)) for p in (paths.raw, paths.download_cache))
+    if out == cache or out in cache.parents or cache in out.parents:
+        raise ParamsError(f"{source}: paths.download_cache {paths.download_cache!r} and paths.raw {paths.raw!r} "
+                          "must not contain each other (paths.raw is replaced as a whole on every run)")
 
 
 class ChecksumError(StageError):
@@ -434,10 +446,12 @@ def resolve_location(params: DownloadParams, name: str, base: Path) -> Plan:
     return Plan(source.url, source.sha256, source.subdir, source.url, None)
 
 
-def run(params: DownloadParams, base: Path, progress: bool = True) -> list[FetchResult]:
-    """Fetch every source into one new ``out_dir``: all of it replaces the old one, or none."""
-    out_dir = base / params.out_dir
-    cache_dir = base / params.cache_dir
+def run(params: DownloadParams, out_dir: Path, cache_dir: Path, base: Path, progress: bool = True
+        ) -> list[FetchResult]:
+    """Fetch every source into one new ``out_dir``: all of it replaces the old one, or none.
+
+    Relative source locations and the mirror are read relative to ``base`` (the project).
+    """
     results = []
     with atomic_dir(out_dir) as staging:
         for name in params.sources:
@@ -450,11 +464,13 @@ def run(params: DownloadParams, base: Path, progress: bool = True) -> list[Fetch
 
 def main(argv=None) -> int:
     parser = make_parser("download", __doc__)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def body(args):
         params = load_section(DownloadParams, "download", args.params)
-        results = run(params, Path.cwd(), progress=not args.quiet)
+        paths = load_section(ProjectPaths, "paths", args.params)
+        check_paths(paths, args.params)
+        base = Path.cwd()
+        results = run(params, base / paths.raw, base / paths.download_cache, base, progress=not args.quiet)
         for r in results:
             pin = "verified" if r.pinned else "NOT PINNED (add this sha256 to params.yaml)"
             where = f"{r.mirror}: {r.location}" if r.mirror is not None else r.location

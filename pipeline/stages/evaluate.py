@@ -11,9 +11,11 @@ Conventions for empty masks (the official code's ``EMPTY=1`` for IoU):
 - Boundary F1: the outline of a mask is its pixels with a 4-neighbour outside it; the image
   frame is not an outline. Both outlines empty -> 1; exactly one empty -> 0.
 
-The per-image table (``models/<arch>/per_image.csv``: ``id``, ``image_key``, ``iou``,
-``boundary_f1``, values in 0..1) feeds the bias report; ``metrics/eval/<arch>.json`` holds
-``miou`` and ``boundary_f1`` in percent and ``n_images``.
+Reads ``<paths.models>/<arch>/model.pt`` (from ``train``) and the labelled rows of
+``evaluate.source``/``evaluate.split`` in ``paths.prepared``. Writes the per-image table
+``<paths.models>/<arch>/per_image.csv`` (``id``, ``image_key``, ``iou``, ``boundary_f1``,
+values in 0..1; it feeds the bias report) and ``<paths.metrics>/eval/<arch>.json``
+(``miou`` and ``boundary_f1`` in percent, ``n_images``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from tqdm import tqdm
 from pipeline.atomic import write_csv, write_json
 from pipeline.devices import Device, resolve_device
 from pipeline.metrics import boundary_f1, iou
-from pipeline.params import InputPath, OutputPath, Section, load_params, load_section
+from pipeline.params import Section, load_params, load_section
+from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
 
 PER_IMAGE_COLUMNS = ["id", "image_key", "iou", "boundary_f1"]
@@ -98,7 +101,7 @@ def collate_original_size(items: list[dict]) -> dict:
             "id": [i["id"] for i in items]}
 
 
-def evaluate_model(model: torch.nn.Module, loader, *, tolerance_px: float = 3.0, device: str = "cpu",
+def evaluate_model(model: torch.nn.Module, loader, *, tolerance_px: float, device: str = "cpu",
                    progress: str | None = None) -> pd.DataFrame:
     """Per-image IoU and boundary F1 of ``model`` over a loader of ``collate_original_size`` batches."""
     model.eval()
@@ -116,17 +119,14 @@ def evaluate_model(model: torch.nn.Module, loader, *, tolerance_px: float = 3.0,
 
 
 class EvaluateParams(Section):
-    prepared_dir: InputPath = "data/prepared"
-    source: str = Field("eg1800", min_length=1)
-    split: Literal["train", "val", "test"] = "test"
-    models_dir: OutputPath = "models"  # reads models/<arch>/model.pt, writes models/<arch>/per_image.csv
-    metrics_dir: OutputPath = "metrics/eval"
-    boundary_tolerance_px: float = Field(3.0, ge=0, allow_inf_nan=False)
-    batch_size: int = Field(8, ge=1)
-    workers: int = Field(0, ge=0, le=64)
-    max_images: int = Field(0, ge=0)  # 0 = all (a smaller number only for smoke runs)
-    device: Device = "cpu"
-    threads: int = Field(0, ge=0, le=256)  # torch CPU threads; 0 = torch's default
+    source: str = Field(min_length=1)
+    split: Literal["train", "val", "test"]
+    boundary_tolerance_px: float = Field(ge=0, allow_inf_nan=False)
+    batch_size: int = Field(ge=1)
+    workers: int = Field(ge=0, le=64)
+    max_images: int = Field(ge=0)  # 0 = all (a smaller number only for smoke runs)
+    device: Device
+    threads: int = Field(ge=0, le=256)  # torch CPU threads; 0 = torch's default
 
 
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 4096  # train.input_size's range
@@ -151,11 +151,24 @@ def load_trained_model(path: str | os.PathLike, arch: str) -> tuple[torch.nn.Mod
     return model, state
 
 
-def evaluate_arch(arch: str, params: EvaluateParams, progress: bool = True) -> dict:
+def test_rows(frame: pd.DataFrame, source: str, split: str, max_images: int, where: str) -> pd.DataFrame:
+    """The labelled rows of ``source``/``split`` (the first ``max_images``; 0 = all), in manifest order."""
+    labelled = frame[frame["mask"] != ""]
+    rows = labelled[(labelled["source"] == source) & (labelled["split"] == split)]
+    if rows.empty:
+        present = sorted({f"{s}/{p}" for s, p in zip(labelled["source"], labelled["split"])})
+        raise StageError(f"{where}: no labelled rows of source {source!r}, split {split!r} "
+                         f"(labelled source/split pairs there: {', '.join(present) or 'none'})")
+    return rows.iloc[:max_images] if max_images else rows
+
+
+def evaluate_arch(arch: str, params: EvaluateParams, paths: ProjectPaths, progress: bool) -> dict:
+    """Evaluate ``<paths.models>/<arch>/model.pt``; write its per-image table and metrics."""
     from pipeline.manifest import read_manifest
     from pipeline.models import get_spec
 
-    model_path = Path(params.models_dir) / arch / "model.pt"
+    model_dir = paths.model_dir(arch)
+    model_path = model_dir / "model.pt"
     if not model_path.is_file():
         raise StageError(f"{model_path}: no trained model (run `portrait-curation train --arch {arch}` first)")
     model, state = load_trained_model(model_path, arch)
@@ -163,26 +176,19 @@ def evaluate_arch(arch: str, params: EvaluateParams, progress: bool = True) -> d
     model.to(device)
     input_size = int(state.get("input_size") or get_spec(arch).input_size)
     try:
-        frame = read_manifest(params.prepared_dir)
+        frame = read_manifest(paths.prepared)
     except ValueError as exc:
         raise StageError(str(exc)) from None
-    labelled = frame[frame["mask"] != ""]
-    frame = labelled[(labelled["source"] == params.source) & (labelled["split"] == params.split)]
-    if frame.empty:
-        present = sorted({f"{s}/{p}" for s, p in zip(labelled["source"], labelled["split"])})
-        raise StageError(f"{params.prepared_dir}: no labelled rows of source {params.source!r}, split "
-                         f"{params.split!r} (labelled source/split pairs there: {', '.join(present) or 'none'})")
-    if params.max_images:
-        frame = frame.iloc[: params.max_images]
-    dataset = OriginalSizeDataset(params.prepared_dir, frame, input_size)
+    frame = test_rows(frame, params.source, params.split, params.max_images, paths.prepared)
+    dataset = OriginalSizeDataset(paths.prepared, frame, input_size)
     loader = DataLoader(dataset, batch_size=params.batch_size, shuffle=False, num_workers=params.workers,
                         collate_fn=collate_original_size)
     per_image = evaluate_model(model, loader, tolerance_px=params.boundary_tolerance_px, device=device,
                                progress=f"evaluate {arch}" if progress else None)
     metrics = {**summarise(per_image), "boundary_tolerance_px": params.boundary_tolerance_px,
                "input_size": input_size, "data": f"{params.source}/{params.split}"}
-    write_csv(Path(params.models_dir) / arch / "per_image.csv", per_image.round({"iou": 6, "boundary_f1": 6}))
-    write_json(Path(params.metrics_dir) / f"{arch}.json", metrics)
+    write_csv(model_dir / "per_image.csv", per_image.round({"iou": 6, "boundary_f1": 6}))
+    write_json(paths.metrics_file("eval", f"{arch}.json"), metrics)
     print(f"evaluate {arch}: mIoU {metrics['miou']:.2f}, boundary F1 {metrics['boundary_f1']:.2f} "
           f"on {metrics['n_images']} images ({params.source}/{params.split})")
     return metrics
@@ -207,18 +213,19 @@ def archs_to_run(args: argparse.Namespace) -> list[str]:
 
 
 def _body(args: argparse.Namespace) -> int:
+    paths = load_section(ProjectPaths, "paths", args.params)
     params = load_section(EvaluateParams, "evaluate", args.params)
+    archs = archs_to_run(args)
     if params.threads:
         torch.set_num_threads(params.threads)
-    for arch in archs_to_run(args):
-        evaluate_arch(arch, params, progress=not args.quiet)
+    for arch in archs:
+        evaluate_arch(arch, params, paths, progress=not args.quiet)
     return 0
 
 
 def main(argv=None) -> int:
     parser = make_parser("evaluate", __doc__.split("\n\n")[0])
     parser.add_argument("--arch", help="evaluate this architecture only (default: every one in train.archs)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return run_main(_body, parser, argv)
 
 

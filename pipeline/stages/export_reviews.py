@@ -1,26 +1,29 @@
-"""export-reviews: the decisions that still apply, as the CSV DVC tracks and assemble reads.
+"""Stage ``export_reviews``: the decisions that still apply, as the CSV DVC tracks and assemble reads.
 
-Reads only the journals and the pool on disk (no App, no database), so it runs as a DVC
-stage. For each pool sample the latest live decision on its *current* mask is written;
-decisions on masks that have since changed, undone decisions and ids no longer in the pool
-are left out. Rows are sorted by id, times are written in UTC and floats with fixed
-precision, and no field holds a path, so exporting the same journals gives the same bytes
-in any checkout. A journal line that cannot be read (other than a torn last line) stops the
-export with the file and line named: a decision must never be dropped silently.
+Reads only the journals (``paths.journal``) and the pool on disk (``paths.pseudo``), no App
+and no database, so it runs as a DVC stage; writes ``paths.decisions``. It has no params
+section of its own (``review`` is the manual App's). For each pool sample the latest live
+decision on its *current* mask is written; decisions on masks that have since changed,
+undone decisions and ids no longer in the pool are left out. Rows are sorted by id, times
+are written in UTC and floats with fixed precision, and no field holds a path, so exporting
+the same journals gives the same bytes in any checkout. A journal line that cannot be read
+(other than a torn last line) stops the export with the file and line named: a decision
+must never be dropped silently.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from collections import Counter
 from typing import Iterable, Mapping
 
 from pipeline.atomic import write_text
 from pipeline.params import load_section
+from pipeline.paths import ProjectPaths
 from pipeline.review import journal as jr
-from pipeline.review.config import ReviewParams
 from pipeline.review.pool import current_hashes, read_pool
 from pipeline.stage import StageError, make_parser, run_main
 
@@ -62,27 +65,31 @@ def export_summary(events: Iterable[jr.ReviewEvent], hashes: Mapping[str, str]) 
     }
 
 
+def export_decisions(pool_dir: str | os.PathLike, journal_dir: str | os.PathLike) -> tuple[str, dict]:
+    """The decisions file's text and the summary, from the pool and the journals on disk."""
+    items, warnings = read_pool(pool_dir)
+    for warning in warnings[:10]:
+        print(f"warning: {warning}")
+    hashes = current_hashes(items)
+    events, torn = jr.read_journals(journal_dir)
+    if torn:
+        print(f"warning: skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
+    return decisions_csv_text(jr.resolve_decisions(events, hashes)), export_summary(events, hashes)
+
+
+def _body(args) -> int:
+    paths = load_section(ProjectPaths, "paths", args.params)
+    text, summary = export_decisions(paths.pseudo, paths.journal)
+    write_text(paths.decisions, text)
+    print(f"wrote {paths.decisions}: {summary['exported']} decisions ({summary['accepted']} accept, "
+          f"{summary['rejected']} reject) for a pool of {summary['pool']}; left out: {summary['undone']} undone, "
+          f"{summary['on_changed_masks']} on masks that changed since, {summary['not_in_pool']} not in the pool")
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = make_parser("export-reviews", __doc__)
-
-    def body(args) -> int:
-        params = load_section(ReviewParams, "review", args.params)
-        items, warnings = read_pool(params.pseudo_dir)
-        for warning in warnings[:10]:
-            print(f"warning: {warning}")
-        hashes = current_hashes(items)
-        events, torn = jr.read_journals(params.journal_dir)
-        if torn:
-            print(f"warning: skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
-        resolved = jr.resolve_decisions(events, hashes)
-        write_text(params.decisions_csv, decisions_csv_text(resolved))
-        summary = export_summary(events, hashes)
-        print(f"wrote {params.decisions_csv}: {summary['exported']} decisions ({summary['accepted']} accept, "
-              f"{summary['rejected']} reject) for a pool of {summary['pool']}; left out: {summary['undone']} undone, "
-              f"{summary['on_changed_masks']} on masks that changed since, {summary['not_in_pool']} not in the pool")
-        return 0
-
-    return run_main(body, parser, argv)
+    parser = make_parser("export-reviews", __doc__.split("\n\n")[0])
+    return run_main(_body, parser, argv)
 
 
 if __name__ == "__main__":

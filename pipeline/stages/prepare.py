@@ -1,9 +1,11 @@
 """Stage ``prepare``: read each source in its own format into one canonical dataset.
 
-Output (``data/prepared/``, swapped in atomically): images (original JPEG bytes when
-they need no conversion, lossless PNG otherwise), masks as PNG 0/255, ``manifest.csv``
-(id, source, split, size, mask statistics, notes), ``skipped.csv`` (every item not
-used, with the reason) and ``summary.json``. ``metrics/prepare.json`` holds the counts.
+Reads each dataset of ``prepare.datasets`` from its ``root`` (a folder under
+``paths.raw``, or an absolute one). Writes ``paths.prepared`` (swapped in atomically):
+images (original JPEG bytes when they need no conversion, lossless PNG otherwise), masks
+as PNG 0/255, ``manifest.csv`` (id, source, split, size, mask statistics, notes),
+``skipped.csv`` (every item not used, with the reason) and ``summary.json``;
+``paths.metrics``/prepare.json holds the counts.
 
 Every item goes through the same checks whatever its format: unreadable, corrupt or
 truncated images and masks are skipped with a reason; a mask whose size differs from
@@ -33,14 +35,15 @@ from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_csv, write_json
-from pipeline.images import (DEFAULT_MAX_IMAGE_PIXELS, BadImageError, LoadedImage, apply_orientation, check_max_pixels,
+from pipeline.images import (BadImageError, LoadedImage, apply_orientation, check_max_pixels,
                              load_image, mask_to_png_bytes, strip_root)
 from pipeline.manifest import KEY_MAX_LENGTH, MANIFEST_NAME, ManifestRow, mask_statistics, safe_key, to_frame
-from pipeline.params import InputPath, OutputPath, Section, SubPath, load_section
+from pipeline.params import InputPath, ParamsError, Section, SubPath, load_section
+from pipeline.paths import ProjectPaths
 from pipeline.sources import LOADERS, LoaderReport, RawItem
 from pipeline.sources.base import confine
 from pipeline.stage import StageError, make_parser, run_main
@@ -49,18 +52,28 @@ Format = Literal["eg1800_original", "eg1800_portraitnet", "baidu", "ccp", "folde
 
 
 class DatasetSpec(Section):
+    """One dataset (an entry of ``prepare.datasets``).
+
+    A per-item record: ``name``, ``format`` and ``root`` are required; the format options
+    are optional per dataset, with these defaults: ``max_items`` null (all),
+    ``val_fraction`` 0.1, ``carried_items`` bag/purse/wallet, ``carried_items_are_person``
+    false, ``include_unlabelled`` true, ``split`` train, and ``images_dir``, ``masks_dir``,
+    ``mask_suffix`` null (the format's own layout: ``images``, ``masks``, ``.png``; the root
+    itself for unlabelled folders). A format ignores the options it has no use for.
+    """
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     format: Format
-    root: InputPath  # read only: a mirror outside the project (../shared/datasets/x) is fine
+    # Under paths.raw, or an absolute folder; read only: a mirror outside the project is fine.
+    root: InputPath
     max_items: int | None = Field(None, ge=1, description="keep only the first N usable items (quick runs)")
-    # format options (ignored by formats that have no use for them)
     val_fraction: float = Field(0.1, ge=0.0, le=1.0)
     carried_items: list[str] = ["bag", "purse", "wallet"]
     carried_items_are_person: bool = False
     include_unlabelled: bool = True
-    images_dir: SubPath | None = None  # folder/unlabelled formats; default "images" / the root itself
-    masks_dir: SubPath | None = None  # folder format; default "masks"
-    mask_suffix: str | None = None  # folder format; default ".png" (e.g. "_mask.png")
+    images_dir: SubPath | None = None
+    masks_dir: SubPath | None = None
+    mask_suffix: str | None = None  # e.g. "_mask.png"
     split: Literal["train", "val", "test", "unlabelled"] = "train"
 
     @field_validator("mask_suffix")
@@ -74,12 +87,10 @@ class DatasetSpec(Section):
 
 class PrepareParams(Section):
     datasets: list[DatasetSpec]
-    out_dir: OutputPath = "data/prepared"
-    metrics: OutputPath = "metrics/prepare.json"
-    workers: int = Field(2, ge=1, le=64)
+    workers: int = Field(ge=1, le=64)
     # Larger images (and masks) are skipped with a reason instead of decoded: a few-KB
     # file can claim 20000x20000 pixels. At most PIL's own decompression-bomb limit.
-    max_image_pixels: Annotated[int, AfterValidator(check_max_pixels)] = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_pixels: Annotated[int, AfterValidator(check_max_pixels)]
 
     @field_validator("datasets")
     @classmethod
@@ -92,19 +103,36 @@ class PrepareParams(Section):
             raise ValueError(f"dataset names must be unique; repeated: {sorted(dup)}")
         return value
 
-    @model_validator(mode="after")
-    def _outputs_apart(self):
-        # out_dir is replaced as a whole: nothing else may live in it, least of all the
-        # data it is made from.
-        out, metrics = _absolute(self.out_dir), _absolute(self.metrics)
-        if _nested(metrics, out):
-            raise ValueError(f"metrics ({self.metrics}) must not lie inside out_dir ({self.out_dir}), "
-                             "which is replaced as a whole")
-        for spec in self.datasets:
-            if _nested(_absolute(spec.root), out):
-                raise ValueError(f"the root of dataset {spec.name} ({spec.root}) lies inside out_dir "
-                                 f"({self.out_dir}): prepare would replace its own input")
-        return self
+
+METRICS_FILE = "prepare.json"  # in paths.metrics
+SKIPPED_NAME = "skipped.csv"  # in paths.prepared
+SUMMARY_NAME = "summary.json"  # in paths.prepared
+
+
+def dataset_root(spec: DatasetSpec, raw: str | os.PathLike) -> Path:
+    """Where a dataset is read: its ``root`` under ``paths.raw`` (an absolute root as it is)."""
+    return Path(raw) / spec.root
+
+
+def check_paths(params: PrepareParams, paths: ProjectPaths, source: str | os.PathLike = "params.yaml") -> None:
+    """Refuse a layout where prepare would replace its own input or its metrics.
+
+    ``paths.prepared`` is replaced as a whole: nothing else may live in it, least of all
+    the data it is made from.
+    """
+    out = _absolute(paths.prepared)
+    problems = []
+    metrics = Path(paths.metrics) / METRICS_FILE
+    if _nested(_absolute(metrics), out):
+        problems.append(f"paths.metrics ({paths.metrics}) puts {METRICS_FILE} inside paths.prepared "
+                        f"({paths.prepared}), which is replaced as a whole")
+    for index, spec in enumerate(params.datasets):
+        root = dataset_root(spec, paths.raw)
+        if _nested(_absolute(root), out):
+            problems.append(f"prepare.datasets.{index}.root: dataset {spec.name} ({root}) lies inside "
+                            f"paths.prepared ({paths.prepared}): prepare would replace its own input")
+    if problems:
+        raise ParamsError(f"{source}: invalid value(s) in 'paths' for prepare:\n  " + "\n  ".join(problems))
 
 
 def _absolute(path: str) -> Path:
@@ -122,7 +150,7 @@ class Decoded:
     notes: list[str]
 
 
-def decode_item(item: RawItem, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Decoded:
+def decode_item(item: RawItem, max_pixels: int | None) -> Decoded:
     """Decode and check one raw item; raise BadImageError with the reason to skip it."""
     if item.image_path is None:
         raise BadImageError(item.skip_reason or "no image")
@@ -164,23 +192,22 @@ def _skip(source: str, key: str, item: RawItem, reason: str) -> dict:
     return {"source": source, "key": key, "split": item.split, "reason": reason, "origin": item.origin}
 
 
-def process_item(item: RawItem, source: str, out_root: Path, key: str | None = None, root: Path | None = None,
-                 max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[ManifestRow | None, dict | None]:
+def process_item(item: RawItem, source: str, key: str, out_root: Path, root: Path,
+                 max_pixels: int | None) -> tuple[ManifestRow | None, dict | None]:
     """Write one item into ``out_root``; return its manifest row, or a skip record.
 
-    ``key`` is the item's safe key (``safe_key(item.key)`` when not given); ``root`` is the
-    dataset root that reasons name files relative to.
+    ``key`` is the item's safe key; ``root`` is the dataset root that reasons name files
+    relative to.
     """
-    key = safe_key(item.key) if key is None else key
     if item.skip_reason:
         return None, _skip(source, key, item, item.skip_reason)
     try:
         decoded = decode_item(item, max_pixels)
     except BadImageError as exc:
-        return None, _skip(source, key, item, skip_reason(exc, item, root or item.image_path.parent))
+        return None, _skip(source, key, item, skip_reason(exc, item, root))
     except Exception as exc:  # a reader failing some other way: still this item's problem, not the stage's
         wrapped = BadImageError(f"cannot decode ({type(exc).__name__}: {exc})")
-        return None, _skip(source, key, item, skip_reason(wrapped, item, root or item.image_path.parent))
+        return None, _skip(source, key, item, skip_reason(wrapped, item, root))
     image_rel = Path("images") / source / (f"{key}.jpg" if _is_plain_jpeg(item.image_path, decoded) else f"{key}.png")
     (out_root / image_rel).parent.mkdir(parents=True, exist_ok=True)
     if image_rel.suffix == ".jpg":
@@ -269,9 +296,9 @@ def _no_usable_item(spec: DatasetSpec, skipped: list[dict]) -> StageError:
                       "its format options, or remove it from prepare.datasets")
 
 
-def prepare_source(spec: DatasetSpec, base: Path, out_root: Path, workers: int, progress: bool = True,
-                   max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
-    root = base / spec.root
+def prepare_source(spec: DatasetSpec, root: Path, out_root: Path, workers: int, max_pixels: int | None,
+                   progress: bool = True) -> tuple[list[ManifestRow], list[dict]]:
+    """Every item of one dataset (read from ``root``) written into ``out_root``: (rows, skip records)."""
     if not root.is_dir():
         raise StageError(f"dataset {spec.name}: {root} not found (did `download` run? is prepare.datasets.root right?)")
     report = LoaderReport()
@@ -285,7 +312,7 @@ def prepare_source(spec: DatasetSpec, base: Path, out_root: Path, workers: int, 
         key, item = entry
         if not key:
             return None, _skip(spec.name, key, item, item.skip_reason)
-        return process_item(item, spec.name, out_root, key, root, max_pixels)
+        return process_item(item, spec.name, key, out_root, root, max_pixels)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = pool.map(process, items)
@@ -303,7 +330,7 @@ def prepare_source(spec: DatasetSpec, base: Path, out_root: Path, workers: int, 
                         "origin": ""})
     if not rows:
         raise _no_usable_item(spec, skipped)
-    return rows, skipped, report
+    return rows, skipped
 
 
 def summarise(manifest: pd.DataFrame, skipped: pd.DataFrame) -> dict:
@@ -344,12 +371,20 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run(params: PrepareParams, base: Path, progress: bool = True) -> dict:
+def prepare_metrics(summary: dict) -> dict:
+    """The DVC metrics: samples, skips, and samples per source and split."""
+    return {"samples": summary["samples"], "skipped": summary["skipped_total"],
+            **{f"{s}_{k}": v for s, d in summary["per_source"].items() for k, v in d.items()}}
+
+
+def run(params: PrepareParams, raw: Path, out_dir: Path, metrics_file: Path, progress: bool = True) -> dict:
+    """Prepare every dataset (roots under ``raw``) into one new ``out_dir``; return the summary."""
     all_rows: list[ManifestRow] = []
     all_skipped: list[dict] = []
-    with atomic_dir(base / params.out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         for spec in params.datasets:
-            rows, skipped, _ = prepare_source(spec, base, tmp, params.workers, progress, params.max_image_pixels)
+            rows, skipped = prepare_source(spec, dataset_root(spec, raw), tmp, params.workers,
+                                           params.max_image_pixels, progress)
             all_rows += rows
             all_skipped += skipped
         manifest = to_frame(all_rows)
@@ -361,21 +396,23 @@ def run(params: PrepareParams, base: Path, progress: bool = True) -> dict:
             clash = manifest[duplicated].head(2)
             raise StageError(f"prepare: id {clash['id'].iloc[0]} given to both {' and '.join(clash['origin'])}")
         write_csv(tmp / MANIFEST_NAME, manifest)
-        write_csv(tmp / "skipped.csv", skipped_frame)
+        write_csv(tmp / SKIPPED_NAME, skipped_frame)
         summary = summarise(manifest, skipped_frame)
-        write_json(tmp / "summary.json", summary)
-    write_json(base / params.metrics, {"samples": summary["samples"], "skipped": summary["skipped_total"],
-                                       **{f"{s}_{k}": v for s, d in summary["per_source"].items() for k, v in d.items()}})
+        write_json(tmp / SUMMARY_NAME, summary)
+    write_json(metrics_file, prepare_metrics(summary))
     return summary
 
 
 def main(argv=None) -> int:
     parser = make_parser("prepare", __doc__)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def body(args):
         params = load_section(PrepareParams, "prepare", args.params)
-        summary = run(params, Path.cwd(), progress=not args.quiet)
+        paths = load_section(ProjectPaths, "paths", args.params)
+        check_paths(params, paths, args.params)
+        base = Path.cwd()
+        summary = run(params, base / paths.raw, base / paths.prepared, base / paths.metrics_file(METRICS_FILE),
+                      progress=not args.quiet)
         print(format_summary(summary))
         return 0
 

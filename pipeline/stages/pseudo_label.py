@@ -17,10 +17,13 @@ the likely failures first. It is a weighted geometric mean of components in [0, 
 
 The score is validated on labelled images the teacher did not train on: per-image IoU
 against the real masks and the ROC AUC of the score for "IoU below a threshold".
-Outputs: ``<output>/`` in the canonical layout (images point into the pool's folder,
-masks are the pseudo-masks, split ``train``, origin = pool id), ``scores.csv`` with
-``mask_sha256`` (sha256 of the mask PNG's bytes: review decisions are tied to it) and
-``skipped.csv`` (unreadable images and why).
+
+Reads the teacher (``paths.teacher``; its architecture keys are the ``teacher`` section's,
+``TeacherArchitecture``) and the pool (rows of ``paths.prepared``). Writes ``paths.pseudo``
+in the canonical layout (images point into the pool's folder, masks are the pseudo-masks,
+split ``train``, origin = pool id) with ``scores.csv`` (``mask_sha256`` = sha256 of the mask
+PNG's bytes: review decisions are tied to it) and ``skipped.csv`` (unreadable images and
+why); ``<paths.metrics>/pseudo_label.json`` and ``pseudo_label_validation.csv`` (per image).
 """
 
 from __future__ import annotations
@@ -42,16 +45,18 @@ from pipeline.checkpoint import CheckpointError
 from pipeline.data import UNREADABLE_SAMPLE
 from pipeline.devices import Device, resolve_device
 from pipeline.metrics import failure_auc, iou
-from pipeline.paths import is_within, portable_relpath
+from pipeline.paths import ProjectPaths, is_within, portable_relpath
 from pipeline.images import mask_to_png_bytes, read_mask_png, read_rgb, strip_root
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, read_manifest, safe_key, to_frame
-from pipeline.params import InputPath, OutputPath, Section, load_params, parse_section, path_rules
+from pipeline.params import Section, load_params, parse_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
 from pipeline.teacher import (OUTPUT_STRIDE, TeacherArchitecture, Prediction, TeacherRunner, checked_input_size, load_teacher,
                               native_bfloat16)
 from pipeline.selection import DataSource, SplitName, gather_rows
 
 COMPONENTS = ("confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence")
+METRICS_NAME = "pseudo_label.json"  # in paths.metrics
+VALIDATION_NAME = "pseudo_label_validation.csv"  # in paths.metrics: per-image IoU and score
 
 
 ComponentName = Literal["confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence"]
@@ -59,9 +64,9 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # becomes a folder name and the prefix 
 
 
 class ScoreParams(Section):
-    uncertain_band: float = Field(0.1, gt=0, lt=0.5)  # p in (band, 1 - band) counts as uncertain
-    min_mask_fraction: float = Field(0.02, gt=0, le=1)  # smaller masks: "no person found"
-    weights: dict[ComponentName, float] = {c: 1.0 for c in COMPONENTS}
+    uncertain_band: float = Field(gt=0, lt=0.5)  # p in (band, 1 - band) counts as uncertain
+    min_mask_fraction: float = Field(gt=0, le=1)  # smaller masks: "no person found"
+    weights: dict[ComponentName, float]  # a component left out has weight 0
 
     @field_validator("weights")
     @classmethod
@@ -75,30 +80,25 @@ class ScoreParams(Section):
 
 
 class ValidationParams(Section):
-    data: list[DataSource] = [DataSource(root="data/prepared", splits=["val"], sources=["ccp"])]
-    allow_empty_validation: bool = False  # true: no validation images is a note, not an error
-    max_images: int | None = Field(None, ge=1)
-    iou_threshold: float = Field(0.9, gt=0, le=1)  # IoU below this = a pseudo-label a person should reject
-    per_image_csv: OutputPath = "metrics/pseudo_label_validation.csv"
+    data: list[DataSource]  # labelled rows; those the teacher trained on are left out
+    allow_empty_validation: bool  # true: no validation images is a note, not an error
+    max_images: int | None = Field(ge=1)  # null: all of them
+    iou_threshold: float = Field(gt=0, le=1)  # IoU below this = a pseudo-label a person should reject
 
 
 class PseudoLabelParams(Section):
-    teacher: InputPath = "models/teacher/teacher.pt"
-    pool_root: InputPath = "data/prepared"
-    pool_splits: list[SplitName] = Field(["unlabelled"], min_length=1)
-    pool_sources: list[str] | None = Field(None, min_length=1)
-    max_images: int | None = Field(None, ge=1)
-    input_size: int | None = Field(None, ge=OUTPUT_STRIDE)  # null: the size the teacher trained at
-    batch_size: int = Field(4, ge=1)
-    flip_tta: bool = True
-    device: Device = "auto"
-    channels_last: bool = True
-    bfloat16: bool | Literal["auto"] = "auto"  # auto: where the device computes bf16 natively
-    source_name: str = Field("pseudo", pattern=_NAME)
-    output: OutputPath = "data/pseudo"
-    metrics: OutputPath = "metrics/pseudo_label.json"
-    score: ScoreParams = ScoreParams()
-    validation: ValidationParams = ValidationParams()
+    pool_splits: list[SplitName] = Field(min_length=1)  # pool = rows of paths.prepared with these splits
+    pool_sources: list[str] | None = Field(min_length=1)  # null: every source
+    max_images: int | None = Field(ge=1)  # null: the whole pool
+    input_size: int | None = Field(ge=OUTPUT_STRIDE)  # null: the size the teacher trained at
+    batch_size: int = Field(ge=1)
+    flip_tta: bool
+    device: Device
+    channels_last: bool
+    bfloat16: bool | Literal["auto"]  # auto: where the device computes bf16 natively
+    source_name: str = Field(pattern=_NAME)
+    score: ScoreParams
+    validation: ValidationParams
 
     @field_validator("input_size")
     @classmethod
@@ -112,13 +112,14 @@ class PseudoLabelParams(Section):
         if not self.flip_tta and not any(v > 0 for k, v in self.score.weights.items() if k != "flip_agreement"):
             raise ValueError("score.weights: only flip_agreement has weight, but flip_tta is off; no image would "
                              "get a score")
-        files = {"metrics": self.metrics, "validation.per_image_csv": self.validation.per_image_csv}
-        if os.path.normpath(self.metrics) == os.path.normpath(self.validation.per_image_csv):
-            raise ValueError("metrics and validation.per_image_csv are the same file; each output needs its own")
-        for key, value in files.items():
-            if is_within(os.path.abspath(value), os.path.abspath(self.output)):
-                raise ValueError(f"{key} {value!r} lies inside output {self.output!r}, which is replaced as a whole")
         return self
+
+
+def check_output_paths(paths: ProjectPaths) -> None:
+    """The metrics files must not lie inside ``paths.pseudo``, which is replaced as a whole."""
+    if is_within(os.path.abspath(paths.metrics), os.path.abspath(paths.pseudo)):
+        raise StageError(f"paths.metrics {paths.metrics!r} lies inside paths.pseudo {paths.pseudo!r}, which "
+                         "pseudo_label replaces as a whole; its metrics would be deleted")
 
 
 # ---------------------------------------------------------------------------- pure cores
@@ -220,7 +221,7 @@ def build_pseudo_dataset(runner: TeacherRunner, pool_root: Path, pool: pd.DataFr
     """Write masks under ``out_dir``; return (manifest, scores, skipped) frames.
 
     Image paths are relative to ``final_dir`` (where ``out_dir`` is renamed to), computed
-    lexically; with ``anchors`` (see ``assemble.portable_relpath``) a pool row whose image
+    lexically; with ``anchors`` (see ``pipeline.paths.portable_relpath``) a pool row whose image
     lies outside them is skipped with the reason.
     """
     rows, scores, skipped = [], [], []
@@ -327,10 +328,10 @@ def select_pool(pool: pd.DataFrame, settings: PseudoLabelParams, where: str) -> 
     return pool.head(settings.max_images) if settings.max_images else pool
 
 
-def validation_rows(settings: PseudoLabelParams, seen_in_training: set[str], notes: list[str],
+def validation_rows(settings: PseudoLabelParams, paths: ProjectPaths, seen_in_training: set[str], notes: list[str],
                     project: str | os.PathLike) -> tuple[pd.DataFrame, int]:
     """Labelled rows the teacher did not train on (and how many were left out for that)."""
-    rows = gather_rows(settings.validation.data, notes, "pseudo_label.validation.data", project)
+    rows = gather_rows(settings.validation.data, paths, notes, "pseudo_label.validation.data", project)
     leaked = rows["id"].isin(seen_in_training) | rows["origin"].isin(seen_in_training) if len(rows) else \
         pd.Series([], dtype=bool)
     rows = rows[~leaked].sort_values("id")
@@ -341,28 +342,30 @@ def validation_rows(settings: PseudoLabelParams, seen_in_training: set[str], not
 
 def _body(args) -> int:
     raw = load_params(args.params)
+    paths = parse_section(ProjectPaths, raw, "paths", args.params)
     settings = parse_section(PseudoLabelParams, raw, "pseudo_label", args.params)
     teacher_settings = parse_section(TeacherArchitecture, raw, "teacher", args.params)
     rules = path_rules(raw, args.params)
     anchors = (rules.root, *rules.allowed_outside)
     project = rules.root
+    check_output_paths(paths)
     try:
-        model, state = load_teacher(settings.teacher, expected_config=teacher_settings.arch_config())
-        trained_size = checked_input_size(state, settings.teacher)
+        model, state = load_teacher(paths.teacher, expected_config=teacher_settings.arch_config())
+        trained_size = checked_input_size(state, paths.teacher)
         seen = state.get("train_ids") or []
         if not isinstance(seen, list) or not all(isinstance(i, str) for i in seen):
-            raise CheckpointError(f"{settings.teacher}: teacher checkpoint train_ids is not a list of ids")
+            raise CheckpointError(f"{paths.teacher}: teacher checkpoint train_ids is not a list of ids")
     except CheckpointError as exc:
         raise StageError(str(exc)) from None
 
-    pool_root = Path(settings.pool_root)
-    output = Path(settings.output)
+    pool_root = Path(paths.prepared)
+    output = Path(paths.pseudo)
     try:
         portable_relpath(pool_root, output, anchors)
     except ValueError as exc:
-        raise StageError(f"pseudo_label.pool_root {settings.pool_root!r}: {settings.output}/manifest.csv would point "
-                         f"into it with paths that differ between checkouts ({exc}); keep the pool in the project "
-                         "(a symlink inside it works)") from None
+        raise StageError(f"paths.prepared {paths.prepared!r}: {paths.pseudo}/manifest.csv would point into it with "
+                         f"paths that differ between checkouts ({exc}); keep the pool in the project (a symlink "
+                         "inside it works)") from None
     try:
         pool = read_manifest(pool_root)
     except ValueError as exc:
@@ -374,11 +377,12 @@ def _body(args) -> int:
     bfloat16 = native_bfloat16(device) if settings.bfloat16 == "auto" else settings.bfloat16
     runner = TeacherRunner(model, input_size, flip_tta=settings.flip_tta, device=device,
                            channels_last=settings.channels_last, bfloat16=bfloat16)
+    progress = not args.quiet
 
     # Validation first: an empty validation set fails before the pool's outputs are replaced.
     notes: list[str] = []
-    val_rows, excluded = validation_rows(settings, set(seen), notes, project)
-    per_image, val_skipped = validate_teacher(runner, val_rows, settings)
+    val_rows, excluded = validation_rows(settings, paths, set(seen), notes, project)
+    per_image, val_skipped = validate_teacher(runner, val_rows, settings, progress)
     if per_image.empty:
         message = (f"no validation image: pseudo_label.validation.data selects {len(val_rows)} labelled image(s) the "
                    f"teacher did not train on ({excluded} excluded as seen in training, {len(val_skipped)} unreadable)")
@@ -390,7 +394,7 @@ def _body(args) -> int:
     started = time.time()
     with atomic_dir(output) as tmp:
         manifest, scores, skipped = build_pseudo_dataset(runner, pool_root, pool, settings, tmp, output,
-                                                         anchors=anchors)
+                                                         progress=progress, anchors=anchors)
         if manifest.empty:
             first = skipped["reason"].iloc[0] if len(skipped) else ""
             raise StageError(f"none of the {len(pool)} pool image(s) could be pseudo-labelled (first reason: {first})")
@@ -401,9 +405,9 @@ def _body(args) -> int:
     print(f"pseudo-labelled {len(manifest)} images in {seconds:.1f} s ({len(manifest) / max(seconds, 1e-9):.2f} img/s), "
           f"skipped {len(skipped)}; review queue (low score first): {output / 'scores.csv'}")
 
-    write_csv(settings.validation.per_image_csv, per_image.round(6))
+    write_csv(paths.metrics_file(VALIDATION_NAME), per_image.round(6))
     score_stats = scores["score"].describe() if len(scores) else None
-    write_json(settings.metrics, {
+    write_json(paths.metrics_file(METRICS_NAME), {
         "pool": {
             "images": int(len(manifest)), "skipped": int(len(skipped)), "flip_tta": settings.flip_tta,
             "input_size": input_size, "bfloat16": bfloat16,

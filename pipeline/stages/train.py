@@ -1,17 +1,13 @@
-"""Stage ``train``: train one segmentation network on the assembled training set.
+"""Stage ``train``: train one segmentation network (a student) on the assembled training set.
 
 ExtremeC3Net trains as in the paper: stage 1 fits the CoarseNet alone
 (``extremec3net_stage1``); stage 2 fits the full network, its encoder initialised from
 the best stage-1 checkpoint. Any architecture ``X`` with a registered ``X_stage1`` and a
 ``load_stage1_into`` beside its builder trains that way; the others train in one stage.
-
-Training survives a kill: after every epoch ``models/<arch>/checkpoints/stage<k>_last.pt``
-(model, optimizer, epoch, RNG state, history) and ``stage<k>_best.pt`` are saved
-atomically, and a rerun continues from the last one. Each epoch's sample order and
-augmentation are drawn from seeds derived from (seed, stage, epoch), so an interrupted and
-resumed run repeats the uninterrupted one. Checkpoints made with other settings (a
-fingerprint of every param that changes the result, of the training manifest and of the
-training and network source files) are not resumed but started over.
+Each stage is one run of the pipeline's training loop (``pipeline.training``): Adam, the
+multistep (or constant) learning rate of the epoch, the Lovász (or CE, or the network's own
+paper) loss; checkpoints after every epoch, resumed after a kill with the same result, and
+started over when the settings, the training manifest or the code changed.
 
 Validation uses the ``val`` rows of the training manifest when there are any, otherwise a
 deterministic fraction of the rows of ``val_sources`` (chosen by a hash of the id). Its
@@ -20,10 +16,17 @@ evaluate stage measures at the original resolution. A validation set that comes 
 (a source the training set lacks, ``val_fraction: 0``) stops the stage unless
 ``allow_empty_validation: true`` says to train without one (the last epoch is then exported).
 
-Params are checked when they are loaded, before any data is read: each architecture is
-registered, each ``model_kwargs`` entry names a registered architecture and only arguments
-its builder takes, with values it builds with, and each trained network runs (on the meta
-device) at ``input_size`` on a batch of ``batch_size`` images.
+Params (``train``): ``archs``, ``model_kwargs`` (builder kwargs, one entry per architecture)
+and ``settings`` (everything else; ``train@<arch>`` in dvc.yaml depends on ``settings`` and
+its own ``model_kwargs`` entry only). They are checked when loaded, before any data is read:
+every ``model_kwargs`` entry names a registered architecture and only arguments its builder
+takes, of the annotated types; each trained architecture (``archs``, or ``--arch``) has an
+entry, builds with it (on the meta device) and runs at ``input_size`` on a batch of
+``batch_size`` images.
+
+Reads ``paths.train_set``. Writes ``<paths.models>/<arch>/model.pt`` (the exported epoch),
+``<paths.models>/<arch>/checkpoints/stage<k>_{last,best}.pt``,
+``<paths.metrics>/train/<arch>.json`` and ``<paths.plots>/train/<arch>.csv`` (per epoch).
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import argparse
 import hashlib
 import importlib
 import inspect
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -44,66 +46,73 @@ import pandas as pd
 import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
-from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
-from pipeline.data import ManifestDataset, eval_transform, train_transform
+from pipeline.checkpoint import CheckpointError, save_checkpoint
+from pipeline.data import ManifestDataset, SeededAugmentation, eval_transform, train_transform
 from pipeline.devices import Device, resolve_device
 from pipeline.hashing import sha256_file
 from pipeline.losses import SegmentationLoss
-from pipeline.models.registry import Architecture, ModelArgumentError, check_forward, check_model_kwargs, get_spec
-from pipeline.params import InputPath, OutputPath, Section, load_section
+from pipeline.models.registry import (Architecture, ModelArgumentError, check_argument_names, check_forward,
+                                      check_model_kwargs, get_spec)
+from pipeline.params import Section, load_section
+from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
+from pipeline.training import TrainingJob, code_digest, fingerprint as hash_settings, multistep_lr, run, validation_iou
 
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "train_loss", "val_miou", "lr"]
+MAX_WORKERS = 64  # data-loader processes; more only exhausts the machine
+MAX_THREADS = 256  # torch intra-op threads
+
+
+# ---------------------------------------------------------------- params
 
 
 class LossParams(Section):
     # lovasz / ce: the ExtremeC3Net paper's loss (Table 3 ablation). paper: the loss the
     # architecture's own paper trains it with (``paper_loss`` in its module: the seg-nets'
     # squared L2, C-DLinkNet's refine + 0.5 x decoder losses); other networks fall back to lovasz.
-    kind: Literal["lovasz", "ce", "paper"] = "lovasz"
-    boundary_weight: float = Field(0.5, ge=0, allow_inf_nan=False)  # official code: 0.5 x the loss on the boundary band
-    boundary_kernel: int = Field(7, ge=1)  # k x k square; odd
+    kind: Literal["lovasz", "ce", "paper"]
+    boundary_weight: float = Field(ge=0, allow_inf_nan=False)  # official code: 0.5 x the loss on the boundary band
+    boundary_kernel: int = Field(ge=1)  # k x k square; odd
 
-    @model_validator(mode="after")
-    def _odd_kernel(self):
-        if self.boundary_kernel % 2 == 0:
-            raise ValueError(f"boundary_kernel must be odd (got {self.boundary_kernel})")
-        return self
+    @field_validator("boundary_kernel")
+    @classmethod
+    def _odd_kernel(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("must be odd")
+        return value
 
 
-MAX_WORKERS = 64  # data-loader processes; more only exhausts the machine
-MAX_THREADS = 256  # torch intra-op threads
+class TrainSettings(Section):
+    """``train.settings``: how every architecture trains."""
+
+    input_size: int = Field(ge=16, le=4096)
+    epochs: int = Field(ge=1)  # per stage (the paper: 300 + 300 for ExtremeC3Net)
+    batch_size: int = Field(ge=1)
+    workers: int = Field(ge=0, le=MAX_WORKERS)
+    max_steps_per_epoch: int = Field(ge=0)  # 0 = the whole training set each epoch
+    lr: float = Field(gt=0, allow_inf_nan=False)  # Adam
+    weight_decay: float = Field(ge=0, allow_inf_nan=False)
+    lr_schedule: Literal["multistep", "constant"]  # official: x0.5 at 1/2 and 5/6 of the epochs
+    val_fraction: float = Field(ge=0, lt=1)
+    val_sources: list[Annotated[str, Field(min_length=1)]]  # [] = any
+    max_val_images: int = Field(ge=0)  # 0 = all held-out images
+    allow_empty_validation: bool  # true: train without validation when none is left (exports the last epoch)
+    export: Literal["best", "last"]  # which epoch of the last stage model.pt holds
+    loss: LossParams
+    seed: int
+    device: Device  # "auto" = cuda when available
+    threads: int = Field(ge=0, le=MAX_THREADS)  # torch CPU threads; 0 = torch's default
+    resume: bool
 
 
 class TrainParams(Section):
-    archs: list[Architecture] = Field(default_factory=lambda: ["extremec3net"], min_length=1)
-    model_kwargs: dict[str, dict] = Field(default_factory=dict)  # per-architecture builder kwargs
-    train_set: InputPath = "data/train_set"
-    models_dir: OutputPath = "models"
-    metrics_dir: OutputPath = "metrics/train"
-    plots_dir: OutputPath = "plots/train"
-    input_size: int = Field(224, ge=16, le=4096)
-    epochs: int = Field(300, ge=1)  # per stage (the paper: 300 + 300 for ExtremeC3Net)
-    batch_size: int = Field(36, ge=1)
-    workers: int = Field(2, ge=0, le=MAX_WORKERS)
-    max_steps_per_epoch: int = Field(0, ge=0)  # 0 = the whole training set each epoch
-    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(2e-4, ge=0, allow_inf_nan=False)
-    lr_schedule: Literal["multistep", "constant"] = "multistep"  # official: x0.5 at 1/2 and 5/6 of the epochs
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    val_sources: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=lambda: ["eg1800"])  # [] = any
-    max_val_images: int = Field(0, ge=0)  # 0 = all held-out images
-    allow_empty_validation: bool = False  # true: train without validation when none is left (exports the last epoch)
-    export: Literal["best", "last"] = "best"  # which epoch of the last stage model.pt holds
-    loss: LossParams = Field(default_factory=LossParams)
-    seed: int = 0
-    device: Device = "cpu"  # "auto" = cuda when available
-    threads: int = Field(0, ge=0, le=MAX_THREADS)  # torch CPU threads; 0 = torch's default
-    resume: bool = True
+    archs: list[Architecture] = Field(min_length=1)
+    model_kwargs: dict[str, dict]  # builder kwargs of every trainable architecture ({} = its defaults)
+    settings: TrainSettings
 
     @field_validator("archs")
     @classmethod
@@ -115,20 +124,19 @@ class TrainParams(Section):
 
     @field_validator("model_kwargs")
     @classmethod
-    def _kwargs_build(cls, value: dict[str, dict]) -> dict[str, dict]:
-        errors = [error for arch, kwargs in value.items() for error in model_kwargs_errors(arch, kwargs)]
+    def _kwargs_named_right(cls, value: dict[str, dict]) -> dict[str, dict]:
+        errors = [error for arch, kwargs in value.items() for error in model_kwargs_errors(arch, kwargs, build=False)]
         if errors:
             raise ValidationError.from_exception_data("model_kwargs", errors)
         return value
 
     @model_validator(mode="after")
-    def _networks_run(self) -> "TrainParams":
-        errors = [InitErrorDetails(type=_error(message), loc=("archs", index), input=arch)
-                  for index, arch in enumerate(self.archs)
-                  for message in [architecture_problem(arch, self)] if message]
-        if self.loss.boundary_kernel >= self.input_size:
-            errors.append(InitErrorDetails(type=_error(f"must be smaller than input_size ({self.input_size})"),
-                                           loc=("loss", "boundary_kernel"), input=self.loss.boundary_kernel))
+    def _trained_networks_run(self) -> "TrainParams":
+        errors = [error for index, arch in enumerate(self.archs) for error in trained_arch_errors(arch, index, self)]
+        if self.settings.loss.boundary_kernel >= self.settings.input_size:
+            errors.append(InitErrorDetails(type=_error(f"must be smaller than input_size ({self.settings.input_size})"),
+                                           loc=("settings", "loss", "boundary_kernel"),
+                                           input=self.settings.loss.boundary_kernel))
         if errors:
             raise ValidationError.from_exception_data("train", errors)
         return self
@@ -138,15 +146,19 @@ def _error(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_architecture", "{message}", {"message": message})
 
 
-def model_kwargs_errors(arch: str, kwargs) -> list[InitErrorDetails]:
-    """Why ``model_kwargs[arch]`` is refused, as pydantic errors located at the bad key."""
+def model_kwargs_errors(arch: str, kwargs, build: bool = True) -> list[InitErrorDetails]:
+    """Why ``model_kwargs[arch]`` is refused, as pydantic errors located at the bad key.
+
+    Without ``build`` only the argument names and types are checked (fast): what a network
+    that is not trained now needs.
+    """
     from pipeline.models import available_models
 
     if arch not in available_models():
         return [InitErrorDetails(type=_error(f"not a registered architecture; known: {', '.join(available_models())}"),
                                  loc=(arch,), input=kwargs)]
     try:
-        check_model_kwargs(arch, kwargs)
+        (check_model_kwargs if build else check_argument_names)(arch, kwargs)
     except ModelArgumentError as exc:
         if exc.argument is None:
             return [InitErrorDetails(type=_error(exc.reason), loc=(arch,), input=kwargs)]
@@ -154,16 +166,51 @@ def model_kwargs_errors(arch: str, kwargs) -> list[InitErrorDetails]:
     return []
 
 
-def architecture_problem(arch: str, params: "TrainParams") -> str | None:
+def trained_arch_errors(arch: str, index: int, params: TrainParams) -> list[InitErrorDetails]:
+    """Why ``archs[index]`` cannot be trained: no kwargs entry, kwargs that do not build, or a
+    network that does not run at the configured size."""
+    if arch not in params.model_kwargs:
+        return [InitErrorDetails(type=_error(f"{arch} has no train.model_kwargs entry; add `{arch}: {{}}` for its "
+                                             "builder's defaults"), loc=("archs", index), input=arch)]
+    errors = model_kwargs_errors(arch, params.model_kwargs[arch])
+    if errors:
+        return [{**e, "loc": ("model_kwargs", *e["loc"])} for e in errors]
+    problem = architecture_problem(arch, params)
+    return [InitErrorDetails(type=_error(problem), loc=("archs", index), input=arch)] if problem else []
+
+
+def architecture_problem(arch: str, params: TrainParams) -> str | None:
     """Why a stage of ``arch`` cannot train at these settings (None when it can)."""
-    kwargs = params.model_kwargs.get(arch, {})
+    kwargs, settings = params.model_kwargs.get(arch, {}), params.settings
     for plan in plan_stages(arch):
         try:
-            check_forward(plan.arch, kwargs, params.input_size, batch=min(params.batch_size, 2), training=True)
+            check_forward(plan.arch, kwargs, settings.input_size, batch=min(settings.batch_size, 2), training=True)
         except ModelArgumentError as exc:
-            return (f"{exc} (stage {plan.index}; input_size {params.input_size}, batch_size {params.batch_size}, "
+            return (f"{exc} (stage {plan.index}; input_size {settings.input_size}, batch_size {settings.batch_size}, "
                     f"model_kwargs.{arch})")
     return None
+
+
+def archs_to_train(params: TrainParams, arch: str | None) -> list[str]:
+    """``--arch`` (checked like a listed one: those were checked when params loaded), else ``archs``."""
+    if not arch:
+        return list(params.archs)
+    if arch not in params.archs:
+        plan_stages(arch)  # unknown architecture: StageError
+        if arch not in params.model_kwargs:
+            raise StageError(f"--arch {arch}: no train.model_kwargs entry for it; add `{arch}: {{}}` for its "
+                             "builder's defaults")
+        errors = model_kwargs_errors(arch, params.model_kwargs[arch])
+        if errors:
+            raise StageError(f"--arch {arch}: train.model_kwargs.{'.'.join(map(str, errors[0]['loc']))}: "
+                             f"{errors[0]['type'].message()}")
+        problem = architecture_problem(arch, params)
+        if problem:
+            raise StageError(f"--arch {arch}: {problem}")
+    return [arch]
+
+
+# ---------------------------------------------------------------- pure core
 
 
 @dataclass(frozen=True)
@@ -187,12 +234,11 @@ def plan_stages(arch: str) -> list[StagePlan]:
     return [StagePlan(1, arch)]
 
 
-def learning_rate(params: TrainParams, epoch: int) -> float:
+def learning_rate(settings: TrainSettings, epoch: int) -> float:
     """Learning rate of 0-based ``epoch``; a pure function of the epoch so resuming needs no scheduler state."""
-    if params.lr_schedule == "constant":
-        return params.lr
-    milestones = [m for m in (params.epochs // 2, params.epochs - params.epochs // 6) if m > 0]
-    return params.lr * 0.5 ** sum(epoch >= m for m in milestones)
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    return multistep_lr(settings.lr, settings.epochs, epoch)
 
 
 def holdout_mask(ids: pd.Series, sources: pd.Series, fraction: float, allowed_sources: list[str], seed: int) -> np.ndarray:
@@ -204,7 +250,7 @@ def holdout_mask(ids: pd.Series, sources: pd.Series, fraction: float, allowed_so
     return eligible & (draws < fraction)
 
 
-def split_train_val(frame: pd.DataFrame, params: TrainParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_train_val(frame: pd.DataFrame, settings: TrainSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Training and validation rows; a validation set that would be empty is an error unless allowed."""
     frame = frame[frame["mask"] != ""]
     if (frame["split"] == "val").any():
@@ -212,128 +258,42 @@ def split_train_val(frame: pd.DataFrame, params: TrainParams) -> tuple[pd.DataFr
         how = "the 'val' split of the training set"
     else:
         known = sorted(frame["source"].unique())
-        missing = [s for s in params.val_sources if s not in known]
+        missing = [s for s in settings.val_sources if s not in known]
         if missing:
-            raise StageError(f"train.val_sources: {missing} not in the training set; its labelled sources are "
-                             f"{known or 'none'}")
-        held = holdout_mask(frame["id"], frame["source"], params.val_fraction, params.val_sources, params.seed)
+            raise StageError(f"train.settings.val_sources: {missing} not in the training set; its labelled sources "
+                             f"are {known or 'none'}")
+        held = holdout_mask(frame["id"], frame["source"], settings.val_fraction, settings.val_sources, settings.seed)
         train, val = frame[~held], frame[held]
-        how = (f"val_fraction {params.val_fraction} of "
-               f"{'sources ' + str(list(params.val_sources)) if params.val_sources else 'every source'}")
+        how = (f"val_fraction {settings.val_fraction} of "
+               f"{'sources ' + str(list(settings.val_sources)) if settings.val_sources else 'every source'}")
     if train.empty:
         raise StageError("no training rows left after holding out the validation part")
-    if params.max_val_images:
-        val = val.iloc[: params.max_val_images]
-    if val.empty and not params.allow_empty_validation:
-        raise StageError(f"no validation images ({how} holds none): raise train.val_fraction or change "
-                         "train.val_sources, or set train.allow_empty_validation: true to train without "
-                         "validation (model.pt is then the last epoch)")
+    if settings.max_val_images:
+        val = val.iloc[: settings.max_val_images]
+    if val.empty and not settings.allow_empty_validation:
+        raise StageError(f"no validation images ({how} holds none): raise train.settings.val_fraction or change "
+                         "train.settings.val_sources, or set train.settings.allow_empty_validation: true to train "
+                         "without validation (model.pt is then the last epoch)")
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-class SeededAugmentDataset(ManifestDataset):
-    """ManifestDataset whose augmentation of sample i in epoch e depends only on (seed, e, i)."""
-
-    def __init__(self, *args, seed: int = 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.seed = seed
-        self.epoch_seed = seed
-
-    def set_epoch(self, stage: int, epoch: int) -> None:
-        self.epoch_seed = derived_seed(self.seed, stage, epoch)
-
-    def __getitem__(self, index: int) -> dict:
-        if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed((self.epoch_seed * 1_000_003 + int(index)) % 2**32)
-        return super().__getitem__(index)
+def seeded_training_data(root: str | Path, rows: pd.DataFrame, input_size: int, seed: int) -> SeededAugmentation:
+    """The training rows with PortraitNet augmentation, each sample's draws seeded by the loop."""
+    transform = train_transform(input_size)
+    return SeededAugmentation(ManifestDataset(root, rows, transform=transform), transform, seed)
 
 
-def derived_seed(seed: int, stage: int, epoch: int) -> int:
-    return int(hashlib.sha256(f"{seed}/{stage}/{epoch}".encode()).hexdigest()[:8], 16)
+def fingerprint(settings: TrainSettings, arch: str, kwargs: dict, train_set_digest: str, code: str = "") -> str:
+    """Hash of everything that changes the trained weights (not workers, device, threads, resume, export)."""
+    relevant = settings.model_dump(exclude={"workers", "device", "threads", "resume", "export",
+                                            "allow_empty_validation"})
+    return hash_settings(relevant, arch=arch, model_kwargs=kwargs, train_set=train_set_digest, code=code)
 
 
-def epoch_order(n: int, seed: int, limit: int | None, batch_size: int | None = None) -> list[int]:
-    """This epoch's sample order. With ``batch_size``, a last batch of a single image is left out
-    (that image comes at another place next epoch): batch norm cannot train on one image."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=generator).tolist()
-    order = order[:limit] if limit else order
-    if batch_size and batch_size > 1 and len(order) > 1 and len(order) % batch_size == 1:
-        order = order[:-1]
-    return order
-
-
-def fingerprint(params: TrainParams, arch: str, train_set_digest: str, code_digest: str = "") -> str:
-    """Hash of everything that changes the trained weights (not workers, device, paths, resume)."""
-    relevant = params.model_dump(exclude={"archs", "model_kwargs", "train_set", "models_dir", "metrics_dir",
-                                          "plots_dir", "workers", "device", "threads", "resume",
-                                          "export", "allow_empty_validation"})
-    relevant.update(arch=arch, model_kwargs=params.model_kwargs.get(arch, {}), train_set=train_set_digest,
-                    code=code_digest)
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def code_digest(plans: list[StagePlan]) -> str:
-    """Hash of the source that decides the weights: a code change must not resume old checkpoints."""
-    import sys
-
-    from pipeline.models import get_spec
-
-    modules = {"pipeline.stages.train", "pipeline.losses", "pipeline.data", "pipeline.models.registry"}
-    modules |= {get_spec(p.arch).builder.__module__ for p in plans}
-    digest = hashlib.sha256()
-    for name in sorted(modules):
-        path = getattr(sys.modules.get(name) or importlib.import_module(name), "__file__", None)
-        if path:
-            digest.update(name.encode() + Path(path).read_bytes())
-    return digest.hexdigest()
-
-
-def validation_miou(model: torch.nn.Module, loader, device: str) -> float:
-    """Mean per-image foreground IoU (x100) at the loader's resolution."""
-    from pipeline.metrics import iou
-    from pipeline.models import foreground_logit
-
-    model.eval()
-    scores = []
-    with torch.inference_mode():
-        for batch in loader:
-            predicted = (foreground_logit(model(batch["image"].to(device))) > 0).cpu().numpy()
-            truth = batch["mask"].numpy() > 0.5
-            scores += [iou(p, t) for p, t in zip(predicted, truth)]
-    return float(np.mean(scores) * 100) if scores else float("nan")
-
-
-@dataclass
-class TrainContext:
-    """What a training run needs besides params: data and where to write."""
-
-    train_data: SeededAugmentDataset
-    val_data: Dataset | None
-    out_dir: Path  # models/<arch>
-    fingerprint: str
-    device: str = "cpu"
-    on_epoch: Callable[[list[dict]], None] | None = None  # called with the history after each epoch
-    log: Callable[[str], None] = print
-    progress: bool = True  # tqdm bar per epoch
-
-
-def _checkpoint_paths(out_dir: Path, stage: int) -> tuple[Path, Path]:
-    return out_dir / "checkpoints" / f"stage{stage}_last.pt", out_dir / "checkpoints" / f"stage{stage}_best.pt"
-
-
-def _load_resumable(path: Path, plan: StagePlan, kwargs: dict, ctx: TrainContext) -> dict | None:
-    """The last checkpoint of a stage if it may be continued; None to start the stage over."""
-    if not path.is_file():
-        return None
-    try:
-        state = load_checkpoint(path, expected_arch=plan.arch, expected_config=kwargs)
-    except CheckpointError as exc:
-        raise StageError(f"{exc}. Delete {path.parent} to train from scratch.") from None
-    if state.get("fingerprint") != ctx.fingerprint:
-        ctx.log(f"{path}: made with other settings or another training set; stage {plan.index} starts over")
-        return None
-    return state
+def code_modules(plans: list[StagePlan]) -> set[str]:
+    """The modules whose source decides the weights: a code change must not resume old checkpoints."""
+    return ({__name__, "pipeline.training", "pipeline.losses", "pipeline.data", "pipeline.models.registry"}
+            | {get_spec(p.arch).builder.__module__ for p in plans})
 
 
 def training_loss(model: torch.nn.Module, loss: LossParams):
@@ -347,100 +307,90 @@ def training_loss(model: torch.nn.Module, loss: LossParams):
     return lambda net, images, masks: segmentation(net(images), masks)
 
 
-def train_stage(plan: StagePlan, params: TrainParams, kwargs: dict, ctx: TrainContext, history: list[dict],
-                previous_weights: dict | None, global_offset: int) -> tuple[dict, list[dict]]:
-    """Train (or resume, or skip if finished) one stage; returns (exported state, history)."""
+def _loss_of(loss: LossParams):
+    """The job's loss: ``training_loss`` chosen once, for the network the loop built."""
+    chosen: dict = {}
+
+    def loss_fn(net, images, masks):
+        if "fn" not in chosen:
+            chosen["fn"] = training_loss(net, loss)
+        return chosen["fn"](net, images, masks)
+
+    return loss_fn
+
+
+@dataclass
+class TrainContext:
+    """What a training run needs besides params: data and where to write."""
+
+    train_data: SeededAugmentation
+    val_data: Dataset | None
+    out_dir: Path  # models/<arch>
+    fingerprint: str
+    device: str = "cpu"
+    on_epoch: Callable[[list[dict]], None] | None = None  # called with the history after each epoch
+    log: Callable[[str], None] = print
+    progress: bool = True  # tqdm bar per epoch
+
+
+def stage_rows(plan: StagePlan, epochs: int, history: list[dict]) -> list[dict]:
+    """The loop's history of one stage as plot rows (epochs numbered across the stages)."""
+    return [{"epoch": (plan.index - 1) * epochs + h["epoch"], "stage": plan.index, "stage_epoch": h["epoch"],
+             "train_loss": h["train_loss"], "val_miou": h["val"], "lr": h["lr"]} for h in history]
+
+
+def stage_job(plan: StagePlan, settings: TrainSettings, kwargs: dict, ctx: TrainContext, earlier: list[dict],
+              previous_weights: dict | None) -> TrainingJob:
+    """One stage of a student as a run of the training loop."""
     from pipeline.models import build_model
 
-    last_path, best_path = _checkpoint_paths(ctx.out_dir, plan.index)
-    torch.manual_seed(derived_seed(params.seed, plan.index, -1))  # same initial weights fresh or resumed
-    model = build_model(plan.arch, **kwargs).to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
-    loss_fn = training_loss(model, params.loss)
-    state = _load_resumable(last_path, plan, kwargs, ctx) if params.resume else None
-    if state is not None:
-        load_weights(model, state, last_path)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start, best_miou, best_epoch = int(state["epoch"]), float(state["best_val_miou"]), int(state["best_epoch"])
-        history = [h for h in state["history"]]
-        if start < params.epochs:
-            ctx.log(f"stage {plan.index} ({plan.arch}): resuming after epoch {start} of {params.epochs}")
-    else:
-        if previous_weights is not None and plan.init_from_previous is not None:
+    def make_model(fresh: bool) -> torch.nn.Module:
+        model = build_model(plan.arch, **kwargs)
+        if fresh and previous_weights is not None and plan.init_from_previous is not None:
             plan.init_from_previous(model, previous_weights)
-        start, best_miou, best_epoch = 0, -math.inf, 0
-        history = [h for h in history if h["stage"] < plan.index]
+        return model
 
-    for epoch in range(start, params.epochs):
-        lr = learning_rate(params, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        ctx.train_data.set_epoch(plan.index, epoch)
-        order = epoch_order(len(ctx.train_data), derived_seed(params.seed, plan.index, epoch),
-                            params.max_steps_per_epoch * params.batch_size or None, params.batch_size)
-        loader = DataLoader(ctx.train_data, batch_size=params.batch_size, sampler=order,
-                            num_workers=params.workers, drop_last=False)
-        model.train()
-        losses = []
-        bar = tqdm(loader, desc=f"{plan.arch} epoch {epoch + 1}/{params.epochs}", unit="batch", leave=False,
-                   disable=not ctx.progress)
-        for batch in bar:
-            loss = loss_fn(model, batch["image"].to(ctx.device), batch["mask"].to(ctx.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        bar.close()
-        if not losses or not all(math.isfinite(v) for v in losses):
-            raise StageError(f"stage {plan.index} epoch {epoch + 1}: training loss is not finite ({losses[-3:]})")
-        val_miou = float("nan")
-        if ctx.val_data is not None and len(ctx.val_data):
-            val_loader = DataLoader(ctx.val_data, batch_size=params.batch_size, num_workers=params.workers)
-            val_miou = validation_miou(model, val_loader, ctx.device)
-        improved = math.isnan(val_miou) or val_miou > best_miou
-        if improved:
-            best_miou, best_epoch = (val_miou if not math.isnan(val_miou) else best_miou), epoch + 1
-        history.append({"epoch": global_offset + epoch + 1, "stage": plan.index, "stage_epoch": epoch + 1,
-                        "train_loss": float(np.mean(losses)), "val_miou": val_miou, "lr": lr})
-        ctx.log(f"stage {plan.index} epoch {epoch + 1}/{params.epochs}: loss {np.mean(losses):.4f}, "
-                f"val mIoU {val_miou:.2f}")
-        state = {"arch": plan.arch, "config": kwargs, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "stage": plan.index,
-                 "rng": {"torch": torch.get_rng_state()}, "best_val_miou": best_miou, "best_epoch": best_epoch,
-                 "history": history, "fingerprint": ctx.fingerprint}
-        if improved:
-            save_checkpoint(best_path, state)
-        save_checkpoint(last_path, state)  # last after best: a kill between them loses nothing
-        if ctx.on_epoch is not None:
-            ctx.on_epoch(history)
+    validate = None
+    if ctx.val_data is not None and len(ctx.val_data):
+        def validate(model):
+            return validation_iou(model, ctx.val_data, settings.batch_size, settings.workers, ctx.device) * 100
 
-    if state is None:
-        raise StageError(f"stage {plan.index}: nothing trained and no checkpoint")
-    if params.export == "best" and best_path.is_file():
-        chosen = load_checkpoint(best_path, expected_arch=plan.arch)
-        if chosen.get("fingerprint") == ctx.fingerprint:
-            return chosen, history
-    return state, history
+    on_epoch = None
+    if ctx.on_epoch is not None:
+        def on_epoch(history):
+            ctx.on_epoch(earlier + stage_rows(plan, settings.epochs, history))
+
+    return TrainingJob(
+        name=f"stage {plan.index} ({plan.arch})", arch=plan.arch, config=kwargs, make_model=make_model,
+        make_optimizer=lambda model: torch.optim.Adam(model.parameters(), lr=settings.lr,
+                                                      weight_decay=settings.weight_decay),
+        loss=_loss_of(settings.loss), learning_rate=lambda step: learning_rate(settings, step.epoch),
+        epochs=settings.epochs, batch_size=settings.batch_size, train_data=ctx.train_data,
+        checkpoint_dir=ctx.out_dir / "checkpoints", fingerprint=ctx.fingerprint, seed=settings.seed, key=plan.index,
+        max_steps_per_epoch=settings.max_steps_per_epoch, validate=validate, checkpoint_name=f"stage{plan.index}_",
+        resume=settings.resume, workers=settings.workers, device=ctx.device, extra={"stage": plan.index},
+        progress=ctx.progress, log=ctx.log, on_epoch=on_epoch)
 
 
-def train_architecture(arch: str, params: TrainParams, ctx: TrainContext) -> dict:
-    """Every stage of ``arch``; returns the final model.pt content and the summary metrics."""
-    kwargs = dict(params.model_kwargs.get(arch, {}))
+def train_architecture(arch: str, settings: TrainSettings, kwargs: dict, ctx: TrainContext) -> dict:
+    """Every stage of ``arch``; returns the final model.pt content, the summary metrics and the history."""
+    kwargs = dict(kwargs)
     history: list[dict] = []
     previous = None
-    summary: dict = {"arch": arch, "epochs_per_stage": params.epochs}
+    summary: dict = {"arch": arch, "epochs_per_stage": settings.epochs}
     started = time.perf_counter()
     plans = plan_stages(arch)
     for plan in plans:
-        chosen, history = train_stage(plan, params, kwargs, ctx, history, previous,
-                                      global_offset=(plan.index - 1) * params.epochs)
+        try:
+            result = run(stage_job(plan, settings, kwargs, ctx, history, previous))
+        except CheckpointError as exc:
+            raise StageError(str(exc)) from None
+        chosen = result.best if settings.export == "best" and result.best is not None else result.last
+        history = history + stage_rows(plan, settings.epochs, result.history)
         previous = chosen["model"]
-        stage_rows = [h for h in history if h["stage"] == plan.index]
         summary[f"stage{plan.index}"] = {
-            "arch": plan.arch, "epochs": len(stage_rows),
-            "best_val_miou": _finite_or_none(chosen.get("best_val_miou")),
+            "arch": plan.arch, "epochs": len(result.history),
+            "best_val_miou": _finite_or_none(chosen.get("best_score")),
             "best_epoch": int(chosen.get("best_epoch", 0)),
         }
     last_rows = [h for h in history if h["stage"] == plans[-1].index]
@@ -449,14 +399,14 @@ def train_architecture(arch: str, params: TrainParams, ctx: TrainContext) -> dic
         final_val_miou=_finite_or_none(last_rows[-1]["val_miou"] if last_rows else None),
         best_val_miou=summary[f"stage{plans[-1].index}"]["best_val_miou"],
         exported_epoch=int(chosen["epoch"]),
-        export=params.export,
+        export=settings.export,
         train_samples=len(ctx.train_data),
         val_samples=len(ctx.val_data) if ctx.val_data is not None else 0,
         seconds=round(time.perf_counter() - started, 1),
     )
-    model_state = {"arch": arch, "config": kwargs, "model": chosen["model"], "input_size": params.input_size,
+    model_state = {"arch": arch, "config": kwargs, "model": chosen["model"], "input_size": settings.input_size,
                    "stage": plans[-1].index, "epoch": int(chosen["epoch"]),
-                   "val_miou": float(chosen.get("best_val_miou", float("nan")))}
+                   "val_miou": float(chosen.get("best_score", float("nan")))}
     return {"model": model_state, "summary": summary, "history": history}
 
 
@@ -467,57 +417,53 @@ def _finite_or_none(value):
     return round(value, 4) if math.isfinite(value) else None
 
 
+def history_frame(history: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(history, columns=HISTORY_COLUMNS).round({"train_loss": 6, "val_miou": 4})
+
+
+# ---------------------------------------------------------------- stage
+
+
 def _body(args: argparse.Namespace) -> int:
     from pipeline.manifest import MANIFEST_NAME, read_manifest
 
+    paths = load_section(ProjectPaths, "paths", args.params)
     params = load_section(TrainParams, "train", args.params)
-    archs = [args.arch] if args.arch else list(params.archs)
-    if args.arch and args.arch not in params.archs:  # the listed ones were checked with the params
-        plan_stages(args.arch)  # unknown architecture: StageError
-        problem = architecture_problem(args.arch, params)
-        if problem:
-            raise StageError(f"--arch {args.arch}: {problem}")
-    device = resolve_device(params.device)
-    if params.threads:
-        torch.set_num_threads(params.threads)
+    settings = params.settings
+    archs = archs_to_train(params, args.arch)
+    device = resolve_device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     try:
-        frame = read_manifest(params.train_set)
+        frame = read_manifest(paths.train_set)
     except ValueError as exc:
         raise StageError(str(exc)) from None
-    train_rows, val_rows = split_train_val(frame, params)
-    digest = sha256_file(Path(params.train_set) / MANIFEST_NAME)
+    train_rows, val_rows = split_train_val(frame, settings)
+    digest = sha256_file(Path(paths.train_set) / MANIFEST_NAME)
     for arch in archs:
-        train_data = SeededAugmentDataset(params.train_set, train_rows, transform=train_transform(params.input_size),
-                                          seed=params.seed)
-        val_data = (ManifestDataset(params.train_set, val_rows, transform=eval_transform(params.input_size))
+        kwargs = dict(params.model_kwargs[arch])
+        train_data = seeded_training_data(paths.train_set, train_rows, settings.input_size, settings.seed)
+        val_data = (ManifestDataset(paths.train_set, val_rows, transform=eval_transform(settings.input_size))
                     if len(val_rows) else None)
-        plot_path = Path(params.plots_dir) / f"{arch}.csv"
-        ctx = TrainContext(train_data, val_data, Path(params.models_dir) / arch,
-                           fingerprint(params, arch, digest, code_digest(plan_stages(arch))),
+        plot_path = Path(paths.plots) / "train" / f"{arch}.csv"
+        ctx = TrainContext(train_data, val_data, paths.model_dir(arch),
+                           fingerprint(settings, arch, kwargs, digest, code_digest(code_modules(plan_stages(arch)))),
                            device=device, on_epoch=lambda h, p=plot_path: write_csv(p, history_frame(h)),
                            log=lambda m: tqdm.write(m), progress=not args.quiet)
         print(f"train {arch}: {len(train_data)} training / {len(val_rows)} validation images, device {device}")
-        try:
-            result = train_architecture(arch, params, ctx)
-        except CheckpointError as exc:
-            raise StageError(str(exc)) from None
-        save_checkpoint(Path(params.models_dir) / arch / "model.pt", result["model"])
+        result = train_architecture(arch, settings, kwargs, ctx)
+        save_checkpoint(paths.model_dir(arch) / "model.pt", result["model"])
         write_csv(plot_path, history_frame(result["history"]))
-        write_json(Path(params.metrics_dir) / f"{arch}.json", result["summary"])
+        write_json(paths.metrics_file("train", f"{arch}.json"), result["summary"])
         s = result["summary"]
         print(f"train {arch}: best val mIoU {s['best_val_miou']} (epoch {s['exported_epoch']} exported), "
               f"{s['seconds']} s")
     return 0
 
 
-def history_frame(history: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(history, columns=HISTORY_COLUMNS).round({"train_loss": 6, "val_miou": 4})
-
-
 def main(argv=None) -> int:
     parser = make_parser("train", __doc__.split("\n\n")[0])
     parser.add_argument("--arch", help="train this architecture only (default: every one in train.archs)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return run_main(_body, parser, argv)
 
 

@@ -1,26 +1,10 @@
-"""Race / gender / age of every person in a portrait: schema, CSV, FiftyOne annotation.
+"""Command ``portrait-curation attributes``: race / gender / age of every person, in FiftyOne.
 
-Why: the ExtremeC3Net paper audits EG1800 by race (caucasian, asian, black), gender (man,
-woman) and age (child, youth = youth or middle-aged, senior): 18 intersectional classes
-(its Table 6), whose imbalance (Table 7, Figure 5) and per-group accuracy (Table 5) the
-``bias_report`` stage measures. This module is the one place that defines the scheme.
-
-Rules of the scheme:
-- ``unknown`` is a legal value for every attribute and is shown as such, never guessed;
-- a person has an intersectional class only when all three attributes are known;
-- class numbers run 1..18 race-major, then gender, then age (caucasian/man/child = 1,
-  caucasian/man/youth = 2, ..., black/woman/senior = 18). The paper's Table 6 was not
-  available to check its exact numbering; only the order of the numbers depends on it.
-
-The attribute table is a plain CSV that DVC tracks, one row per person::
-
-    image_id,person,face_x,face_y,face_w,face_h,race,gender,age,annotator
-
-``person`` is the 0-based index of the person from left to right; the face box is
-optional (all four blank or all four set) and given as fractions of the image's width
-and height, top-left corner then size, exactly as FiftyOne stores boxes.
-
-Command ``portrait-curation attributes``:
+Why: the ``bias_report`` stage measures accuracy per group of the paper's scheme
+(``pipeline.attributes``: 3 races x 2 genders x 3 ages, ``unknown`` allowed); the
+attributes come from a plain CSV (``paths.attributes``, one row per person) that a person
+fills in here. A manual step, not a DVC stage. Images are looked up in ``paths.prepared``
+(rows of ``attributes.source``) and then in ``attributes.image_dir``.
 
 - ``import``: CSV -> FiftyOne dataset (one sample per image, one ``Detection`` per
   person in the field ``people``, each carrying ``race``, ``gender``, ``age``,
@@ -28,13 +12,14 @@ Command ``portrait-curation attributes``:
   makes each attribute a radio group in the App. Refuses to replace an existing dataset
   (it may hold edits not yet exported) unless ``--overwrite``;
 - ``annotate``: like ``import``, then finds faces with MTCNN for images whose persons
-  have no box (and for images of the configured splits with no row at all), and opens
+  have no box (and for images of ``attributes.splits`` with no row at all), and opens
   the FiftyOne App. If the dataset exists already it is reopened as it is, edits kept
   (``--overwrite`` rebuilds it from the CSV). To annotate: open a sample, switch the
   sample view to *Annotate*, click a face box, then one value in each of the three
   radio groups (race, gender, age): four clicks per person. Missing faces can be drawn
   as boxes of class ``face``. Stop with Ctrl-C, then run ``export``;
-- ``export``: FiftyOne dataset -> CSV (validated, sorted), so the edits reach DVC.
+- ``export``: FiftyOne dataset -> CSV (``attributes.export_csv``, validated, sorted), so
+  the edits reach DVC (track it with ``dvc add`` and point ``paths.attributes`` at it).
 
 Annotations made elsewhere come in through ``import --from other.csv --overwrite``.
 """
@@ -42,65 +27,54 @@ Annotations made elsewhere come in through ``import --from other.csv --overwrite
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Iterable, Literal, Mapping
+from typing import Annotated, Iterable, Literal, Mapping, Sequence
 
 import pandas as pd
 from pydantic import Field
 
 from pipeline.attributes.annotation import assign_faces, dataset_to_table, detect_face_boxes, table_to_dataset
 from pipeline.attributes.table import empty_table, read_table, write_table
-from pipeline.params import InputPath, OutputPath, Section, load_section
+from pipeline.params import OutputPath, ParamsError, Section, check_output_path, load_params, load_section, path_rules
+from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
 
-
-# --- the CSV ---------------------------------------------------------------------------
-
-
-# --- faces -----------------------------------------------------------------------------
-
-
-# --- FiftyOne --------------------------------------------------------------------------
-
-
-# --- the stage -------------------------------------------------------------------------
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
 class AttributesParams(Section):
-    csv: InputPath = Field("../shared/datasets/eg1800_test_attributes.csv",
-                           description="attribute CSV that import and annotate read")
-    export_csv: OutputPath = Field("annotations/attributes.csv", description="CSV that export writes (DVC tracks it)")
-    dataset: str = Field("eg1800-attributes", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    source: str = Field("eg1800", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                        description="manifest source whose keys are the CSV's image ids")
-    manifest: str = Field("data/prepared", description="canonical dataset where images are looked up; '' = none")
+    export_csv: OutputPath = Field(description="CSV that export writes (DVC tracks it)")
+    dataset: str = Field(pattern=_NAME, description="persistent FiftyOne dataset")
+    source: str = Field(pattern=_NAME, description="manifest source whose keys are the CSV's image ids")
     splits: list[Literal["train", "val", "test", "unlabelled"]] = Field(
-        ["test"], min_length=1, description="manifest splits offered for annotation")
-    image_dir: str = Field("", description="fallback folder of <image_id>.jpg|png when not in the manifest")
-    detector_size: tuple[Annotated[int, Field(ge=32)], Annotated[int, Field(ge=32)]] = (320, 480)
-    min_face_confidence: float = Field(0.9, ge=0.0, le=1.0)
+        min_length=1, description="manifest splits offered for annotation")
+    image_dir: str = Field(description="fallback folder of <image_id>.jpg|png when not in the manifest; '' = none")
+    detector_size: tuple[Annotated[int, Field(ge=32)], Annotated[int, Field(ge=32)]]
+    min_face_confidence: float = Field(ge=0.0, le=1.0)
 
 
-def find_images(params: AttributesParams, image_ids: Iterable[str], include_splits: bool) -> dict[str, Path]:
-    """Image path per id: the manifest first (``<source>/<id>``), then ``image_dir``."""
+def find_images(image_ids: Iterable[str], *, manifest: str | Path, source: str, splits: Sequence[str],
+                include_splits: bool, image_dir: str) -> dict[str, Path]:
+    """Image path per id: the manifest first (``<source>/<id>``; none when it has not been
+    written yet), then ``image_dir``. With ``include_splits``, every image of ``splits`` too."""
     from pipeline.manifest import read_manifest
 
     paths: dict[str, Path] = {}
     wanted = set(image_ids)
-    root = Path(params.manifest)
-    if params.manifest and (root / "manifest.csv").is_file():
+    root = Path(manifest)
+    if (root / "manifest.csv").is_file():
         try:
-            manifest = read_manifest(root)
+            frame = read_manifest(root)
         except ValueError as exc:
             raise StageError(str(exc)) from None
-        manifest = manifest[manifest["source"] == params.source]
-        for row in manifest.to_dict("records"):
+        frame = frame[frame["source"] == source]
+        for row in frame.to_dict("records"):
             key = row["id"].split("/", 1)[1]
-            if key in wanted or (include_splits and row["split"] in params.splits):
+            if key in wanted or (include_splits and row["split"] in splits):
                 paths[key] = root / row["image"]
-    if params.image_dir:
+    if image_dir:
         for image_id in wanted - set(paths):
             for suffix in (".jpg", ".png", ".jpeg"):
-                candidate = Path(params.image_dir) / f"{image_id}{suffix}"
+                candidate = Path(image_dir) / f"{image_id}{suffix}"
                 if candidate.is_file():
                     paths[image_id] = candidate
                     break
@@ -110,7 +84,7 @@ def find_images(params: AttributesParams, image_ids: Iterable[str], include_spli
 def _parser():
     parser = make_parser("attributes", __doc__)
     parser.add_argument("action", choices=["import", "export", "annotate"])
-    parser.add_argument("--from", dest="source_csv", help="CSV to import (default: attributes.csv)")
+    parser.add_argument("--from", dest="source_csv", help="CSV to import (default: paths.attributes)")
     parser.add_argument("--to", dest="target_csv", help="CSV to export to (default: attributes.export_csv)")
     parser.add_argument("--annotator", default="", help="annotator name written for rows that have none")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing FiftyOne dataset")
@@ -120,7 +94,13 @@ def _parser():
 
 
 def _body(args) -> int:
+    paths = load_section(ProjectPaths, "paths", args.params)
     params = load_section(AttributesParams, "attributes", args.params)
+    if args.target_csv is not None:  # checked like attributes.export_csv, before anything is read
+        try:
+            check_output_path(args.target_csv, path_rules(load_params(args.params), args.params))
+        except ValueError as exc:
+            raise ParamsError(f"attributes --to: {exc}") from None
     if args.action == "export":
         import fiftyone as fo
 
@@ -140,11 +120,12 @@ def _body(args) -> int:
         print(f"reopening FiftyOne dataset {params.dataset!r} with its edits ({len(dataset)} image(s)); "
               "--overwrite rebuilds it from the CSV")
     else:
-        source_csv = args.source_csv or params.csv
+        source_csv = args.source_csv or paths.attributes
         table = read_table(source_csv) if Path(source_csv).is_file() or not annotate else empty_table()
-        images = find_images(params, table["image_id"], include_splits=annotate)
+        images = find_images(table["image_id"], manifest=paths.prepared, source=params.source, splits=params.splits,
+                             include_splits=annotate, image_dir=params.image_dir)
         if annotate:
-            table = _add_face_boxes(table, images, params)
+            table = _add_face_boxes(table, images, params, progress=not args.quiet)
         dataset = table_to_dataset(table, images, params.dataset, overwrite=args.overwrite)
         print(f"FiftyOne dataset {params.dataset!r}: {len(dataset)} image(s), {len(table)} person(s) "
               f"from {source_csv}")
@@ -167,7 +148,8 @@ def _dataset_exists(name: str) -> bool:
     return fo.dataset_exists(name)
 
 
-def _add_face_boxes(table: pd.DataFrame, images: Mapping[str, Path], params: AttributesParams) -> pd.DataFrame:
+def _add_face_boxes(table: pd.DataFrame, images: Mapping[str, Path], params: AttributesParams,
+                    progress: bool) -> pd.DataFrame:
     with_box = set(table.loc[table["face_x"].notna(), "image_id"])
     todo = {k: p for k, p in images.items() if k not in with_box}
     if not todo:
@@ -176,7 +158,7 @@ def _add_face_boxes(table: pd.DataFrame, images: Mapping[str, Path], params: Att
 
     detector = build_detector("mtcnn", detect_size=tuple(params.detector_size))
     skipped: list[str] = []
-    faces = detect_face_boxes(todo, detector, params.min_face_confidence, notes=skipped)
+    faces = detect_face_boxes(todo, detector, params.min_face_confidence, notes=skipped, progress=progress)
     table, notes = assign_faces(table, faces)
     for note in skipped + notes:
         print(f"note: {note}")

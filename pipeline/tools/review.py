@@ -12,7 +12,7 @@ u = undo my last decision (and go back to it). A bar at the bottom left has the 
 as buttons, shows the last saved decision and the progress. The modal's action menu also
 has Accept/Reject/Undo buttons that work without the key script.
 
-Decisions: each is appended to ``<journal_dir>/<reviewer>.jsonl`` (fsync'd) before the App
+Decisions: each is appended to ``<paths.journal>/<reviewer>.jsonl`` (fsync'd) before the App
 says "saved", then mirrored on the FiftyOne sample. Each names the mask_sha256 it judged;
 on every start the dataset is rebuilt from the pool and the journals, undecided samples
 first (lowest score first), so a killed App or database loses nothing, and a sample whose
@@ -34,19 +34,20 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.params import load_section
+from pipeline.params import load_params, parse_section
+from pipeline.paths import ProjectPaths
 from pipeline.review import journal as jr
-from pipeline.review.config import (default_reviewer, ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, PLUGINS_DIR,
-                                    ReviewParams, check_database_uri)
+from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS,
+                                    PLUGINS_DIR, ReviewParams, check_database_uri, default_reviewer)
 from pipeline.review.database import connect_fiftyone, redact_uri
 from pipeline.review.pool import current_hashes, read_pool
 from pipeline.stage import StageError, make_parser, run_main
 
 
-def status_text(params: ReviewParams) -> str:
+def status_text(pool_dir: str | os.PathLike, journal_dir: str | os.PathLike) -> str:
     """Progress from the pool and the journals alone (no App, no database)."""
-    items, _ = read_pool(params.pseudo_dir)
-    events, torn = jr.read_journals(params.journal_dir)
+    items, _ = read_pool(pool_dir)
+    events, torn = jr.read_journals(journal_dir)
     hashes = current_hashes(items)
     resolved = jr.resolve_decisions(events, hashes)
     stale = jr.stale_decisions(events, hashes)
@@ -64,11 +65,12 @@ def status_text(params: ReviewParams) -> str:
     return "\n".join(lines)
 
 
-def prepare_environment(params: ReviewParams, reviewer: str, database_uri: str) -> None:
+def prepare_environment(params: ReviewParams, journal_dir: str | os.PathLike, reviewer: str,
+                        database_uri: str) -> None:
     """Settings the App server (a subprocess running the plugin) inherits; set before fiftyone
     is imported because it reads its config at import."""
     os.environ["FIFTYONE_PLUGINS_DIR"] = str(PLUGINS_DIR)
-    os.environ[ENV_JOURNAL_DIR] = str(Path(params.journal_dir).resolve())
+    os.environ[ENV_JOURNAL_DIR] = str(Path(journal_dir).resolve())
     os.environ[ENV_REVIEWER] = reviewer
     os.environ[ENV_MIN_SEEN_MS] = str(params.min_seen_ms)
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
@@ -83,29 +85,28 @@ def prepare_environment(params: ReviewParams, reviewer: str, database_uri: str) 
             fo.config.database_uri = database_uri
 
 
-def read_queue_inputs(params: ReviewParams):
+def read_queue_inputs(pool_dir: str | os.PathLike, journal_dir: str | os.PathLike):
     """The pool and the journals, read (and refused clearly) before any database is involved."""
-    items, warnings = read_pool(params.pseudo_dir)
+    items, warnings = read_pool(pool_dir)
     for warning in warnings[:10]:
         print(f"warning: {warning}")
     if len(warnings) > 10:
         print(f"warning: ... and {len(warnings) - 10} more")
     if not items:
-        raise StageError(f"{params.pseudo_dir}: the pool has no pseudo-labelled samples to review")
-    events, torn = jr.read_journals(params.journal_dir)
+        raise StageError(f"{pool_dir}: the pool has no pseudo-labelled samples to review")
+    events, torn = jr.read_journals(journal_dir)
     if torn:
         print(f"warning: skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
     return items, events
 
 
-def load_queue(params: ReviewParams, items=None, events=None):
+def load_queue(params: ReviewParams, journal_dir: str | os.PathLike, items, events):
     """Sync the persistent dataset with the pool and the journals; return (dataset, view, summary)."""
     from pipeline.review.dataset import sync_dataset
 
-    if items is None or events is None:
-        items, events = read_queue_inputs(params)
     dataset, view, summary = sync_dataset(params.dataset_name, items, events)
-    dataset.info["review_journal_dir"] = str(Path(params.journal_dir).resolve())
+    dataset.info[INFO_JOURNAL_DIR] = str(Path(journal_dir).resolve())
+    dataset.info[INFO_MIN_SEEN_MS] = params.min_seen_ms
     dataset.save()
     return dataset, view, summary
 
@@ -123,9 +124,11 @@ def main(argv=None) -> int:
     parser.add_argument("--load-only", action="store_true", help="sync the FiftyOne dataset and exit")
 
     def body(args) -> int:
-        params = load_section(ReviewParams, "review", args.params)
+        raw = load_params(args.params)
+        paths = parse_section(ProjectPaths, raw, "paths", args.params)
+        params = parse_section(ReviewParams, raw, "review", args.params)
         if args.status:
-            print(status_text(params))
+            print(status_text(paths.pseudo, paths.journal))
             return 0
         reviewer = args.reviewer or default_reviewer()
         database_uri = args.database_uri or os.environ.get("FIFTYONE_DATABASE_URI") or params.database_uri
@@ -137,14 +140,14 @@ def main(argv=None) -> int:
         if not 0 <= wait_s <= 3600:  # NaN fails too
             raise StageError(f"--database-wait must be between 0 and 3600 seconds, got {wait_s}")
         port = args.port or params.port
-        items, events = read_queue_inputs(params)
-        prepare_environment(params, reviewer, database_uri)
+        items, events = read_queue_inputs(paths.pseudo, paths.journal)
+        prepare_environment(params, paths.journal, reviewer, database_uri)
         connect_fiftyone(wait_s)
-        dataset, view, summary = load_queue(params, items, events)
+        dataset, view, summary = load_queue(params, paths.journal, items, events)
         print(f"queue {params.dataset_name!r}: {summary['samples']} samples ({summary['added']} new, "
               f"{summary['removed']} removed), {summary['decided']} decided, {summary['stale']} back in the queue "
               "because their mask changed")
-        print(status_text(params))
+        print(status_text(paths.pseudo, paths.journal))
         if args.load_only:
             return 0
         import fiftyone as fo
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
         session = fo.launch_app(view=view, remote=True, address=params.address, port=port)
         print(f"\nreviewer {reviewer!r}: open http://{params.address}:{port}/ (it opens on the first "
               "image of the queue): a = accept, d = reject, u = undo. Decisions go to "
-              f"{jr.journal_path(params.journal_dir, reviewer)}. Ctrl+C stops the App.", flush=True)
+              f"{jr.journal_path(paths.journal, reviewer)}. Ctrl+C stops the App.", flush=True)
         session.wait(-1)
         return 0
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
+from params_helpers import write_params
 from pipeline.stages.assemble import main
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
@@ -64,8 +64,16 @@ def project(tmp_path, monkeypatch):
     return _checkout(proj), sentinel
 
 
-def _run(proj: Path, capsys, **section) -> tuple[int, str]:
-    (proj / "params.yaml").write_text(yaml.safe_dump({"assemble": section}))
+# The layout _checkout builds.
+PATHS = {"prepared": "data/prepared", "crops": "data/crops", "pseudo": "data/pseudo",
+         "decisions": "reviews/decisions.csv", "train_set": "data/train_set", "metrics": "metrics"}
+
+
+def _run(proj: Path, capsys, paths: dict | None = None, allow_outside: list[str] | None = None,
+         **section) -> tuple[int, str]:
+    """Run the stage with ``assemble: section`` and ``paths`` over the checkout's layout."""
+    write_params(proj / "params.yaml", {"paths": {**PATHS, **(paths or {})}, "assemble": section,
+                                        "allow_outside_project": allow_outside or []})
     code = main(["--params", "params.yaml"])
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -77,10 +85,7 @@ def test_manifest_and_summary_are_the_same_bytes_with_absolute_input_dirs(tmp_pa
     for root in (tmp_path / "one", tmp_path / "two" / "deeper"):
         proj = _checkout(root / "proj")
         monkeypatch.chdir(proj)
-        code, err = _run(proj, capsys, **{key: str(proj / value) for key, value in (
-            ("prepared_dir", "data/prepared"), ("crops_dir", "data/crops"), ("pseudo_dir", "data/pseudo"),
-            ("decisions", "reviews/decisions.csv"), ("output_dir", "data/train_set"),
-            ("summary", "metrics/assemble.json"))})
+        code, err = _run(proj, capsys, paths={key: str(proj / value) for key, value in PATHS.items()})
         assert code == 0, err
         outputs.append({name: (proj / name).read_bytes() for name in ("data/train_set/manifest.csv",
                                                                       "metrics/assemble.json")})
@@ -89,15 +94,16 @@ def test_manifest_and_summary_are_the_same_bytes_with_absolute_input_dirs(tmp_pa
     assert manifest["image"].str.startswith("../").all() and not manifest["image"].str.contains(str(tmp_path)).any()
 
 
-@pytest.mark.parametrize("key", ["prepared_dir", "crops_dir", "pseudo_dir"])
+@pytest.mark.parametrize("key", ["prepared", "crops", "pseudo"])
 def test_an_input_dir_outside_the_project_is_refused(project, capsys, key):
     proj, sentinel = project
-    name = {"prepared_dir": "prepared", "crops_dir": "crops", "pseudo_dir": "pseudo"}[key]
-    (sentinel / name).parent.mkdir(parents=True, exist_ok=True)
-    (proj / "data" / name).rename(sentinel / name)
+    (proj / "data" / key).rename(sentinel / key)
     before = snapshot(sentinel)
-    code, err = _run(proj, capsys, **{key: str(sentinel / name)})
-    assert code == 2 and f"assemble.{key}" in err and "differ between checkouts" in err
+    code, err = _run(proj, capsys, paths={key: str(sentinel / key)})
+    assert code == 2 and f"paths.{key}" in err and "outside the project" in err
+    # allowed outside (allow_outside_project) it still cannot be named portably from the output
+    code, err = _run(proj, capsys, paths={key: str(sentinel / key)}, allow_outside=[str(sentinel)])
+    assert code == 2 and f"paths.{key}" in err and "differ between checkouts" in err
     assert not (proj / "data" / "train_set").exists() and snapshot(sentinel) == before
 
 

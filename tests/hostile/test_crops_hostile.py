@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -19,16 +20,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 from scipy import ndimage
 
+from pipeline.crops import planning
+from pipeline.crops.geometry import Placement
 from pipeline.stages import crop_portraits as cp
 from pipeline.detectors import Face
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, mask_statistics, read_manifest, to_frame
 from pipeline.params import ParamsError, parse_section
+from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError
+from params_helpers import merged, quick_params, quick_section
+from params_helpers import write_params as write_profile
 
 # --------------------------------------------------------------------------- helpers
 
@@ -90,9 +95,8 @@ def make_prepared(root: Path, photos: dict[str, tuple[np.ndarray, np.ndarray]]) 
 
 
 def write_params(project: Path, crop: dict, **top) -> Path:
-    path = project / "params.yaml"
-    path.write_text(yaml.safe_dump({"crop_portraits": crop, **top}))
-    return path
+    """The quick profile with these crop_portraits changes (and other sections' changes) in the project."""
+    return write_profile(project / "params.yaml", {"crop_portraits": crop, **top})
 
 
 @pytest.fixture
@@ -110,7 +114,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def crop_section(**overrides) -> dict:
-    return {"crop_portraits": overrides}
+    return {"crop_portraits": quick_section("crop_portraits", **overrides)}
 
 
 # --------------------------------------------------------------------------- defect 4: params
@@ -135,15 +139,37 @@ def crop_section(**overrides) -> dict:
     ({"geometry": {"expand_left": 1e6}}, "crop_portraits.geometry.expand_left"),
     ({"geometry": {"output_width": 100000}}, "crop_portraits.geometry.output_width"),
     ({"max_image_pixels": 0}, "crop_portraits.max_image_pixels"),
-    ({"input_dir": ""}, "crop_portraits.input_dir"),
-    ({"output_dir": "data/prepared"}, "overlap"),
-    ({"output_dir": "data/prepared/crops"}, "overlap"),
-    ({"report_dir": "data/crops/report"}, "report_dir .* must not lie inside output_dir"),
-    ({"metrics_file": "data/crops/m.json"}, "metrics_file .* must not lie inside output_dir"),
 ])
 def test_every_crop_value_is_validated_where_it_is_read(override, key):
     with pytest.raises(ParamsError, match=key):
         parse_section(cp.CropParams, crop_section(**override), "crop_portraits")
+
+
+# The stage's folders are the `paths` section's: refused when empty (on loading) or when the
+# crops would replace their input or their own report and metrics (before any work).
+PATH_CASES = [
+    ({"prepared": ""}, "paths.prepared"),
+    ({"crops": "data/prepared"}, "paths.crops .* overlap"),
+    ({"crops": "data/prepared/crops"}, "paths.crops .* overlap"),
+    ({"prepared": "data/crops/prepared"}, "paths.crops .* overlap"),
+    ({"crops_report": "data/crops/report"}, r"paths.crops_report .* must not lie inside paths.crops"),
+    ({"metrics": "data/crops/m"}, r"paths.metrics .* must not lie inside paths.crops"),
+]
+
+
+@pytest.mark.parametrize("override,key", PATH_CASES)
+def test_every_crop_path_is_validated_before_any_work(override, key, project, capsys):
+    raw = merged(quick_params(), {"paths": override})
+    with pytest.raises(ParamsError, match=key):
+        cp.check_paths(parse_section(ProjectPaths, raw, "paths", "params.yaml"))
+    make_prepared(project / "data/prepared", {"ccp/0001": photo()})
+    before = snapshot(project)
+    params = write_params(project, {}, paths=override)
+    assert cp.main(["--params", str(params), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("portrait-curation crop-portraits: error: ") and "Traceback" not in err, err
+    assert re.search(key, err), err
+    assert snapshot(project) == {**before, "params.yaml": snapshot(project)["params.yaml"]}  # nothing written
 
 
 def test_the_reported_bad_values_are_one_line_errors_and_touch_nothing(project, tmp_path, capsys):
@@ -204,7 +230,7 @@ def test_a_decompression_bomb_photo_is_dropped_with_its_reason(project):
     assert cp.main(["--params", str(params), "--quiet"]) == 0
     dropped = pd.read_csv(project / "data/crops/dropped.csv", keep_default_na=False)
     row = dropped[dropped["parent_id"] == "ccp/0002"].iloc[0]
-    assert row["reason"] == cp.UNREADABLE
+    assert row["reason"] == planning.UNREADABLE
     assert row["detail"] == "images/ccp/0002.png: image too large: 400000000 pixels, limit 50000000"
     assert read_manifest(project / "data/crops")["origin"].tolist() == ["ccp/0001"]
     assert json.loads((project / "metrics/crops.json").read_text())["reference_unreadable"] == 1
@@ -239,11 +265,11 @@ def test_parents_whose_keys_used_to_collide_give_distinct_crops(project):
 
 
 def test_two_parents_giving_one_crop_id_is_an_error_naming_both():
-    ids = cp.CropIds()
-    plan = cp.CropPlan("ccp/a b", 0, Face((0, 0, 1, 1), 1.0), cp.Placement((0, 0, 1, 1)), 0.5)
+    ids = planning.CropIds()
+    plan = planning.CropPlan("ccp/a b", 0, Face((0, 0, 1, 1), 1.0), Placement((0, 0, 1, 1)), 0.5)
     assert ids.claim(plan) == "a~20b_f0"
     assert ids.claim(plan) == "a~20b_f0"  # the same parent again is the same crop
-    clash = cp.CropPlan("ccp/a~20b", 0, Face((0, 0, 1, 1), 1.0), cp.Placement((0, 0, 1, 1)), 0.5)
+    clash = planning.CropPlan("ccp/a~20b", 0, Face((0, 0, 1, 1), 1.0), Placement((0, 0, 1, 1)), 0.5)
     with pytest.raises(StageError, match=r"photos ccp/a b and ccp/a~20b both give the crop key 'a~20b_f0'"):
         ids.claim(clash)
 
@@ -260,7 +286,7 @@ def test_crop_text_outputs_are_byte_identical_across_project_folders(tmp_path, m
         make_prepared(prepared, {"ccp/0001": photo(), "ccp/0002": photo(), "ccp/0003": photo(False)})
         (prepared / "images/ccp/0002.png").write_bytes(b"not a png")
         monkeypatch.chdir(project)
-        params = write_params(project, {"input_dir": str(prepared)})  # an absolute input path is allowed
+        params = write_params(project, {}, paths={"prepared": str(prepared)})  # an absolute input path is allowed
         assert cp.main(["--params", str(params), "--quiet"]) == 0
         texts = {rel: (project / rel).read_bytes() for rel in (
             "data/crops/manifest.csv", "data/crops/dropped.csv", "reports/crops/calibration.csv",

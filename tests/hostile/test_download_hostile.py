@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.stages.download import DownloadParams, fetch_source, inner_folder, main, tree_sha256
+from pipeline.stages.download import DownloadParams, check_paths, fetch_source, inner_folder, main, tree_sha256
 from pipeline.errors import StageError
 from pipeline.params import ParamsError, parse_section
+from pipeline.paths import ProjectPaths
+from params_helpers import quick_params
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -55,8 +57,16 @@ def project(tmp_path, monkeypatch):
     return proj, sentinel
 
 
-def _download(proj: Path, section: dict, capsys) -> tuple[int, str]:
-    (proj / "params.yaml").write_text(yaml.safe_dump({"download": section}))
+def _profile(download: dict, paths: dict | None = None) -> dict:
+    """The quick profile with this ``download`` section (mirror null unless given) and ``paths`` changes."""
+    params = quick_params()
+    params["download"] = {"mirror": None, **download}
+    params["paths"].update(paths or {})
+    return params
+
+
+def _download(proj: Path, section: dict, capsys, paths: dict | None = None) -> tuple[int, str]:
+    (proj / "params.yaml").write_text(yaml.safe_dump(_profile(section, paths)))
     code = main(["--quiet", "--params", "params.yaml"])
     return code, capsys.readouterr().err
 
@@ -108,21 +118,29 @@ def _source_again(proj: Path, kind: str) -> dict:
 
 @pytest.mark.parametrize("value", ["/etc", "../../x", "a/../../b"])
 def test_mirror_path_of_a_source_cannot_leave_the_mirror(value):
-    raw = {"download": {"mirror": "../shared/datasets", "sources": {"ds": {"url": "x", "mirror": value}}}}
+    raw = _profile({"mirror": "../shared/datasets", "sources": {"ds": {"url": "x", "mirror": value}}})
     with pytest.raises(ParamsError, match=r"download\.sources\.ds\.mirror"):
         parse_section(DownloadParams, raw, "download")
 
 
-def test_the_mirror_root_may_be_outside_the_project_but_outputs_may_not(project):
+def test_the_mirror_root_may_be_outside_the_project_but_outputs_may_not(project, capsys):
     proj, sentinel = project
-    ok = parse_section(DownloadParams, {"download": {"mirror": "../shared/datasets", "sources": {"ds": {"url": "x"}}}},
+    before = _snapshot(sentinel.parent)
+    ok = parse_section(DownloadParams, _profile({"mirror": "../shared/datasets", "sources": {"ds": {"url": "x"}}}),
                        "download", "params.yaml")
     assert ok.mirror == "../shared/datasets"
-    for key in ("out_dir", "cache_dir"):
+    for key in ("raw", "download_cache"):  # where download writes: paths, no longer keys of its section
         for value in (str(sentinel / "x"), "../outside/sentinel/x"):
-            raw = {"download": {"sources": {"ds": {"url": "x"}}, key: value}}
-            with pytest.raises(ParamsError, match=rf"download\.{key}.*outside the project"):
-                parse_section(DownloadParams, raw, "download", "params.yaml")
+            raw = _profile({"sources": {"ds": {"url": "x"}}}, {key: value})
+            with pytest.raises(ParamsError, match=rf"paths\.{key}.*outside the project"):
+                parse_section(ProjectPaths, raw, "paths", "params.yaml")
+            code, err = _download(proj, {"sources": {"ds": _source_again_or_new(proj)}}, capsys, {key: value})
+            assert code == 2 and f"paths.{key}" in _one_clear_line(err)
+    assert _snapshot(sentinel.parent) == before
+
+
+def _source_again_or_new(proj: Path) -> dict:
+    return _source_again(proj, "directory") if (proj / "incoming" / "ds").is_dir() else _source(proj, "directory")
 
 
 @pytest.mark.parametrize("kind", ["archive", "directory"])
@@ -157,9 +175,9 @@ def test_hostile_source_names_and_mirror_urls_are_refused(project, capsys):
     proj, _ = project
     for name in ("SOURCES.json", "..", ".hidden", "a/b", "c:x"):
         with pytest.raises(ParamsError, match="plain folder name"):
-            parse_section(DownloadParams, {"download": {"sources": {name: {"url": "x"}}}}, "download")
+            parse_section(DownloadParams, _profile({"sources": {name: {"url": "x"}}}), "download")
     with pytest.raises(ParamsError, match=r"download\.sources\.ds\.url"):
-        parse_section(DownloadParams, {"download": {"sources": {"ds": {"url": "  "}}}}, "download")
+        parse_section(DownloadParams, _profile({"sources": {"ds": {"url": "  "}}}), "download")
     code, err = _download(proj, {"mirror": "https://example.invalid/m", "sources": {"ds": {
         "url": "x", "mirror": "ds"}}}, capsys)
     assert code == 2 and "download.mirror" in _one_clear_line(err)
@@ -175,11 +193,17 @@ def test_a_source_folder_holding_the_output_or_a_subdir_on_a_file_is_refused(pro
     assert not (proj / "data" / "raw").exists()
 
 
-def test_cache_inside_the_output_is_refused(project):
+def test_cache_inside_the_output_is_refused(project, capsys):
+    proj, _ = project
     for out_dir, cache_dir in (("data/raw", "data/raw/cache"), ("data", "data/.cache"), ("data/raw", "data/raw")):
-        raw = {"download": {"sources": {"ds": {"url": "x"}}, "out_dir": out_dir, "cache_dir": cache_dir}}
+        layout = {"raw": out_dir, "download_cache": cache_dir}
+        paths = parse_section(ProjectPaths, _profile({"sources": {"ds": {"url": "x"}}}, layout), "paths")
         with pytest.raises(ParamsError, match="must not contain each other"):
-            parse_section(DownloadParams, raw, "download")
+            check_paths(paths)
+        code, err = _download(proj, {"sources": {"ds": _source_again_or_new(proj)}}, capsys, layout)
+        line = _one_clear_line(err)
+        assert code == 2 and "paths.download_cache" in line and "must not contain each other" in line
+        assert not (proj / out_dir).exists() or not any((proj / out_dir).iterdir())
 
 
 def test_an_out_dir_the_stage_did_not_write_is_not_replaced(project, capsys):
@@ -347,7 +371,7 @@ def _checkout(root: Path) -> Path:
                  "mirror_sha256": _sha(mirror / "pack.zip")},
         "local": {"url": "../mirror/pack.zip", "sha256": _sha(mirror / "pack.zip")},
         "tree": {"url": "../mirror/photos", "subdir": "sub"}}}
-    (proj / "params.yaml").write_text(yaml.safe_dump({"download": section}))
+    (proj / "params.yaml").write_text(yaml.safe_dump(_profile(section)))
     return proj
 
 

@@ -28,6 +28,7 @@ from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
 from pipeline.models import MODELS, register
 from pipeline.params import ParamsError, parse_section
+from params_helpers import quick_section, write_params as write_quick_params
 
 
 class BrightNet(nn.Module):
@@ -89,11 +90,12 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-def write_params(root: Path, **evaluate) -> None:
-    (root / "params.yaml").write_text(yaml.safe_dump({
+def write_params(root: Path, paths: dict | None = None, **evaluate) -> None:
+    write_quick_params(root / "params.yaml", {
+        "paths": paths or {},
         "train": {"archs": ["hostile_bright"]},
         "evaluate": {"batch_size": 2, "workers": 0, **evaluate},
-    }))
+    })
 
 
 def run(capsys, *argv) -> tuple[int, str]:
@@ -152,19 +154,25 @@ def test_a_checkpoint_input_size_out_of_range_is_one_line(project, capsys, size)
     ({"boundary_tolerance_px": float("inf")}, "evaluate.boundary_tolerance_px"),
     ({"threads": 10**6}, "evaluate.threads"),
     ({"workers": 10**4}, "evaluate.workers"),
-    ({"prepared_dir": ""}, "evaluate.prepared_dir"),
+    ({"prepared_dir": "data/prepared"}, "evaluate.prepared_dir"),  # paths live in `paths` only: a typo now
 ])
 def test_hostile_evaluate_values_are_refused_at_load(values, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.") + ":"):
-        parse_section(EvaluateParams, {"evaluate": values}, "evaluate", "params.yaml")
+        parse_section(EvaluateParams, {"evaluate": quick_section("evaluate", **values)}, "evaluate", "params.yaml")
 
 
-@pytest.mark.parametrize("key", ["models_dir", "metrics_dir"])
+def test_an_empty_prepared_path_is_refused(project, capsys):
+    write_params(project, paths={"prepared": ""})
+    code, err = run(capsys)
+    assert code == 2 and "paths.prepared: " in err, err
+
+
+@pytest.mark.parametrize("key", ["models", "metrics"])
 def test_evaluate_outputs_outside_the_project_are_refused(project, capsys, key):
     for value in ("/elsewhere", str(project.parent / "outside" / "x"), "../outside/x"):
-        write_params(project, **{key: value})
+        write_params(project, paths={key: value})
         code, err = run(capsys)
-        assert code == 2 and f"evaluate.{key}: " in err and "outside the project" in err, err
+        assert code == 2 and f"paths.{key}: " in err and "outside the project" in err, err
     assert outside_untouched(project)
 
 
@@ -176,7 +184,10 @@ def test_an_unknown_source_names_what_the_manifest_holds(project, capsys):
 
 
 def test_an_unknown_architecture_in_train_archs_is_one_line(project, capsys):
-    (project / "params.yaml").write_text(yaml.safe_dump({"train": {"archs": ["hostile_brigth"]}, "evaluate": {}}))
+    write_params(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["archs"] = ["hostile_brigth"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     code, err = run(capsys)
     assert code == 2 and "unknown architecture(s) ['hostile_brigth']" in err
     assert_one_line(err)
@@ -192,7 +203,7 @@ def test_train_and_evaluate_share_one_device_resolver():
 
 
 def test_evaluate_text_outputs_carry_no_absolute_path(project, capsys):
-    write_params(project, prepared_dir=str(project / "data" / "prepared"))
+    write_params(project, paths={"prepared": str(project / "data" / "prepared")})
     code, err = run(capsys)
     assert code == 0, err
     for path in (project / "metrics" / "eval" / "hostile_bright.json",
@@ -211,13 +222,14 @@ def test_evaluate_text_outputs_carry_no_absolute_path(project, capsys):
 ])
 def test_hostile_complexity_values_are_refused_at_load(values, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.") + ":"):
-        parse_section(ComplexityParams, {"complexity": values}, "complexity", "params.yaml")
+        parse_section(ComplexityParams, {"complexity": quick_section("complexity", **values)}, "complexity",
+                      "params.yaml")
 
 
 def test_complexity_outputs_outside_the_project_are_refused(project, capsys):
-    (project / "params.yaml").write_text(yaml.safe_dump({"complexity": {
-        "architectures": ["extremec3net_stage1"], "input_size": 32, "latency_form": "train", "latency_runs": 1,
-        "warmup_runs": 0, "threads": 1}}))
+    write_quick_params(project / "params.yaml", {"complexity": {
+        "architectures": ["extremec3net_stage1"], "input_size": 32, "latency_form": "train",
+        "latency_runtime": "torch", "latency_runs": 1, "warmup_runs": 0, "threads": 1}})
     outside = project.parent / "outside"
     for option in ("--metrics", "--table"):
         for value in (str(outside / "c.out"), "../outside/c.out"):
@@ -228,6 +240,13 @@ def test_complexity_outputs_outside_the_project_are_refused(project, capsys):
     assert complexity_main(["--params", "params.yaml", "--quiet"]) == 0  # the defaults are inside
     for name in ("complexity.json", "complexity.csv"):
         assert str(project.parent) not in (project / "metrics" / name).read_text()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["paths"]["metrics"] = "../outside/metrics"  # the default follows paths.metrics, checked like it
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    code = complexity_main(["--params", "params.yaml", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "paths.metrics: " in err and "outside the project" in err, err
+    assert outside_untouched(project)
 
 
 # ---------------------------------------------------------------- compare
@@ -236,13 +255,22 @@ def test_complexity_outputs_outside_the_project_are_refused(project, capsys):
 @pytest.mark.parametrize("values, key", [
     ({"architectures": ["extremc3net"]}, "compare.architectures.0"),
     ({"architectures": ["extremec3net", "extremec3net"]}, "compare.architectures"),
-    ({"architectures": ["extremec3net"], "out_dir": "/elsewhere"}, "compare.out_dir"),
-    ({"architectures": ["extremec3net"], "metrics": "../compare.json"}, "compare.metrics"),
-    ({"architectures": ["extremec3net"], "complexity": ""}, "compare.complexity"),
+    ({"architectures": ["extremec3net"], "out_dir": "reports/compare"}, "compare.out_dir"),  # now `paths` only
+    ({"architectures": []}, "compare.architectures"),
 ])
 def test_hostile_compare_values_are_refused_at_load(values, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.") + ":"):
         parse_section(CompareParams, {"compare": values}, "compare", "params.yaml")
+
+
+@pytest.mark.parametrize("key, value", [("reports", "/elsewhere"), ("metrics", "../compare"),
+                                        ("reports", "../outside/x")])
+def test_compare_outputs_outside_the_project_are_refused(project, capsys, key, value):
+    write_quick_params(project / "params.yaml", {"paths": {key: value}, "compare": {"architectures": ["extremec3net"]}})
+    code = compare_main(["--params", "params.yaml", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"paths.{key}: " in err and "outside the project" in err, err
+    assert outside_untouched(project)
 
 
 def test_compare_text_outputs_carry_no_absolute_path(project, capsys):
@@ -250,9 +278,8 @@ def test_compare_text_outputs_carry_no_absolute_path(project, capsys):
     (project / "metrics" / "eval").mkdir(parents=True)
     (project / "metrics" / "complexity.json").write_text(json.dumps({"extremec3net": figures}))
     (project / "metrics" / "eval" / "extremec3net.json").write_text(json.dumps({"miou": 90.0}))
-    (project / "params.yaml").write_text(yaml.safe_dump({"compare": {
-        "architectures": ["extremec3net"], "complexity": str(project / "metrics" / "complexity.json"),
-        "eval_dir": str(project / "metrics" / "eval")}}))
+    write_quick_params(project / "params.yaml", {"paths": {"metrics": str(project / "metrics")},
+                                                 "compare": {"architectures": ["extremec3net"]}})
     assert compare_main(["--params", "params.yaml"]) == 0
     for path in ((project / "reports" / "compare").glob("*.*")):
         if path.suffix in (".csv", ".md"):

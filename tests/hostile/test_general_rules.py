@@ -28,33 +28,7 @@ from pipeline.params import ParamsError, _output_validator, check_sub_path, pars
 
 REPO = Path(__file__).resolve().parents[2]
 
-# command -> (module, params section, model class, argv before --params)
-STAGE_PARAMS = {
-    "download": ("pipeline.stages.download", "download", "DownloadParams", []),
-    "prepare": ("pipeline.stages.prepare", "prepare", "PrepareParams", []),
-    "crop-portraits": ("pipeline.stages.crop_portraits", "crop_portraits", "CropParams", []),
-    "train-teacher": ("pipeline.stages.train_teacher", "teacher", "TeacherParams", []),
-    "pseudo-label": ("pipeline.stages.pseudo_label", "pseudo_label", "PseudoLabelParams", []),
-    "review": ("pipeline.tools.review", "review", "ReviewParams", ["--load-only"]),
-    "export-reviews": ("pipeline.stages.export_reviews", "review", "ReviewParams", []),
-    "assemble": ("pipeline.stages.assemble", "assemble", "AssembleParams", []),
-    "train": ("pipeline.stages.train", "train", "TrainParams", []),
-    "evaluate": ("pipeline.stages.evaluate", "evaluate", "EvaluateParams", []),
-    "complexity": ("pipeline.stages.complexity", "complexity", "ComplexityParams", []),
-    "compare": ("pipeline.stages.compare", "compare", "CompareParams", []),
-    "attributes": ("pipeline.tools.attributes", "attributes", "AttributesParams", ["export"]),
-    "bias-report": ("pipeline.stages.bias_report", "bias_report", "BiasReportParams", []),
-}
-
-
-def _model(command: str) -> type[BaseModel]:
-    module, _, name, _ = STAGE_PARAMS[command]
-    mod = importlib.import_module(module)
-    if hasattr(mod, name):
-        return getattr(mod, name)
-    from pipeline.review.config import ReviewParams  # the review commands share one section
-
-    return ReviewParams
+from stage_table import STAGE_PARAMS, section_model as _model
 
 
 def _path_kind(annotation) -> str | None:
@@ -135,11 +109,50 @@ CASES = list(_cases())
 
 def test_the_walk_finds_the_path_params_of_every_stage():
     commands = {c.values[0] for c in CASES}
-    # every stage writes something, so every stage has at least one output path param
-    # (complexity's outputs are command-line options, checked by the same rule in its main)
-    assert commands == set(STAGE_PARAMS) - {"complexity"}, set(STAGE_PARAMS) - commands
+    # the stages' own files are in `paths`; what is left in stage sections are folders
+    # inside a root (sub-paths) and the outputs of the manual tools
+    assert {"download", "prepare", "attributes"} <= commands, commands
     kinds = {c.values[2] for c in CASES}
     assert kinds == {"output", "sub"}
+
+
+PATH_KEYS = [name for name, info in __import__("pipeline.paths", fromlist=["ProjectPaths"]).ProjectPaths.model_fields.items()
+             if _path_kind(typing.Annotated[str, *info.metadata]) == "output"]
+
+
+def test_every_stage_file_is_in_the_paths_section():
+    assert len(PATH_KEYS) >= 14, PATH_KEYS
+
+
+@pytest.mark.parametrize("key", PATH_KEYS)
+def test_a_paths_entry_cannot_leave_the_project(key, hostile_project):
+    from pipeline.paths import ProjectPaths
+
+    project, outside = hostile_project
+    for value in (str(outside / "sentinel"), "../outside/sentinel", "data/../../outside/x"):
+        params = project_params()
+        params["paths"] = {**params["paths"], key: value}
+        with pytest.raises(ParamsError, match=f"paths.{key}"):
+            parse_section(ProjectPaths, params, "paths", "params.yaml")
+
+
+@pytest.mark.parametrize("command", sorted(STAGE_PARAMS))
+def test_every_command_refuses_a_hostile_paths_entry_and_touches_nothing(command, hostile_project, capsys):
+    """Each command validates the whole paths section before it does anything."""
+    project, outside = hostile_project
+    before = _snapshot(outside)
+    module, _, _, argv = STAGE_PARAMS[command]
+    main = importlib.import_module(module).main
+    key = PATH_KEYS[sorted(STAGE_PARAMS).index(command) % len(PATH_KEYS)]
+    for value in (str(outside / "sentinel" / "x"), "../outside/sentinel/x"):
+        params = project_params()
+        params["paths"] = {**params["paths"], key: value}
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        code = main([*argv, "--params", "params.yaml"])
+        err = capsys.readouterr().err
+        assert code == 2, f"{command} ran with paths.{key}={value!r} (exit {code})"
+        assert f"paths.{key}" in err and "Traceback" not in err, err
+        assert _snapshot(outside) == before
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -179,46 +192,45 @@ def test_a_path_param_cannot_leave_the_project(command, location, kind, hostile_
         assert _snapshot(outside) == before
 
 
-@pytest.mark.parametrize("command", ["prepare", "assemble", "export-reviews"])
-def test_output_paths_outside_are_refused_by_every_loader(command, hostile_project):
+def test_output_paths_outside_are_refused_by_the_loader(hostile_project):
     """The rule sits in the type: parsing the section alone refuses it, whatever main does next."""
+    from pipeline.paths import ProjectPaths
+
     project, outside = hostile_project
-    module, section, _, _ = STAGE_PARAMS[command]
     params = project_params()
-    outputs = [loc for loc, kind in path_params(_model(command), params[section]) if kind == "output"]
-    assert outputs
-    for location in outputs:
-        hostile = {**params, section: _set(params[section], location, str(outside / "x"))}
+    assert PATH_KEYS
+    for key in PATH_KEYS:
+        hostile = {**params, "paths": {**params["paths"], key: str(outside / "x")}}
         with pytest.raises(ParamsError, match="outside the project"):
-            parse_section(_model(command), hostile, section, "params.yaml")
+            parse_section(ProjectPaths, hostile, "paths", "params.yaml")
 
 
 def test_allow_outside_project_is_the_explicit_way_out(hostile_project):
-    project, outside = hostile_project
-    from pipeline.review.config import ReviewParams
+    from pipeline.paths import ProjectPaths
 
+    project, outside = hostile_project
     params = project_params()
     target = str(outside / "exports" / "decisions.csv")
-    params["review"] = {**params["review"], "decisions_csv": target}
+    params["paths"] = {**params["paths"], "decisions": target}
     with pytest.raises(ParamsError, match="allow_outside_project"):
-        parse_section(ReviewParams, params, "review", "params.yaml")
+        parse_section(ProjectPaths, params, "paths", "params.yaml")
     params["allow_outside_project"] = [str(outside / "exports")]
-    assert parse_section(ReviewParams, params, "review", "params.yaml").decisions_csv == target
+    assert parse_section(ProjectPaths, params, "paths", "params.yaml").decisions == target
     for too_broad in ("/", str(project.parent), os.path.expanduser("~")):
         params["allow_outside_project"] = [too_broad]
         with pytest.raises(ParamsError, match="too broad"):
-            parse_section(ReviewParams, params, "review", "params.yaml")
+            parse_section(ProjectPaths, params, "paths", "params.yaml")
 
 
 def test_output_rule_refuses_the_project_itself_and_its_git_folder(hostile_project):
-    from pipeline.review.config import ReviewParams
+    from pipeline.paths import ProjectPaths
 
     params = project_params()
     for value, message in ((".", "project folder itself"), (".git/hooks/x", "inside .git"),
                            ("reviews/../../proj", "project folder itself")):
-        hostile = {**params, "review": {**params["review"], "journal_dir": value}}
+        hostile = {**params, "paths": {**params["paths"], "journal": value}}
         with pytest.raises(ParamsError, match=message):
-            parse_section(ReviewParams, hostile, "review", "params.yaml")
+            parse_section(ProjectPaths, hostile, "paths", "params.yaml")
 
 
 @pytest.mark.parametrize("value", ["/etc", "../../x", "a/../../b", "~/x", "C:/x", "..\\x"])

@@ -27,8 +27,10 @@ from PIL import Image
 from pipeline.images import BadImageError, load_image, read_mask_png
 from pipeline.manifest import decode_key, is_safe_key, read_manifest, safe_key
 from pipeline.params import ParamsError, parse_section
-from pipeline.stages.prepare import PrepareParams, main, run
+from pipeline.paths import ProjectPaths
+from pipeline.stages.prepare import PrepareParams, check_paths, main, run
 from pipeline.stage import StageError
+from params_helpers import merged, quick_params, quick_section, write_params
 
 KEY_CHARS = re.compile(r"^[A-Za-z0-9._~-]+$")
 
@@ -64,9 +66,15 @@ def png_claiming(path: Path, width: int, height: int) -> Path:
     return path
 
 
+def prepare_section(datasets: list[dict], **changes) -> dict:
+    """The quick profile with these datasets (and changes) as the params file holds it."""
+    return {"prepare": quick_section("prepare", datasets=datasets, **changes)}
+
+
 def run_prepare(base: Path, datasets: list[dict], **extra):
-    params = parse_section(PrepareParams, {"prepare": {"datasets": datasets, "workers": 2, **extra}}, "prepare")
-    summary = run(params, base, progress=False)
+    """The stage's core with dataset roots relative to ``base`` (as paths.raw) and outputs inside it."""
+    params = parse_section(PrepareParams, prepare_section(datasets, workers=2, **extra), "prepare")
+    summary = run(params, base, base / "data/prepared", base / "metrics/prepare.json", progress=False)
     root = base / "data/prepared"
     return summary, read_manifest(root), pd.read_csv(root / "skipped.csv", keep_default_na=False, dtype=str), root
 
@@ -222,8 +230,8 @@ def test_max_image_pixels_is_a_param_for_images_and_mat_masks(tmp_path, monkeypa
     monkeypatch.setattr(scipy.io, "loadmat",
                         lambda path, **kw: loaded.append(Path(path).name) or real_loadmat(path, **kw))
     with pytest.raises(ParamsError, match="prepare.max_image_pixels"):
-        parse_section(PrepareParams, {"prepare": {"datasets": [{"name": "eg", "format": "eg1800_original",
-                                                                 "root": "eg"}], "max_image_pixels": 0}}, "prepare")
+        parse_section(PrepareParams, prepare_section([{"name": "eg", "format": "eg1800_original", "root": "eg"}],
+                                                     max_image_pixels=0), "prepare")
     _, manifest, skipped, _ = run_prepare(tmp_path, [{"name": "eg", "format": "eg1800_original", "root": "eg"}],
                                           max_image_pixels=100)
     assert manifest["id"].tolist() == ["eg/00001"]
@@ -390,22 +398,38 @@ BASE = {"name": "fo", "format": "folder", "root": "fo"}
 ])
 def test_dataset_path_params_are_checked_where_they_are_read(override, key):
     with pytest.raises(ParamsError, match=rf"prepare\.datasets\.0\.{key}"):
-        parse_section(PrepareParams, {"prepare": {"datasets": [{**BASE, **override}]}}, "prepare")
+        parse_section(PrepareParams, prepare_section([{**BASE, **override}]), "prepare")
 
 
-def test_outputs_stay_in_the_project_and_apart_from_the_inputs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_outputs_stay_in_the_project_and_apart_from_the_inputs(tmp_path, sentinel, monkeypatch, capsys):
+    project = tmp_path / "project"  # beside the sentinel folder
+    project.mkdir()
+    monkeypatch.chdir(project)
     params_file = Path("params.yaml")
-    ok = parse_section(PrepareParams, {"prepare": {"datasets": [{**BASE, "root": "../shared/datasets/x"}]}},
-                       "prepare", params_file)
+    ok = parse_section(PrepareParams, prepare_section([{**BASE, "root": "../shared/datasets/x"}]), "prepare",
+                       params_file)
     assert ok.datasets[0].root == "../shared/datasets/x"  # reading outside the project is fine
-    for override, message in (({"out_dir": "/tmp/elsewhere"}, "prepare.out_dir"),
-                              ({"metrics": "../m.json"}, "prepare.metrics"),
-                              ({"metrics": "data/prepared/m.json"}, "must not lie inside out_dir"),
-                              ({"out_dir": "data/raw"}, "would replace its own input")):
-        raw = {"prepare": {"datasets": [{**BASE, "root": "data/raw/fo"}], **override}}
+    image(project / "data/raw/fo/images/a.png")
+    mask_png(project / "data/raw/fo/masks/a.png")
+    before = snapshot(sentinel)
+    # where prepare writes is paths.prepared and paths.metrics: refused when they leave the project
+    # (when loaded) or when prepare would replace its own input or metrics (before any work)
+    for override, message in (({"prepared": str(sentinel / "prepared")}, "paths.prepared"),
+                              ({"metrics": "../outside/m"}, "paths.metrics"),
+                              ({"metrics": "data/prepared/m"}, "inside paths.prepared"),
+                              ({"prepared": "data/raw"}, "would replace its own input")):
+        raw = merged(quick_params(), {"paths": override, **prepare_section([BASE])})
         with pytest.raises(ParamsError, match=message):
-            parse_section(PrepareParams, raw, "prepare", params_file)
+            check_paths(parse_section(PrepareParams, raw, "prepare", params_file),
+                        parse_section(ProjectPaths, raw, "paths", params_file))
+        params_file.write_text(yaml.safe_dump(raw))
+        assert main(["--params", str(params_file), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("portrait-curation prepare: error: ") and "Traceback" not in err, err
+        assert re.search(message, err) and "paths." in err, err
+    assert not (project / "data/prepared").exists() and not (project / "metrics").exists()
+    assert sorted(p.name for p in (project / "data/raw").iterdir()) == ["fo"]
+    assert snapshot(sentinel) == before
 
 
 # --------------------------------------------------------------------------- text outputs
@@ -442,11 +466,10 @@ def test_text_outputs_are_byte_identical_across_project_folders(tmp_path, monkey
     for name in ("first", "second-checkout"):
         project = tmp_path / name / "proj"
         make_mixed_dataset(project / "data/raw")
-        params = {"prepare": {"workers": 2, "datasets": [
-            {"name": "eg", "format": "eg1800_original", "root": "data/raw/eg"},
+        write_params(project / "params.yaml", {"prepare": {"workers": 2, "datasets": [
+            {"name": "eg", "format": "eg1800_original", "root": "eg"},  # under paths.raw
             {"name": "fo", "format": "folder", "root": str(project / "data/raw/fo")},  # absolute on purpose
-            {"name": "un", "format": "unlabelled", "root": "data/raw/un"}]}}
-        (project / "params.yaml").write_text(yaml.safe_dump(params))
+            {"name": "un", "format": "unlabelled", "root": "un"}]}})
         monkeypatch.chdir(project)
         assert main(["--params", "params.yaml", "--quiet"]) == 0
         texts = {rel: (project / rel).read_bytes() for rel in (

@@ -21,9 +21,11 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.params import ParamsError, parse_section
 from pipeline.stages.pseudo_label import PseudoLabelParams
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
-from teacher_helpers import BrightnessTeacher, bomb_png, rectangle_image, snapshot, write_canonical, write_params
+from params_helpers import quick_params, quick_section, write_params
+from teacher_helpers import BrightnessTeacher, bomb_png, rectangle_image, snapshot, write_canonical
 
 TEACHER = {"encoder_name": "mobilenet_v2", "decoder_channels": 16}
+NO_WEIGHT = {c: 0.0 for c in pl.COMPONENTS}  # weights merge key by key into the quick profile's
 TEXT_OUTPUTS = ("data/pseudo/manifest.csv", "data/pseudo/scores.csv", "data/pseudo/skipped.csv",
                 "metrics/pseudo_label.json", "metrics/pseudo_label_validation.csv")
 
@@ -62,10 +64,15 @@ def project(tmp_path, monkeypatch):
     return proj, sentinel
 
 
-def _run(proj: Path, capsys, teacher_section: dict | None = None, **section) -> tuple[int, str]:
-    """Run the stage on ``pseudo_label: section`` (and ``teacher: teacher_section``); (exit code, stderr)."""
+def _run(proj: Path, capsys, teacher_section: dict | None = None, paths: dict | None = None,
+         allow_outside: list[str] | None = None, **section) -> tuple[int, str]:
+    """Run the stage on ``pseudo_label: section``, ``paths`` (and ``teacher: teacher_section``); (exit code, stderr).
+
+    The project's layout is the quick profile's (data/prepared holds the pool and the validation rows).
+    """
     section = {"batch_size": 2, "device": "cpu", "bfloat16": False, "channels_last": False, **section}
-    write_params(proj / "params.yaml", {"teacher": teacher_section or TEACHER, "pseudo_label": section})
+    write_params(proj / "params.yaml", {"teacher": teacher_section or TEACHER, "pseudo_label": section,
+                                        "paths": paths or {}, "allow_outside_project": allow_outside or []})
     code = pl.main(["--params", "params.yaml"])
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -77,27 +84,45 @@ def _run(proj: Path, capsys, teacher_section: dict | None = None, **section) -> 
 
 def test_device_takes_every_documented_spelling_and_refuses_others():
     for name in ("auto", "cpu", "cuda", "cuda:0"):
-        assert PseudoLabelParams(device=name).device == name
+        assert PseudoLabelParams.model_validate(quick_section("pseudo_label", device=name)).device == name
     with pytest.raises(ParamsError, match="pseudo_label.device"):
-        parse_section(PseudoLabelParams, {"pseudo_label": {"device": "cdua"}}, "pseudo_label")
+        parse_section(PseudoLabelParams, {"pseudo_label": quick_section("pseudo_label", device="cdua")}, "pseudo_label")
 
 
 @pytest.mark.parametrize("section,named", [
-    ({"score": {"weights": {"confidence": 0.0, "presence": 0.0}}}, "pseudo_label.score.weights"),
+    ({"score": {"weights": NO_WEIGHT}}, "pseudo_label.score.weights"),
     ({"score": {"weights": {"confidence": -1.0, "presence": 1.0}}}, "pseudo_label.score.weights"),
     ({"score": {"weights": {"confidence": float("nan")}}}, "pseudo_label.score.weights"),
-    ({"score": {"weights": {"flip_agreement": 1.0}}, "flip_tta": False}, "only flip_agreement"),
+    ({"score": {"weights": {**NO_WEIGHT, "flip_agreement": 1.0}}, "flip_tta": False}, "only flip_agreement"),
     ({"pool_splits": ["unlabeled"]}, "pseudo_label.pool_splits"),
     ({"pool_splits": []}, "pseudo_label.pool_splits"),
     ({"pool_sources": []}, "pseudo_label.pool_sources"),
     ({"input_size": 100}, "pseudo_label.input_size"),
     ({"source_name": "a/b"}, "pseudo_label.source_name"),
-    ({"metrics": "data/pseudo/metrics.json"}, "inside output"),
+    ({"validation": {"data": [{"dataset": "data/prepared", "splits": ["val"]}]}}, "pseudo_label.validation.data.0"),
+    ({"paths": {"metrics": "data/pseudo/metrics"}}, "paths.metrics 'data/pseudo/metrics' lies inside paths.pseudo"),
+    ({"paths": {"metrics": "data/pseudo"}}, "lies inside paths.pseudo"),
 ])
 def test_bad_values_are_refused_naming_the_key(project, stand_in, capsys, section, named):
     proj, _ = project
     code, err = _run(proj, capsys, **section)
     assert code == 2 and named in err, err
+    assert not (proj / "data" / "pseudo").exists()
+
+
+@pytest.mark.parametrize("key", ["score", "validation", "validation.iou_threshold", "pool_sources", "input_size"])
+def test_every_key_must_be_given_params_yaml_is_the_one_source(project, stand_in, capsys, key):
+    proj, _ = project
+    params = quick_params()
+    section = params["pseudo_label"]
+    *parents, last = key.split(".")
+    for name in parents:
+        section = section[name]
+    del section[last]
+    (proj / "params.yaml").write_text(__import__("yaml").safe_dump(params))
+    assert pl.main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert f"pseudo_label.{key}: Field required" in err, err
     assert not (proj / "data" / "pseudo").exists()
 
 
@@ -155,8 +180,7 @@ def test_unreadable_images_and_masks_are_skipped_with_relative_reasons(project, 
     (prepared / "images" / "web" / "000.png").write_bytes(b"not a png")
     bomb_png(prepared / "images" / "web" / "001.png")  # claims 20000 x 20000 pixels
     (prepared / "masks" / "ccp" / "0001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    code, err = _run(proj, capsys, pool_root=str(prepared),  # absolute: reasons still relative
-                     validation={"data": [{"root": str(prepared), "splits": ["val"]}]})
+    code, err = _run(proj, capsys, paths={"prepared": str(prepared)})  # absolute: reasons still relative
     assert code == 0, err
     skipped = pd.read_csv(proj / "data" / "pseudo" / "skipped.csv")
     assert skipped["id"].tolist() == ["web/000", "web/001"]
@@ -185,10 +209,13 @@ def test_two_pool_ids_never_share_a_mask_file(project, stand_in, capsys):
 
 def test_a_pool_outside_the_project_is_refused(project, stand_in, capsys):
     proj, sentinel = project
-    write_canonical(sentinel / "pool", _pool())
+    write_canonical(sentinel / "pool", _pool() + _val())
     before = snapshot(sentinel)
-    code, err = _run(proj, capsys, pool_root=str(sentinel / "pool"))
-    assert code == 2 and "pseudo_label.pool_root" in err and "differ between checkouts" in err
+    code, err = _run(proj, capsys, paths={"prepared": str(sentinel / "pool")})
+    assert code == 2 and "paths.prepared" in err and "outside the project" in err
+    # allowed outside (allow_outside_project), the pseudo manifest still could not point into it portably
+    code, err = _run(proj, capsys, paths={"prepared": str(sentinel / "pool")}, allow_outside=[str(sentinel)])
+    assert code == 2 and "paths.prepared" in err and "differ between checkouts" in err
     assert not (proj / "data" / "pseudo").exists() and snapshot(sentinel) == before
 
 
@@ -202,9 +229,8 @@ def test_text_outputs_are_the_same_bytes_in_two_checkouts(tmp_path, monkeypatch,
         (proj / "data").mkdir(parents=True)
         os.symlink(disk, proj / "data" / "prepared")
         monkeypatch.chdir(proj)
-        prepared = str(proj / "data" / "prepared")
-        code, err = _run(proj, capsys, pool_root=prepared, output=str(proj / "data" / "pseudo"),
-                         validation={"data": [{"root": prepared, "splits": ["val"]}]})
+        code, err = _run(proj, capsys, paths={"prepared": str(proj / "data" / "prepared"),
+                                              "pseudo": str(proj / "data" / "pseudo")})
         assert code == 0, err
         outputs.append({name: (proj / name).read_bytes() for name in TEXT_OUTPUTS})
     assert outputs[0] == outputs[1]
@@ -233,7 +259,7 @@ def _checkpoint(path: Path, config: dict | None = None, model: dict | None = Non
 def test_a_checkpoint_that_is_not_this_teacher_is_one_line(project, capsys, config, extra, message):
     proj, _ = project
     teacher = _checkpoint(proj / "models" / "teacher" / "teacher.pt", config, **extra)
-    code, err = _run(proj, capsys, teacher=str(teacher))
+    code, err = _run(proj, capsys, paths={"teacher": str(teacher)})
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (proj / "data" / "pseudo").exists()
 
@@ -243,5 +269,5 @@ def test_a_checkpoint_of_an_encoder_this_installation_cannot_build_is_one_line(p
     config = teacher_config("resnet9000", 1, 16)
     teacher = _checkpoint(proj / "models" / "teacher" / "teacher.pt", config, model={"w": torch.zeros(1)})
     code, err = _run(proj, capsys, teacher_section={"encoder_name": "resnet9000", "decoder_channels": 16},
-                     teacher=str(teacher))
+                     paths={"teacher": str(teacher)})
     assert code == 2 and "resnet9000" in err and len(err.strip().splitlines()) == 1, err

@@ -20,18 +20,23 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.params import ParamsError, load_section
 from pipeline.review import database as rdb
 from pipeline.review import journal as jr
 from pipeline.review.config import ReviewParams
 from pipeline.stages.export_reviews import decisions_csv_text, main as export_main
+from pipeline.paths import ProjectPaths
 from pipeline.review.pool import read_pool
-from pipeline.review.standin import synthetic_sample, write_pool
 from pipeline.stage import StageError
+from params_helpers import quick_params, write_params
+from review_standin import synthetic_sample, write_pool
 
 REPO = Path(__file__).resolve().parents[2]
 H1, H2 = "a" * 64, "b" * 64
+# The project layout the fixtures build.
+REVIEW_PATHS = {"pseudo": "data/pseudo", "journal": "reviews/journal", "decisions": "reviews/decisions.csv"}
 
 
 def decision(sample_id, verdict, mask=H1, at="2026-01-01T00:00:01Z", reviewer="ann"):
@@ -219,8 +224,7 @@ def project(tmp_path, monkeypatch):
     """A project folder with a small pool; the command runs from it, params with relative paths."""
     root = tmp_path / "proj"
     write_pool(root / "data" / "pseudo", ((f"{i:03d}", *synthetic_sample(i, size=24)) for i in range(4)), seed=2)
-    (root / "params.yaml").write_text("review:\n  pseudo_dir: data/pseudo\n  journal_dir: reviews/journal\n"
-                                      "  decisions_csv: reviews/decisions.csv\n")
+    write_params(root / "params.yaml", {"paths": REVIEW_PATHS})
     monkeypatch.chdir(root)
     return root
 
@@ -312,34 +316,40 @@ def test_a_field_that_looks_like_an_absolute_path_is_refused():
 # ----------------------------------------------------------------- params
 
 
-@pytest.mark.parametrize("key", ["journal_dir", "decisions_csv"])
+@pytest.mark.parametrize("key", ["journal", "decisions"])
 @pytest.mark.parametrize("value", ["/tmp/pc-elsewhere/x", "../../x", "reviews/../../x"])
 def test_review_output_paths_stay_in_the_project(tmp_path, key, value):
-    params = tmp_path / "params.yaml"
-    params.write_text(f"review:\n  {key}: {value}\n")
-    with pytest.raises(ParamsError, match=f"review.{key}: .*outside the project"):
-        load_section(ReviewParams, "review", params)
+    params = write_params(tmp_path / "params.yaml", {"paths": {key: value}})
+    with pytest.raises(ParamsError, match=f"paths.{key}: .*outside the project"):
+        load_section(ProjectPaths, "paths", params)
 
 
 def test_export_with_an_outside_decisions_csv_exits_2_and_writes_nothing_there(project, tmp_path, capsys):
     sentinel = tmp_path / "sentinel"
     sentinel.mkdir()
     (sentinel / "keep.txt").write_text("mine")
-    (project / "params.yaml").write_text(f"review:\n  pseudo_dir: data/pseudo\n  decisions_csv: {sentinel}/d.csv\n")
+    write_params(project / "params.yaml", {"paths": {**REVIEW_PATHS, "decisions": f"{sentinel}/d.csv"}})
     assert export_main(["--params", "params.yaml"]) == 2
-    assert "review.decisions_csv" in capsys.readouterr().err
+    assert "paths.decisions" in capsys.readouterr().err
     assert sorted(p.name for p in sentinel.iterdir()) == ["keep.txt"]
 
 
 def test_review_input_and_other_params_are_validated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = tmp_path / "params.yaml"
-    params.write_text("review:\n  pseudo_dir: ../shared/datasets/pool\n")  # reading outside is fine
-    assert load_section(ReviewParams, "review", params).pseudo_dir == "../shared/datasets/pool"
-    for bad, key in (('pseudo_dir: ""', "pseudo_dir"), ("database_uri: localhost:27017", "database_uri"),
-                     ("database_wait_s: -1", "database_wait_s"), ('dataset_name: ""', "dataset_name")):
-        params.write_text(f"review:\n  {bad}\n")
+    params = write_params(tmp_path / "params.yaml")
+    assert load_section(ReviewParams, "review", params) == ReviewParams(**quick_params()["review"])
+    for bad, key in (("", "port"), ("localhost:27017", "database_uri"), (-1, "database_wait_s"),
+                     ("", "dataset_name"), (6000, "min_seen_ms")):
+        write_params(params, {"review": {key: bad}})
         with pytest.raises(ParamsError, match=f"review.{key}"):
+            load_section(ReviewParams, "review", params)
+    write_params(params, {"paths": {"pseudo": ""}})
+    with pytest.raises(ParamsError, match="paths.pseudo"):
+        load_section(ProjectPaths, "paths", params)
+    for key in ReviewParams.model_fields:  # every key must be given: params.yaml is the one source
+        section = {k: v for k, v in quick_params()["review"].items() if k != key}
+        params.write_text(yaml.safe_dump({"review": section}))
+        with pytest.raises(ParamsError, match=f"review.{key}: Field required"):
             load_section(ReviewParams, "review", params)
 
 
@@ -423,8 +433,8 @@ def _closed_port() -> int:
 def test_review_load_only_with_an_unreachable_database_is_one_line_after_a_bounded_wait(tmp_path):
     pytest.importorskip("fiftyone")
     write_pool(tmp_path / "pseudo", ((f"{i:03d}", *synthetic_sample(i, size=24)) for i in range(2)), seed=4)
-    (tmp_path / "params.yaml").write_text("review:\n  pseudo_dir: pseudo\n  journal_dir: journal\n"
-                                          "  database_wait_s: 1\n  dataset_name: pc-test-unreachable\n")
+    write_params(tmp_path / "params.yaml", {"paths": {"pseudo": "pseudo", "journal": "journal"},
+                                            "review": {"database_wait_s": 1, "dataset_name": "pc-test-unreachable"}})
     port = _closed_port()
     env = {**os.environ, "FIFTYONE_DATABASE_URI": f"mongodb://ann:s3cret@127.0.0.1:{port}/?authSource=admin",
            "PYTHONPATH": str(REPO), "FIFTYONE_DO_NOT_TRACK": "true"}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from params_helpers import quick_section
 from pipeline.checkpoint import save_checkpoint
 from pipeline.params import ParamsError, parse_section
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
@@ -43,16 +44,16 @@ def project(tmp_path, monkeypatch):
     return proj
 
 
-def _run(proj: Path, section: dict, capsys) -> tuple[int, str]:
-    write_params(proj / "params.yaml", {"teacher": {**QUICK, **section}})
-    code = main(["--params", "params.yaml"])
+def _run(proj: Path, section: dict, capsys, paths: dict | None = None) -> tuple[int, str]:
+    write_params(proj / "params.yaml", {"paths": paths or {}, "teacher": {**QUICK, **section}})
+    code = main(["--params", "params.yaml", "--quiet"])
     err = capsys.readouterr().err
     assert "Traceback" not in err
     return code, err
 
 
-TRAIN = [{"root": "data/prepared", "splits": ["train"], "sources": ["eg1800"]}]
-VAL = [{"root": "data/prepared", "splits": ["val"], "sources": ["ccp"]}]
+TRAIN = [{"dataset": "prepared", "splits": ["train"], "sources": ["eg1800"]}]
+VAL = [{"dataset": "prepared", "splits": ["val"], "sources": ["ccp"]}]
 
 
 # ---------------------------------------------------------------------------- params
@@ -60,9 +61,9 @@ VAL = [{"root": "data/prepared", "splits": ["val"], "sources": ["ccp"]}]
 
 def test_device_takes_every_documented_spelling_and_refuses_others():
     for name in ("auto", "cpu", "cuda", "cuda:1"):
-        assert TeacherParams(device=name).device == name
+        assert TeacherParams(**quick_section("teacher", device=name)).device == name
     with pytest.raises(ParamsError, match="teacher.device"):
-        parse_section(TeacherParams, {"teacher": {"device": "cdua"}}, "teacher")
+        parse_section(TeacherParams, {"teacher": quick_section("teacher", device="cdua")}, "teacher")
 
 
 def test_cuda_on_a_machine_without_it_is_one_line(project, capsys, monkeypatch):
@@ -78,7 +79,7 @@ def test_cuda_on_a_machine_without_it_is_one_line(project, capsys, monkeypatch):
     (("val_data", 0, "splits"), ["val", "val"], "teacher.val_data.0.splits"),
     (("seed",), -1, "teacher.seed"),
     (("lr",), float("inf"), "teacher.lr"),
-    (("log",), "metrics/teacher/train.json", "log and metrics are the same file"),
+    (("train_data", 0, "dataset"), "prepard", "teacher.train_data.0.dataset"),
 ])
 def test_bad_values_are_refused_naming_the_key(project, capsys, location, value, named):
     section = {"train_data": [dict(TRAIN[0])], "val_data": [dict(VAL[0])]}
@@ -92,14 +93,14 @@ def test_bad_values_are_refused_naming_the_key(project, capsys, location, value,
 
 def test_a_source_the_manifest_lacks_is_an_error_not_less_data(project, capsys):
     # One entry right, one misspelt: before, training ran on the right one alone.
-    train = [TRAIN[0], {"root": "data/prepared", "splits": ["train"], "sources": ["eg180"]}]
+    train = [TRAIN[0], {"dataset": "prepared", "splits": ["train"], "sources": ["eg180"]}]
     code, err = _run(project, {"train_data": train, "val_data": VAL}, capsys)
     assert code == 2
     assert "teacher.train_data.1" in err and "eg180" in err and "eg1800" in err
     assert not (project / "models").exists()
 
 
-NOTHING = {"root": "data/prepared", "splits": ["test"]}  # the project has no test rows
+NOTHING = {"dataset": "prepared", "splits": ["test"]}  # the project has no test rows
 
 
 def test_an_entry_selecting_nothing_is_an_error(project, capsys):
@@ -131,8 +132,9 @@ def test_unreadable_images_are_skipped_with_a_relative_reason(project, capsys):
     (prepared / "images" / "eg1800" / "0001.png").write_bytes(b"not a png")
     bomb_png(prepared / "images" / "eg1800" / "0002.png")  # 20000 x 20000 claimed
     write_canonical(project / "data" / "more", _samples("eg1800x", "train", 2))
-    train = [{**TRAIN[0], "root": str(prepared)}, {"root": "data/more", "splits": ["train"]}]
-    code, err = _run(project, {"train_data": train, "val_data": VAL}, capsys)
+    train = [TRAIN[0], {"dataset": "crops", "splits": ["train"]}]
+    code, err = _run(project, {"train_data": train, "val_data": VAL}, capsys,
+                     paths={"prepared": str(prepared), "crops": "data/more"})
     assert code == 0, err
     metrics = json.loads((project / "metrics" / "teacher" / "train.json").read_text())
     assert metrics["train_images"] == 4  # 2 of eg1800 + 2 of eg1800x
@@ -217,9 +219,9 @@ def test_trained_metrics_hold_no_machine_specific_text(tmp_path, monkeypatch, ca
     texts = []
     for root in (tmp_path / "a", tmp_path / "b" / "deeper"):
         proj = _checkout(root, monkeypatch)
-        train = [{**TRAIN[0], "root": str(proj / "data" / "prepared")},
-                 {"root": str(proj / "data" / "crops"), "optional": True}]
-        code, err = _run(proj, {"train_data": train, "val_data": VAL}, capsys)
+        train = [TRAIN[0], {"dataset": "crops", "optional": True}]
+        code, err = _run(proj, {"train_data": train, "val_data": VAL}, capsys,
+                         paths={"prepared": str(proj / "data" / "prepared"), "crops": str(proj / "data" / "crops")})
         assert code == 0, err
         metrics = json.loads((proj / "metrics" / "teacher" / "train.json").read_text())
         floats = {k for k, v in metrics.items() if isinstance(v, float) and not math.isnan(v)}
@@ -229,6 +231,28 @@ def test_trained_metrics_hold_no_machine_specific_text(tmp_path, monkeypatch, ca
     assert "data/crops" in texts[0] and "images/eg1800/0003.png" in texts[0]
 
 
-def test_the_quick_profile_default_validation_is_the_ccp_val_split():
-    assert [v.model_dump() for v in TeacherParams().val_data] == [
-        {"root": "data/prepared", "splits": ["val"], "sources": ["ccp"], "optional": False}]
+def test_the_quick_profile_validation_is_the_ccp_val_split():
+    assert [v.model_dump() for v in TeacherParams(**quick_section("teacher")).val_data] == [
+        {"dataset": "prepared", "splits": ["val"], "sources": ["ccp"], "optional": False}]
+
+
+@pytest.mark.parametrize("teacher", ["models/teacher_resume/last.pt", "metrics/teacher/train.json",
+                                     "metrics/teacher/train_log.csv"])
+def test_a_teacher_file_that_is_another_output_of_the_stage_is_refused(project, capsys, teacher):
+    # before, the section's own output keys could name one file twice ("log and metrics are the same file");
+    # now the stage's other files follow from paths, and paths.teacher must not be one of them
+    code, err = _run(project, {"train_data": TRAIN, "val_data": VAL}, capsys, paths={"teacher": teacher})
+    assert code == 2 and "paths.teacher" in err and "a file of its own" in err, err
+    assert not (project / "models").exists() and not (project / "metrics").exists()
+
+
+@pytest.mark.parametrize("key", ["teacher", "teacher_resume", "metrics"])
+def test_teacher_outputs_outside_the_project_are_refused(project, capsys, key):
+    outside = project.parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "precious.txt").write_text("do not touch")
+    for value in ("/elsewhere/teacher", str(outside / "teacher.pt"), "../outside/teacher.pt"):
+        code, err = _run(project, {"train_data": TRAIN, "val_data": VAL}, capsys, paths={key: value})
+        assert code == 2 and f"paths.{key}: " in err and "outside the project" in err, err
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+    assert not (project / "models").exists()

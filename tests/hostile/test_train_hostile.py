@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
+from params_helpers import merged, quick_section, write_params
 from pipeline.checkpoint import CheckpointError, build_from_checkpoint, save_checkpoint
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
@@ -26,7 +26,8 @@ from pipeline.models import MODELS, available_models, build_model, register
 from pipeline.models.registry import ModelArgumentError, builder_arguments, check_forward, check_model_kwargs
 from pipeline.params import ParamsError, parse_section
 from pipeline.stage import StageError
-from pipeline.stages.train import TrainParams, epoch_order, main, split_train_val
+from pipeline.stages.train import TrainParams, TrainSettings, fingerprint, main, split_train_val
+from pipeline.training import epoch_order
 
 
 class PooledBatchNormNet(nn.Module):
@@ -79,12 +80,19 @@ def write_set(root: Path, splits: list[str], sources: list[str] | None = None, s
     to_frame(rows).to_csv(root / "manifest.csv", index=False)
 
 
-def quick(**overrides) -> dict:
-    values = {"archs": ["hostile_small"], "input_size": 24, "epochs": 1, "batch_size": 4, "workers": 0,
-              "max_steps_per_epoch": 0, "val_fraction": 0.3, "lr": 0.01, "seed": 0,
-              "loss": {"kind": "lovasz", "boundary_weight": 0.5, "boundary_kernel": 3}}
-    values.update(overrides)
-    return values
+SMALL_SETTINGS = {"input_size": 24, "epochs": 1, "batch_size": 4, "workers": 0, "max_steps_per_epoch": 0,
+                  "val_fraction": 0.3, "lr": 0.01, "seed": 0, "device": "cpu",
+                  "loss": {"kind": "lovasz", "boundary_weight": 0.5, "boundary_kernel": 3}}
+
+
+def quick(archs=("hostile_small",), model_kwargs=None, **settings) -> dict:
+    """The quick profile's ``train`` section training the small stand-ins, with ``settings`` changed."""
+    return {"archs": list(archs), "model_kwargs": {"hostile_small": {}, "hostile_pooled_bn": {}, **(model_kwargs or {})},
+            "settings": {**SMALL_SETTINGS, **settings}}
+
+
+def small_settings(**changes) -> TrainSettings:
+    return TrainSettings(**merged(quick_section("train")["settings"], {**SMALL_SETTINGS, **changes}))
 
 
 @pytest.fixture
@@ -99,14 +107,15 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-def run_train(root: Path, capsys, **values) -> tuple[int, str]:
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": quick(**values)}))
+def run_train(root: Path, capsys, paths: dict | None = None, **values) -> tuple[int, str]:
+    write_params(root / "params.yaml", {"paths": paths or {}, "train": quick(**values)})
     code = main(["--params", "params.yaml", "--quiet"])
     return code, capsys.readouterr().err
 
 
 def parse(values: dict) -> TrainParams:
-    return parse_section(TrainParams, {"train": values}, "train", "params.yaml")
+    """The quick profile's ``train`` section with ``values`` merged in, validated as a stage loads it."""
+    return parse_section(TrainParams, {"train": merged(quick_section("train"), values)}, "train", "params.yaml")
 
 
 def outside_untouched(root: Path) -> bool:
@@ -145,6 +154,46 @@ def test_kwargs_of_an_architecture_that_is_not_trained_are_checked_too():
     # the quick profile keeps kwargs for the full comparison list; a typo there is still a typo
     with pytest.raises(ParamsError, match=r"train\.model_kwargs\.deconvnet\.widht: unknown argument"):
         parse({"model_kwargs": {"deconvnet": {"widht": 0.0625}}})
+    with pytest.raises(ParamsError, match=r"train\.model_kwargs\.deconvnet\.width: .*must be a finite number"):
+        parse({"model_kwargs": {"deconvnet": {"width": "wide"}}})
+
+
+def test_kwargs_of_an_architecture_that_is_not_trained_are_not_built(monkeypatch):
+    # building (on the meta device) and running every listed network made loading params slow;
+    # the ones not trained now have only their argument names and types checked
+    import pipeline.models.registry as registry
+
+    built = []
+    real = registry._meta_model
+    monkeypatch.setattr(registry, "_meta_model", lambda name, kwargs: built.append(name) or real(name, kwargs))
+    registry._CHECKED.clear()
+    parse({"archs": ["hostile_small"], "model_kwargs": {"hostile_small": {}, "deconvnet": {"width": 0.125}},
+           "settings": {"input_size": 32}})
+    assert set(built) == {"hostile_small"}
+    # a value that does not build is found once that network is trained
+    with pytest.raises(ParamsError, match=r"train\.model_kwargs\.deconvnet\.width: "):
+        parse({"archs": ["deconvnet"], "model_kwargs": {"deconvnet": {"width": 1e9}}, "settings": {"input_size": 32}})
+
+
+def test_a_trained_architecture_without_kwargs_is_named():
+    with pytest.raises(ParamsError, match=r"train\.archs\.1: hostile_small has no train\.model_kwargs entry"):
+        parse_section(TrainParams, {"train": {**quick_section("train"), "archs": ["extremec3net", "hostile_small"]}},
+                      "train", "params.yaml")
+
+
+def test_an_arch_on_the_command_line_needs_kwargs_and_is_checked_at_the_configured_size(project, capsys):
+    write_params(project / "params.yaml", {"train": {**quick(), "model_kwargs": {"hostile_small": {}}}})
+    assert main(["--params", "params.yaml", "--arch", "hostile_pooled_bn", "--quiet"]) == 2
+    assert "--arch hostile_pooled_bn: no train.model_kwargs entry" in capsys.readouterr().err
+    write_params(project / "params.yaml", {"train": quick(batch_size=1)})
+    assert main(["--params", "params.yaml", "--arch", "hostile_pooled_bn", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--arch hostile_pooled_bn: " in err and "batch of 1 image" in err and "Traceback" not in err
+    # kwargs of an architecture not in archs were only name-checked at load: --arch builds them
+    write_params(project / "params.yaml", {"train": quick(model_kwargs={"deconvnet": {"width": 1e9}})})
+    assert main(["--params", "params.yaml", "--arch", "deconvnet", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--arch deconvnet: train.model_kwargs.deconvnet.width: " in err and len(err.strip().splitlines()) == 1
 
 
 def test_forwarded_builder_arguments_are_followed_into_the_class():
@@ -205,13 +254,14 @@ def test_architectures_are_checked_when_params_load():
 
 def test_a_network_that_cannot_run_at_input_size_is_refused_at_load():
     with pytest.raises(ParamsError, match=r"train\.archs\.0: deconvnet does not run .* 16x16.*at least 32x32"):
-        parse({"archs": ["deconvnet"], "input_size": 16, "model_kwargs": {"deconvnet": {"width": 0.0625}}})
+        parse({"archs": ["deconvnet"], "settings": {"input_size": 16, "loss": {"boundary_kernel": 7}},
+               "model_kwargs": {"deconvnet": {"width": 0.0625}}})
 
 
 def test_a_batch_of_one_is_refused_for_a_network_with_pooled_batch_norm():
     with pytest.raises(ParamsError, match=r"train\.archs\.0: .*batch of 1 image"):
         parse(quick(archs=["hostile_pooled_bn"], batch_size=1))
-    assert parse(quick(archs=["hostile_pooled_bn"], batch_size=2)).batch_size == 2
+    assert parse(quick(archs=["hostile_pooled_bn"], batch_size=2)).settings.batch_size == 2
     check_forward("hostile_pooled_bn", {}, 24, batch=1, training=False)  # inference is fine
 
 
@@ -232,28 +282,29 @@ def test_training_with_one_image_left_for_the_last_batch_does_not_crash(project,
 
 
 @pytest.mark.parametrize("values, key", [
-    ({"device": "cdua"}, "train.device"),
-    ({"lr": float("inf")}, "train.lr"),
-    ({"lr": float("nan")}, "train.lr"),
-    ({"weight_decay": float("inf")}, "train.weight_decay"),
-    ({"loss": {"boundary_weight": float("inf")}}, "train.loss.boundary_weight"),
-    ({"loss": {"boundary_kernel": 25}}, "train.loss.boundary_kernel"),
-    ({"threads": 1_000_000}, "train.threads"),
-    ({"workers": 10_000}, "train.workers"),
-    ({"input_size": 100_000}, "train.input_size"),
-    ({"val_sources": [""]}, "train.val_sources.0"),
-    ({"train_set": ""}, "train.train_set"),
+    ({"device": "cdua"}, "train.settings.device"),
+    ({"lr": float("inf")}, "train.settings.lr"),
+    ({"lr": float("nan")}, "train.settings.lr"),
+    ({"weight_decay": float("inf")}, "train.settings.weight_decay"),
+    ({"loss": {"boundary_weight": float("inf")}}, "train.settings.loss.boundary_weight"),
+    ({"loss": {"boundary_kernel": 25}}, "train.settings.loss.boundary_kernel"),
+    ({"loss": {"boundary_kernel": 4}}, "train.settings.loss.boundary_kernel"),
+    ({"threads": 1_000_000}, "train.settings.threads"),
+    ({"workers": 10_000}, "train.settings.workers"),
+    ({"input_size": 100_000}, "train.settings.input_size"),
+    ({"val_sources": [""]}, "train.settings.val_sources.0"),
+    ({"train_set": ""}, "train.settings.train_set"),  # no path keys in the section any more
 ])
 def test_other_hostile_values_are_refused_at_load(values, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.") + ":"):
         parse(quick(**values))
 
 
-@pytest.mark.parametrize("key", ["models_dir", "metrics_dir", "plots_dir"])
+@pytest.mark.parametrize("key", ["models", "metrics", "plots"])
 def test_output_folders_outside_the_project_are_refused(project, capsys, key):
     for value in ("/elsewhere/models", str(project.parent / "outside"), "../outside"):
-        code, err = run_train(project, capsys, **{key: value})
-        assert code == 2 and f"train.{key}: " in err and "outside the project" in err, err
+        code, err = run_train(project, capsys, paths={key: value})
+        assert code == 2 and f"paths.{key}: " in err and "outside the project" in err, err
         assert "Traceback" not in err
     assert outside_untouched(project)
     assert not (project / "models").exists()
@@ -265,7 +316,7 @@ def test_output_folders_outside_the_project_are_refused(project, capsys, key):
 def test_a_validation_source_missing_from_the_training_set_is_an_error(project, capsys):
     code, err = run_train(project, capsys, val_sources=["eg180"])
     assert code == 2
-    assert "train.val_sources: ['eg180'] not in the training set" in err and "['crops', 'eg1800']" in err
+    assert "train.settings.val_sources: ['eg180'] not in the training set" in err and "['crops', 'eg1800']" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (project / "models").exists() and not (project / "metrics").exists()
 
@@ -286,20 +337,18 @@ def test_split_refuses_an_empty_validation_split_from_the_val_sources():
     frame = pd.DataFrame({"id": [f"crops/{i}" for i in range(4)], "source": ["crops"] * 4,
                           "split": ["train"] * 4, "mask": ["m"] * 4})
     with pytest.raises(StageError, match="no validation images"):
-        split_train_val(frame, TrainParams(archs=["hostile_small"], val_sources=["crops"], val_fraction=0.01,
-                                           input_size=24))
+        split_train_val(frame, small_settings(val_sources=["crops"], val_fraction=0.01))
 
 
 def test_allow_empty_validation_does_not_change_the_resume_fingerprint():
-    from pipeline.stages.train import fingerprint
-
-    a = TrainParams(archs=["hostile_small"], input_size=24)
-    b = TrainParams(archs=["hostile_small"], input_size=24, allow_empty_validation=True)
-    assert fingerprint(a, "hostile_small", "d") == fingerprint(b, "hostile_small", "d")
+    a = small_settings()
+    b = small_settings(allow_empty_validation=True)
+    assert fingerprint(a, "hostile_small", {}, "d") == fingerprint(b, "hostile_small", {}, "d")
+    assert fingerprint(a, "hostile_small", {}, "d") != fingerprint(small_settings(lr=0.02), "hostile_small", {}, "d")
 
 
 def test_an_unknown_arch_on_the_command_line_is_one_line(project, capsys):
-    (project / "params.yaml").write_text(yaml.safe_dump({"train": quick()}))
+    write_params(project / "params.yaml", {"train": quick()})
     assert main(["--params", "params.yaml", "--arch", "extremc3net", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "unknown architecture 'extremc3net'" in err and len(err.strip().splitlines()) == 1
@@ -332,7 +381,7 @@ def test_build_from_checkpoint_names_the_file_and_the_key(tmp_path):
 
 
 def test_text_outputs_carry_no_absolute_path(project, capsys):
-    code, err = run_train(project, capsys, train_set=str(project / "data" / "train_set"))
+    code, err = run_train(project, capsys, paths={"train_set": str(project / "data" / "train_set")})
     assert code == 0, err
     texts = [project / "metrics" / "train" / "hostile_small.json", project / "plots" / "train" / "hostile_small.csv"]
     for path in texts:

@@ -17,7 +17,8 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from pipeline.review import dataset as review_dataset
-from pipeline.review.config import DEFAULT_MIN_SEEN_MS, ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, default_reviewer
+from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS,
+                                    default_reviewer)
 
 
 def _reviewer() -> str:
@@ -25,12 +26,22 @@ def _reviewer() -> str:
 
 
 def _journal_dir(ctx) -> str:
-    path = os.environ.get(ENV_JOURNAL_DIR) or (ctx.dataset.info or {}).get("review_journal_dir")
+    path = os.environ.get(ENV_JOURNAL_DIR) or (ctx.dataset.info or {}).get(INFO_JOURNAL_DIR)
     if not path:
         raise review_dataset.ReviewError(
             "no journal folder: start the App with `portrait-curation review` (it sets "
             f"{ENV_JOURNAL_DIR}); decisions are not recorded without it")
     return path
+
+
+def _min_seen_ms(ctx) -> int | None:
+    """review.min_seen_ms as the ``review`` command passed it (environment, else the dataset)."""
+    for value in (os.environ.get(ENV_MIN_SEEN_MS), (ctx.dataset.info or {}).get(INFO_MIN_SEEN_MS)):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            continue
+    return None
 
 
 def _seconds(value):
@@ -138,8 +149,11 @@ class ReviewProgress(foo.Operator):
 
     def execute(self, ctx):
         progress = review_dataset.dataset_progress(ctx.dataset)
-        min_seen_ms = int(os.environ.get(ENV_MIN_SEEN_MS) or DEFAULT_MIN_SEEN_MS)
-        return _result(True, progress.describe(), progress, reviewer=_reviewer(), min_seen_ms=min_seen_ms)
+        extra = {"reviewer": _reviewer()}
+        min_seen_ms = _min_seen_ms(ctx)
+        if min_seen_ms is not None:  # else the key script keeps the value it starts with
+            extra["min_seen_ms"] = min_seen_ms
+        return _result(True, progress.describe(), progress, **extra)
 
 
 class CloseSample(foo.Operator):

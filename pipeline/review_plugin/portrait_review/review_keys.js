@@ -25,7 +25,7 @@
   var PLUGIN = "@portrait-curation/review";
   var KEYS = { a: "accept", d: "reject", u: "undo" };
   var state = {
-    minSeenMs: 150,
+    minSeenMs: 150, // until review_progress answers with review.min_seen_ms
     currentId: null,
     urlAt: 0,
     shownAt: null,

@@ -1,7 +1,8 @@
 """Drive the review App in headless Chromium (for the browser test and the latency benchmark).
 
-Needs Debian's ``chromium`` and the ``playwright`` Python package (used with the system
-browser: ``playwright install`` is never run). Not used by the pipeline itself.
+Needs Debian's ``chromium`` and the dev-only ``playwright`` Python package (used with the
+system browser: ``playwright install`` is never run). A test helper, not part of the package:
+nothing in ``pipeline/`` imports playwright.
 """
 
 from __future__ import annotations
@@ -134,9 +135,5 @@ def wait_until_shown_for(page, milliseconds: float, timeout_ms: int = 30_000) ->
                            arg=milliseconds, timeout=timeout_ms)
 
 
-def status_text(page) -> str:
-    return page.inner_text("#portrait-review-status")
-
-
 def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[1]

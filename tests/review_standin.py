@@ -1,9 +1,10 @@
-"""A stand-in pseudo-labelled pool for developing, testing and benchmarking the review queue.
+"""A stand-in pseudo-labelled pool for testing and benchmarking the review queue.
 
 Writes the same layout pseudo_label does (canonical manifest, 0/255 mask PNGs, scores.csv
 with mask_sha256), from EG1800 photos and their human masks when the real data is there
 (some masks deliberately damaged, with low scores, so the queue has failures to find) or
-from synthetic shapes otherwise. Not a pipeline stage.
+from synthetic shapes otherwise. A test helper (beside teacher_helpers.py), not part of the
+package; ``python tests/review_standin.py --out DIR`` writes one for trying the App by hand.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pipeline.atomic import write_csv
 from pipeline.images import mask_to_png_bytes, write_image
 from pipeline.manifest import ManifestRow, mask_statistics, to_frame
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_EG1800 = REPO_ROOT.parent / "shared" / "datasets" / "eg1800"
 
 

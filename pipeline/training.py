@@ -1,0 +1,338 @@
+"""One resumable training loop for every network the pipeline trains: the students and the teacher.
+
+A stage describes what it trains as a ``TrainingJob`` (its model, optimizer, loss and
+learning-rate schedule, its seeded training data and validation, where checkpoints go and
+the fingerprint of the settings) and calls ``run(job)``, which trains, resumes or skips and
+returns the last and best states with the per-epoch history. The loop owns what must be the
+same for every network:
+
+- Reproducibility. Initial weights come from ``derived_seed(seed, key, -1)``; epoch ``e``'s
+  sample order and every sample's augmentation from ``derived_seed(seed, key, e)`` (``key``
+  is the training stage: ExtremeC3Net trains two). The torch RNG state (dropout) is saved in
+  every checkpoint, so a killed and resumed run ends with the same weights as one that was
+  never interrupted, also when it resumes in the middle of an epoch.
+- Checkpoints. ``<dir>/<name>last.pt`` after every epoch (and every
+  ``checkpoint_every_steps`` steps, for slow epochs), ``<name>best.pt`` when validation
+  improves, both atomic and ``weights_only``-loadable. A checkpoint written with another
+  fingerprint (other settings, data or code) is not resumed: the run starts over; one of
+  another architecture or that does not load is an error (it is not this run's file).
+- The per-epoch progress bar (off with ``progress=False``: ``--quiet``), a log line per
+  epoch, a non-finite loss stopping the run at once, and the history rows the stages write
+  as metrics and plots.
+
+Distributed training (torchrun/DDP) is meant to be added here and only here: the sample
+order of an epoch is made in ``_epoch_indices`` (where a rank would take its share) and
+every file is written behind ``_writes_files()`` (where only rank 0 would write).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from pipeline.errors import StageError
+from pipeline.metrics import iou
+
+# What a resumable checkpoint holds besides the job's own ``extra`` entries.
+RESUME_KEYS = ("model", "optimizer", "epoch", "batch_in_epoch", "epoch_losses", "rng", "best_score", "best_epoch",
+               "history")
+
+
+# ---------------------------------------------------------------- seeds, order, schedule
+
+
+def derived_seed(seed: int, key: int | str, epoch: int) -> int:
+    """A seed for (run seed, training stage, epoch): the same numbers on every machine and rerun."""
+    return int(hashlib.sha256(f"{seed}/{key}/{epoch}".encode()).hexdigest()[:8], 16)
+
+
+def epoch_order(n: int, seed: int, limit: int | None, batch_size: int | None = None) -> list[int]:
+    """This epoch's sample order. With ``batch_size``, a last batch of a single image is left out
+    (that image comes at another place next epoch): batch norm cannot train on one image."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=generator).tolist()
+    order = order[:limit] if limit else order
+    if batch_size and batch_size > 1 and len(order) > 1 and len(order) % batch_size == 1:
+        order = order[:-1]
+    return order
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where training stands when a learning rate is asked for (all counts 0-based)."""
+
+    epoch: int
+    batch: int  # within the epoch
+    batches_per_epoch: int
+    epochs: int
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.batches_per_epoch + self.batch
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.batches_per_epoch
+
+
+def multistep_lr(base: float, epochs: int, epoch: int) -> float:
+    """x0.5 at 1/2 and at 5/6 of the epochs (the official ExtremeC3Net code); a function of the epoch only."""
+    milestones = [m for m in (epochs // 2, epochs - epochs // 6) if m > 0]
+    return base * 0.5 ** sum(epoch >= m for m in milestones)
+
+
+def cosine_lr(base: float, step: int, total: int) -> float:
+    """Cosine decay from ``base`` to 0 over ``total`` steps."""
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+# ---------------------------------------------------------------- fingerprint
+
+
+def code_digest(modules: Iterable[str]) -> str:
+    """Hash of the source files of ``modules``: a code change must not resume old checkpoints."""
+    digest = hashlib.sha256()
+    for name in sorted(set(modules) | {__name__}):
+        path = getattr(sys.modules.get(name) or importlib.import_module(name), "__file__", None)
+        if path:
+            digest.update(name.encode() + Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def fingerprint(settings: Mapping, **inputs) -> str:
+    """Hash of everything that changes the trained weights: the settings that do, plus the data
+    and code digests (``inputs``). A checkpoint is resumed only under the same fingerprint."""
+    payload = {**settings, **inputs}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validation_iou(model: nn.Module, dataset: Dataset | None, batch_size: int, workers: int = 0,
+                   device: str | torch.device = "cpu") -> float:
+    """Mean per-image foreground IoU (0..1, ``pipeline.metrics.iou``) at the dataset's resolution;
+    nan without validation images."""
+    from pipeline.models.registry import foreground_logit
+
+    if dataset is None or len(dataset) == 0:
+        return float("nan")
+    model.eval()
+    scores = []
+    with torch.inference_mode():
+        for batch in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+            predicted = (foreground_logit(model(batch["image"].to(device))) > 0).cpu().numpy()
+            truth = batch["mask"].numpy() > 0.5
+            scores += [iou(p, t) for p, t in zip(predicted, truth)]
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------- the job
+
+
+class SeededData(Protocol):
+    """A training dataset whose augmentation follows a seed the loop sets each epoch
+    (``pipeline.data.SeededAugmentation``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict: ...
+
+    def reseed(self, epoch_seed: int) -> None: ...
+
+
+@dataclass
+class TrainingJob:
+    """What one training run is: everything ``run`` needs, nothing it writes besides checkpoints."""
+
+    name: str  # in progress bars and log lines
+    arch: str  # recorded in checkpoints; a checkpoint of another architecture is refused
+    config: dict  # the builder kwargs, recorded likewise
+    make_model: Callable[[bool], nn.Module]  # make_model(fresh): fresh = no checkpoint is resumed (load
+    #                                          pretrained or previous-stage weights then)
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # loss(model, images, masks)
+    learning_rate: Callable[[Step], float]
+    epochs: int
+    batch_size: int
+    train_data: SeededData
+    checkpoint_dir: Path
+    fingerprint: str
+    seed: int
+    key: int | str = 1  # seeds derive from (seed, key, epoch): the training stage
+    max_steps_per_epoch: int = 0  # 0: the whole training set each epoch
+    validate: Callable[[nn.Module], float] | None = None  # higher is better; nan: nothing to validate on
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+    checkpoint_name: str = ""  # prefix of the checkpoint files: "stage1_" -> stage1_last.pt
+    keep_best: bool = True  # also keep <name>best.pt, the epoch with the best validation
+    resume: bool = True
+    workers: int = 0  # DataLoader processes
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # more entries for every checkpoint (say the stage number)
+    progress: bool = True
+    log: Callable[[str], None] = print
+    on_epoch: Callable[[list[dict]], None] | None = None  # called with the history after each epoch
+
+    @property
+    def last_path(self) -> Path:
+        return Path(self.checkpoint_dir) / f"{self.checkpoint_name}last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return Path(self.checkpoint_dir) / f"{self.checkpoint_name}best.pt"
+
+
+@dataclass
+class TrainingResult:
+    model: nn.Module  # as trained to the last epoch
+    last: dict  # the checkpoint state of the last epoch
+    best: dict | None  # the best-validation checkpoint (None without keep_best)
+    history: list[dict]  # per epoch: epoch, step, train_loss, val, lr
+    trained_epochs: int  # epochs this call trained (0: it was finished already)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _writes_files() -> bool:
+    """Whether this process writes checkpoints and calls ``on_epoch``: always, until DDP (rank 0)."""
+    return True
+
+
+def _epoch_indices(job: TrainingJob, n: int, epoch: int) -> list[int]:
+    """The samples of ``epoch`` in training order: the one place a DDP rank would take its share."""
+    limit = job.max_steps_per_epoch * job.batch_size or None
+    return epoch_order(n, derived_seed(job.seed, job.key, epoch), limit, job.batch_size)
+
+
+def _resumable(job: TrainingJob) -> dict | None:
+    """The last checkpoint if it continues this very run; None to start over."""
+    path = job.last_path
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path, expected_arch=job.arch)
+    except CheckpointError as exc:
+        raise StageError(f"{exc}. Delete {path.parent} to train from scratch.") from None
+    if state.get("fingerprint") != job.fingerprint:
+        job.log(f"{job.name}: {path} was made with other settings, data or code; training starts over")
+        return None
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        job.log(f"{job.name}: {path} lacks {', '.join(missing)}; training starts over")
+        return None
+    return state
+
+
+def _save(path: Path, state: dict) -> None:
+    if _writes_files():
+        save_checkpoint(path, state)
+
+
+def run(job: TrainingJob) -> TrainingResult:
+    """Train ``job`` (or resume it, or skip it when its checkpoint says it is finished)."""
+    state = _resumable(job) if job.resume else None
+    torch.manual_seed(derived_seed(job.seed, job.key, -1))  # the same initial weights fresh or resumed
+    model = job.make_model(state is None).to(job.device)
+    optimizer = job.make_optimizer(model)
+    epoch, batch_in_epoch, losses, history = 0, 0, [], []
+    best_score, best_epoch = -math.inf, 0
+    rng_after_loader = None  # a mid-epoch resume restores the RNG once that epoch's loader has drawn its seed
+    if state is not None:
+        load_weights(model, state, job.last_path)
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+        losses, history = [float(v) for v in state["epoch_losses"]], [dict(h) for h in state["history"]]
+        best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        if batch_in_epoch:
+            rng_after_loader = state["rng"]["torch"]
+        else:
+            torch.set_rng_state(state["rng"]["torch"])
+        if epoch < job.epochs:
+            where = f"epoch {epoch} of {job.epochs}" + (f", step {batch_in_epoch}" if batch_in_epoch else "")
+            job.log(f"{job.name}: resuming from {job.last_path} (after {where})")
+
+    n = len(job.train_data)
+    first_epoch = epoch
+
+    def snapshot() -> dict:
+        return {"arch": job.arch, "config": job.config, **job.extra, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "epoch_losses": list(losses), "rng": {"torch": torch.get_rng_state()}, "best_score": best_score,
+                "best_epoch": best_epoch, "history": history, "fingerprint": job.fingerprint}
+
+    while epoch < job.epochs:
+        order = _epoch_indices(job, n, epoch)
+        batches = math.ceil(len(order) / job.batch_size)
+        if not order:
+            raise StageError(f"{job.name}: no training samples")
+        job.train_data.reseed(derived_seed(job.seed, job.key, epoch))
+        loader = DataLoader(job.train_data, batch_size=job.batch_size, sampler=order[batch_in_epoch * job.batch_size:],
+                            num_workers=job.workers, drop_last=False)
+        model.train()
+        bar = tqdm(total=batches, initial=batch_in_epoch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}",
+                   unit="batch", leave=False, disable=not job.progress)
+        batch_iter = iter(loader)  # draws the loader's base seed from the torch RNG
+        if rng_after_loader is not None:
+            torch.set_rng_state(rng_after_loader)
+            rng_after_loader = None
+        lr = optimizer.param_groups[0]["lr"]
+        for batch in batch_iter:
+            lr = job.learning_rate(Step(epoch, batch_in_epoch, batches, job.epochs))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = job.loss(model, batch["image"].to(job.device), batch["mask"].to(job.device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                bar.close()
+                raise StageError(f"{job.name} epoch {epoch + 1}, step {batch_in_epoch + 1}: training loss is not "
+                                 f"finite ({value}; the previous ones: {losses[-3:]})")
+            losses.append(value)
+            batch_in_epoch += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            step = epoch * batches + batch_in_epoch
+            if job.checkpoint_every_steps and step % job.checkpoint_every_steps == 0 and batch_in_epoch < batches:
+                _save(job.last_path, snapshot())
+        bar.close()
+
+        score = job.validate(model) if job.validate is not None else float("nan")
+        improved = math.isnan(score) or score > best_score
+        if improved:
+            best_score, best_epoch = (score if not math.isnan(score) else best_score), epoch + 1
+        history.append({"epoch": epoch + 1, "step": (epoch + 1) * batches, "train_loss": float(np.mean(losses)),
+                        "val": score, "lr": lr})
+        job.log(f"{job.name} epoch {epoch + 1}/{job.epochs}: train loss {np.mean(losses):.4f}, "
+                f"validation {score:.4f}")
+        epoch, batch_in_epoch, losses = epoch + 1, 0, []
+        state = snapshot()
+        if improved and job.keep_best:
+            _save(job.best_path, state)
+        _save(job.last_path, state)  # last after best: a kill between them loses nothing
+        if job.on_epoch is not None and _writes_files():
+            job.on_epoch(history)
+
+    if state is None:
+        raise StageError(f"{job.name}: nothing trained and no checkpoint")
+    best = None
+    if job.keep_best and job.best_path.is_file():
+        chosen = load_checkpoint(job.best_path, expected_arch=job.arch)
+        if chosen.get("fingerprint") == job.fingerprint:
+            best = chosen
+    return TrainingResult(model=model, last=state, best=best, history=history, trained_epochs=epoch - first_epoch)
