@@ -21,8 +21,8 @@ from pipeline.flops import count_flops
 from pipeline.latency import interleaved_latencies
 from pipeline.models.registry import build_model, count_parameters, get_spec
 
-NETWORKS = ["enet", "espnet", "ds_espnet", "ds_espnet_0.5", "espnetv2_2.0", "espnetv2_1.5", "contextnet12",
-            "contextnet12_0.25", "bisenet"]
+NETWORKS = ["enet", "espnet", "ds_espnet", "ds_espnet_0p5", "espnetv2_2p0", "espnetv2_1p5", "contextnet12",
+            "contextnet12_0p25", "bisenet"]
 
 
 def latency_ms(model: torch.nn.Module, size: int, runs: int, warmup: int) -> tuple[float, float]:

@@ -30,16 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def changed_values(quick, profile, prefix: str = "") -> list[tuple[str, object]]:
     """(dotted key, value) for every value ``profile`` sets differently from ``quick``.
 
-    Mappings are compared key by key; lists and scalars are values. A mapping whose keys
-    contain dots (architecture names such as ``contextnet12_0.25``) is set as a whole,
-    since a dotted key could not name them.
+    Mappings are compared key by key; lists and scalars are values. (No key holds a dot:
+    DVC names nested params with dots, which is also why architecture names have none.)
     """
     if isinstance(quick, dict) and isinstance(profile, dict):
         if set(quick) != set(profile):
             raise SystemExit(f"{prefix or 'top level'}: the profile's keys differ from params.yaml's "
                              f"({sorted(set(quick) ^ set(profile))}); profiles differ only in values")
-        if any("." in str(k) for k in profile):
-            return [] if quick == profile else [(prefix, profile)]
         out = []
         for key in profile:
             out += changed_values(quick[key], profile[key], f"{prefix}.{key}" if prefix else str(key))

@@ -85,3 +85,18 @@ def test_the_closure_follows_imports_inside_functions_and_the_model_registry():
     files = stage_deps.closure("pipeline.stages.evaluate")
     assert "pipeline/checkpoint.py" in files  # imported inside a function
     assert "pipeline/models/extremec3net.py" in files  # loaded by the registry, no import statement
+
+
+def test_architecture_names_can_be_dvc_param_keys():
+    """train@<arch> depends on train.model_kwargs.<arch>: DVC reads the dots as nesting."""
+    from pipeline.models import available_models
+    from pipeline.models.registry import register
+
+    assert all("." not in name and "/" not in name for name in available_models())
+    with pytest.raises(ValueError, match="without '.'"):
+        register("contextnet12_0.25")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for arch in params["train"]["archs"]:
+        node = params
+        for key in f"train.model_kwargs.{arch}".split("."):
+            node = node[key]  # what DVC does with the stage's params entry

@@ -99,12 +99,12 @@ def _run_profile_module():
 
 def test_a_profile_runs_as_one_dvc_experiment_setting_only_what_it_changes():
     run_profile = _run_profile_module()
-    quick = {"train": {"archs": ["a"], "model_kwargs": {"net_0.5": {"w": 1}}, "settings": {"epochs": 2, "lr": 0.1}},
+    quick = {"train": {"archs": ["a"], "model_kwargs": {"net": {"w": 1}}, "settings": {"epochs": 2, "lr": 0.1}},
              "paths": {"raw": "data/raw"}}
-    paper = {"train": {"archs": ["a", "b"], "model_kwargs": {"net_0.5": {"w": 2}}, "settings": {"epochs": 300, "lr": 0.1}},
+    paper = {"train": {"archs": ["a", "b"], "model_kwargs": {"net": {"w": 2}}, "settings": {"epochs": 300, "lr": 0.1}},
              "paths": {"raw": "data/raw"}}
     changes = run_profile.changed_values(quick, paper)
-    assert changes == [("train.archs", ["a", "b"]), ("train.model_kwargs", {"net_0.5": {"w": 2}}),
+    assert changes == [("train.archs", ["a", "b"]), ("train.model_kwargs.net.w", 2),
                        ("train.settings.epochs", 300)]
     command = run_profile.dvc_command("paper", changes)
     assert command[:6] == ["dvc", "exp", "run", "--temp", "-n", "paper"]

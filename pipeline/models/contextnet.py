@@ -91,7 +91,7 @@ def build_contextnet12(num_classes: int = 1, **kwargs) -> nn.Module:
     return ContextNet(num_classes, **kwargs)
 
 
-@register("contextnet12_0.25", paper_params=67_200, paper_params_kwargs={"num_classes": 2}, input_size=224)
+@register("contextnet12_0p25", paper_params=67_200, paper_params_kwargs={"num_classes": 2}, input_size=224)
 def build_contextnet12_quarter(num_classes: int = 1, **kwargs) -> nn.Module:
     """ContextNet12(0.25): every width x0.25; 67.2K in the ExtremeC3Net paper."""
     return ContextNet(num_classes, width=0.25, **kwargs)

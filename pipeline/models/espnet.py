@@ -174,7 +174,7 @@ def build_ds_espnet(num_classes: int = 1, p: int = 2, q: int = 8, **kwargs) -> n
     return ESPNet(num_classes, p, q, separable=True, **kwargs)
 
 
-@register("ds_espnet_0.5", paper_params=63_900, paper_params_kwargs={"num_classes": 2}, input_size=224)
+@register("ds_espnet_0p5", paper_params=63_900, paper_params_kwargs={"num_classes": 2}, input_size=224)
 def build_ds_espnet_half(num_classes: int = 1, p: int = 2, q: int = 8, **kwargs) -> nn.Module:
     """DS-ESPNet(0.5): DS-ESPNet at half width; 63.9K in the paper."""
     return ESPNet(num_classes, p, q, separable=True, width=0.5, **kwargs)

@@ -186,13 +186,13 @@ class ESPNetV2(nn.Module):
         return _up(y, x)
 
 
-@register("espnetv2_2.0", paper_params=778_000, paper_params_kwargs={"num_classes": 2}, input_size=224)
+@register("espnetv2_2p0", paper_params=778_000, paper_params_kwargs={"num_classes": 2}, input_size=224)
 def build_espnetv2_2(num_classes: int = 1) -> nn.Module:
     """ESPNetV2 segmentation, width 2.0 (official structure); 778K in the ExtremeC3Net paper."""
     return ESPNetV2(num_classes, s=2.0)
 
 
-@register("espnetv2_1.5", paper_params=458_000, paper_params_kwargs={"num_classes": 2}, input_size=224)
+@register("espnetv2_1p5", paper_params=458_000, paper_params_kwargs={"num_classes": 2}, input_size=224)
 def build_espnetv2_1_5(num_classes: int = 1) -> nn.Module:
     """ESPNetV2 segmentation, width 1.5 (official structure); 458K in the ExtremeC3Net paper."""
     return ESPNetV2(num_classes, s=1.5)

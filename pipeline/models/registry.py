@@ -57,6 +57,11 @@ MODELS: dict[str, ModelSpec] = {}
 
 def register(name: str, *, paper_params: int | None = None, paper_params_kwargs: dict | None = None,
              input_size: int = 224, description: str = ""):
+    if not name or "." in name or "/" in name:
+        # DVC names a stage's params by dotted paths (train.model_kwargs.<arch>) and the
+        # name becomes folder and file names: a dot or a slash would break both.
+        raise ValueError(f"architecture name {name!r} must be non-empty, without '.' or '/'")
+
     def wrap(builder: Callable[..., nn.Module]):
         if name in MODELS:
             raise ValueError(f"model {name!r} registered twice")

@@ -198,9 +198,9 @@ def test_an_arch_on_the_command_line_needs_kwargs_and_is_checked_at_the_configur
 
 def test_forwarded_builder_arguments_are_followed_into_the_class():
     # build_contextnet12_quarter(num_classes, **kwargs) -> ContextNet(num_classes, width=0.25, **kwargs)
-    assert set(builder_arguments("contextnet12_0.25")) == {"num_classes", "context_scale"}
-    with pytest.raises(ModelArgumentError, match="unknown argument of contextnet12_0.25") as caught:
-        check_model_kwargs("contextnet12_0.25", {"width": 0.5})  # bound by the builder: passing it again is a TypeError
+    assert set(builder_arguments("contextnet12_0p25")) == {"num_classes", "context_scale"}
+    with pytest.raises(ModelArgumentError, match="unknown argument of contextnet12_0p25") as caught:
+        check_model_kwargs("contextnet12_0p25", {"width": 0.5})  # bound by the builder: passing it again is a TypeError
     assert caught.value.argument == "width"
 
 
