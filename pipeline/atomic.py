@@ -26,6 +26,18 @@ class ForeignOutputError(StageError):
     """An output folder that a stage did not create: refused instead of replaced."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def chmod_like_plain(path: Path, base_mode: int) -> None:
+    # mkstemp/mkdtemp create 0600/0700; an output must get the mode open()/mkdir() would
+    # give it, or teammates on a shared machine cannot read the dataset.
+    os.chmod(path, base_mode & ~_umask())
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -52,6 +64,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    chmod_like_plain(tmp_path, 0o666)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
@@ -116,6 +129,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     check_replaceable(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    chmod_like_plain(tmp, 0o777)
     try:
         yield tmp
         (tmp / OWNER_MARKER).write_text(_MARKER_TEXT)

@@ -1,6 +1,17 @@
+import os
+import stat
+
 import pytest
 
-from pipeline.atomic import OWNER_MARKER, ForeignOutputError, atomic_dir, atomic_path, remove_stale_temporaries, write_json
+from pipeline.atomic import (
+    OWNER_MARKER,
+    ForeignOutputError,
+    atomic_dir,
+    atomic_path,
+    remove_stale_temporaries,
+    write_json,
+    write_text,
+)
 
 
 def _stage_output(target, name="old.txt", text="old"):
@@ -83,3 +94,16 @@ def test_atomic_path_never_replaces_a_folder(tmp_path):
     with pytest.raises(ForeignOutputError, match="is a folder"):
         write_json(folder, {"v": 1})
     assert (folder / "teacher.pt").read_text() == "weights"
+
+
+def test_outputs_get_the_umask_mode_not_the_private_temp_mode(tmp_path):
+    # mkstemp/mkdtemp make 0600/0700; a dataset written that way is unreadable to teammates.
+    old_mask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "a.txt").write_text("x")
+        write_text(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644

@@ -39,7 +39,7 @@ from typing import Callable, Iterable
 from pydantic import Field, field_validator
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_dir, write_json
+from pipeline.atomic import atomic_dir, chmod_like_plain, write_json
 from pipeline.hashing import sha256_file
 from pipeline.params import InputPath, ParamsError, Section, SubPath, check_sub_path, load_section
 from pipeline.paths import ProjectPaths
@@ -391,6 +391,7 @@ def fetch_source(name: str, location: str, expected: str | None, subdir: str | N
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent))
+    chmod_like_plain(staging, 0o777)  # it may become dest itself
     try:
         try:
             safe_extract(file_path, staging, progress)
