@@ -1,12 +1,15 @@
-"""Time one training step (forward, loss, backward, Adam) per architecture, and the losses alone
-(the students' Lovász / CE with the boundary term, the teacher's BCE + Dice).
+"""Time one training step (forward, loss, backward, Adam) per architecture on today's plain path
+and on the fast-path variants (``train.settings``: fused_loss, channels_last, bf16),
+A/B interleaved in one process; and the losses alone.
 
-Usage: python benchmarks/train_step.py [--archs extremec3net portraitnet] [--batch 8] [--size 224]
-       [--threads 2] [--repeats 5]
+Usage: python benchmarks/train_step.py [--archs extremec3net portraitnet] [--batch 32] [--size 224]
+       [--threads 2] [--repeats 5] [--variants plain fused fused+cl fused+bf16 fused+cl+bf16]
 
-Prints the median and min seconds per step over ``--repeats`` runs after one warm-up, so the
-quick-profile length (``train.max_steps_per_epoch`` x stages) can be sized for a machine.
-Figures on a shared machine are noisy; compare runs made in one process.
+Every round times one step of every variant in turn (the same batch, each variant with its own
+network and optimizer), so load from other processes on a shared machine falls on all of them
+alike; the speed-ups are ratios of medians within the run. ``bf16`` is measured as asked even
+where the CPU has no native bfloat16 (the stage would fall back to float32 there; the line
+``native bf16`` says which).
 """
 
 from __future__ import annotations
@@ -16,6 +19,15 @@ import statistics
 import time
 
 import torch
+
+VARIANTS = {  # name -> (fused loss, channels_last, bf16 autocast)
+    "plain": (False, False, False),
+    "fused": (True, False, False),
+    "cl": (False, True, False),
+    "fused+cl": (True, True, False),
+    "fused+bf16": (True, False, True),
+    "fused+cl+bf16": (True, True, True),
+}
 
 
 def time_it(fn, repeats: int) -> tuple[float, float]:
@@ -28,53 +40,80 @@ def time_it(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(times), min(times)
 
 
+def make_step(arch: str, variant: str, images: torch.Tensor, masks: torch.Tensor):
+    """One training step of ``arch`` as ``variant`` does it (what pipeline.training.run does per batch)."""
+    from pipeline.losses import SegmentationLoss
+    from pipeline.models import build_model
+
+    fused, channels_last, bf16 = VARIANTS[variant]
+    torch.manual_seed(0)
+    model = build_model(arch).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = SegmentationLoss("lovasz", 0.5, 7, fused=fused)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def main() -> None:
     from pipeline.losses import SegmentationLoss, cross_entropy_dice
-    from pipeline.models import build_model
+    from pipeline.training import native_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", nargs="+", default=["extremec3net_stage1", "extremec3net", "portraitnet"])
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (0 = default)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", nargs="+", default=["plain", "fused", "fused+cl", "fused+bf16"],
+                        choices=list(VARIANTS))
+    parser.add_argument("--skip-losses", action="store_true")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    variants = args.variants
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size)
     masks = torch.zeros(args.batch, args.size, args.size)
     masks[:, args.size // 4:, args.size // 5: -args.size // 5] = 1
-    print(f"batch {args.batch} x {args.size}px, {torch.get_num_threads()} threads, repeats {args.repeats}")
+    print(f"batch {args.batch} x {args.size}px, {torch.get_num_threads()} threads, repeats {args.repeats}, "
+          f"native bf16 {native_bf16('cpu')}, torch {torch.__version__}")
 
-    for kind in ("lovasz", "ce"):
-        loss_fn = SegmentationLoss(kind, 0.5, 7)
+    if not args.skip_losses:
+        for kind, fused in (("lovasz", False), ("lovasz", True), ("ce", False)):
+            loss_fn = SegmentationLoss(kind, 0.5, 7, fused=fused)
+            logits = torch.randn(args.batch, 1, args.size, args.size, requires_grad=True)
+            med, low = time_it(lambda: loss_fn(logits, masks).backward(), args.repeats)
+            name = kind + (" fused" if fused else "")
+            print(f"loss {name:12s} + boundary (fwd+bwd): median {med:.3f} s, min {low:.3f} s")
         logits = torch.randn(args.batch, 1, args.size, args.size, requires_grad=True)
-
-        def loss_step():
-            loss_fn(logits, masks).backward()
-
-        med, low = time_it(loss_step, args.repeats)
-        print(f"loss {kind:8s} + boundary (fwd+bwd): median {med:.3f} s, min {low:.3f} s")
-
-    logits = torch.randn(args.batch, 1, args.size, args.size, requires_grad=True)
-    med, low = time_it(lambda: cross_entropy_dice(logits, masks, 0.5).backward(), args.repeats)
-    print(f"loss teacher (BCE + Dice, fwd+bwd): median {med:.3f} s, min {low:.3f} s")
+        med, low = time_it(lambda: cross_entropy_dice(logits, masks, 0.5).backward(), args.repeats)
+        print(f"loss teacher (BCE + Dice, fwd+bwd): median {med:.3f} s, min {low:.3f} s")
 
     for arch in args.archs:
-        model = build_model(arch).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        loss_fn = SegmentationLoss("lovasz", 0.5, 7)
-
-        def step():
-            loss = loss_fn(model(images), masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        med, low = time_it(step, args.repeats)
-        print(f"{arch:22s} train step: median {med:.3f} s, min {low:.3f} s "
-              f"({args.batch / med:.1f} images/s)")
+        steps = {v: make_step(arch, v, images, masks) for v in variants}
+        for step in steps.values():
+            step()  # warm-up
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.repeats):  # interleaved: each round times every variant once
+            for variant, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[variant].append(time.perf_counter() - start)
+        base = statistics.median(times[variants[0]])
+        for variant in variants:
+            med = statistics.median(times[variant])
+            print(f"{arch:22s} {variant:16s} train step: median {med:.3f} s, min {min(times[variant]):.3f} s "
+                  f"({args.batch / med:6.1f} images/s, x{base / med:.2f} vs {variants[0]})")
 
 
 if __name__ == "__main__":

@@ -13,15 +13,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crop-portraits": ("pipeline.stages.crop_portraits", "crop portraits around detected faces in full-body photos"),
     "train-teacher": ("pipeline.stages.train_teacher", "fine-tune the DeepLabv3+ teacher on the labelled data"),
     "pseudo-label": ("pipeline.stages.pseudo_label", "pseudo-label the unlabelled pool with the teacher, score each mask"),
+    "score-pool": ("pipeline.stages.score_pool", "calibrated P(good) per pool mask; auto-accept above an evidence bound, audited"),
     "review": ("pipeline.tools.review", "open the accept/reject review queue in the FiftyOne App"),
     "export-reviews": ("pipeline.stages.export_reviews", "write review decisions to the file DVC tracks"),
     "assemble": ("pipeline.stages.assemble", "build the training set from the enabled sources"),
     "train": ("pipeline.stages.train", "train a segmentation network (ExtremeC3Net: two stages)"),
     "evaluate": ("pipeline.stages.evaluate", "mIoU and boundary F1 on EG1800's test split, per-image IoU"),
+    "export-onnx": ("pipeline.stages.export_onnx", "export each trained model to ONNX, checked against PyTorch"),
     "complexity": ("pipeline.stages.complexity", "parameters, FLOPs (two conventions) and CPU latency"),
     "compare": ("pipeline.stages.compare", "comparison table of the trained architectures (the paper's Table 2)"),
     "attributes": ("pipeline.tools.attributes", "race/gender/age annotations: import, export, annotate in FiftyOne"),
     "bias-report": ("pipeline.stages.bias_report", "mIoU per race, gender and age group with intervals and disparity"),
+    "segment": ("pipeline.tools.segment", "apply a trained model to images or a video: masks, cut-outs, new backgrounds"),
 }
 
 

@@ -3,12 +3,19 @@
 Training (ExtremeC3Net, the comparison nets, the teacher) and evaluation all read
 samples through ``ManifestDataset`` so resizing and normalisation are the same
 everywhere. Augmentation uses albumentations instead of hand-written warps; for training,
-``SeededAugmentation`` seeds it per sample and epoch (the training loop sets the epoch), so
-a resumed run draws the same augmentations as an uninterrupted one.
+``SeededAugmentation`` seeds it per sample and epoch (the training loop sets the epoch, or
+passes it with each index), so a resumed run draws the same augmentations as an
+uninterrupted one.
+
+``CachedSamples`` is the fast path (``train.settings.cache_resized``): every sample decoded
+once and kept in memory already shrunk towards the training size (``cache_short_side``), so an epoch neither
+decodes 600x800 JPEGs again nor warps them at full size; the augmentation that follows is
+the same, on fewer pixels.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -24,7 +31,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def train_transform(size: int | tuple[int, int], *, rotate_limit: float = 45, scale: tuple[float, float] = (0.5, 1.5),
+TRAIN_SCALE = (0.5, 1.5)  # PortraitNet's zoom range (train_transform)
+
+
+def train_transform(size: int | tuple[int, int], *, rotate_limit: float = 45, scale: tuple[float, float] = TRAIN_SCALE,
                     shift: float = 0.25, flip: bool = True, color: float = 0.1, blur_p: float = 0.3,
                     noise_p: float = 0.3):
     """PortraitNet's augmentation: deformation (rotation, scale, shift, flip) then texture
@@ -112,10 +122,106 @@ class SeededAugmentation(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """Sample ``index`` of the current epoch, or ``(epoch_seed, index)``: the seed travels with
+        the index, so loader processes that outlive an epoch (``persistent_workers``) draw
+        exactly what a fresh process reseeded by ``reseed`` would."""
+        epoch_seed, index = index if isinstance(index, tuple) else (self.epoch_seed, index)
         if self.transform is not None and hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed((self.epoch_seed * 1_000_003 + int(index)) % 2**32)
+            self.transform.set_random_seed((int(epoch_seed) * 1_000_003 + int(index)) % 2**32)
         return self.dataset[index]
+
+
+def cache_short_side(input_size: int) -> int:
+    """The short side a training sample is cached at: ``input_size`` times the largest zoom of
+    ``train_transform``, so even the strongest zoom-in samples cached pixels no coarser than the
+    output's (cached at ``input_size`` itself, zoomed crops came out blurred and the loss rose)."""
+    return math.ceil(input_size * TRAIN_SCALE[1])
+
+
+def shrink_to_short_side(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image and mask scaled (aspect kept) so the shorter side is ``size``; never enlarged.
+
+    What the cache keeps for training: the augmentation (an affine warp in the image's own
+    frame, then the resize to the square training size) sees the same geometry as at full
+    size. The image is area-averaged (no aliasing), the mask nearest-neighbour (stays 0/1).
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    if scale >= 1:
+        return image, mask
+    target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # the mask by linear interpolation thresholded at one half: aligned with the image's pixel
+    # centres (OpenCV's nearest neighbour shifts it by up to a pixel, a label noise that raised the loss)
+    shrunk_mask = cv2.resize(mask.astype(np.float32), target, interpolation=cv2.INTER_LINEAR) >= 0.5
+    return cv2.resize(image, target, interpolation=cv2.INTER_LINEAR), shrunk_mask.astype(np.uint8)
+
+
+class CachedSamples(Dataset):
+    """Samples held in memory as uint8 arrays (image HxWx3, mask HxW of 0/1), transformed on access.
+
+    Build it from a manifest with ``from_manifest`` (each row decoded once, then ``prepare``:
+    ``shrink_to_short_side`` for training, the evaluation resize for validation) or from
+    arrays (the GPU bundle). Items are what ``ManifestDataset`` returns. Loader processes
+    started after the cache is built share its arrays (fork, copy-on-write).
+    """
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], ids: list[str], transform=None):
+        if not len(images) == len(masks) == len(ids):
+            raise ValueError(f"{len(images)} images, {len(masks)} masks and {len(ids)} ids")
+        for image, mask, sample_id in zip(images, masks, ids):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or mask.shape != image.shape[:2]:
+                raise ValueError(f"{sample_id}: expected an HxWx3 uint8 image and an HxW mask, got "
+                                 f"{image.shape} {image.dtype} and {mask.shape}")
+        self.images, self.masks, self.ids = list(images), [m.astype(np.uint8) for m in masks], list(ids)
+        self.transform = transform
+
+    @classmethod
+    def from_manifest(cls, root: str | os.PathLike, frame: pd.DataFrame, prepare, transform=None,
+                      progress: bool = False, workers: int = 1) -> "CachedSamples":
+        """Decode every row with a mask once (``workers`` threads: decoding and resizing release
+        the GIL) and keep ``prepare(image, mask_u8)``."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        rows = frame[frame["mask"] != ""].reset_index(drop=True)
+
+        def load(index: int) -> tuple[np.ndarray, np.ndarray]:
+            image, mask = load_sample(root, rows.iloc[index])
+            return prepare(image, mask.astype(np.uint8))
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            loaded = list(tqdm(pool.map(load, range(len(rows))), total=len(rows), desc="caching resized samples",
+                               unit="image", leave=False, disable=not progress))
+        return cls([i for i, _ in loaded], [m for _, m in loaded], rows["id"].tolist(), transform)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.images[index], self.masks[index]
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {"image": to_tensor(image), "mask": torch.from_numpy(mask.astype(np.float32)), "id": self.ids[index]}
+
+    def nbytes(self) -> int:
+        return sum(i.nbytes + m.nbytes for i, m in zip(self.images, self.masks))
+
+
+def evaluation_resize(size: int | tuple[int, int]):
+    """``prepare`` for a cached validation set: ``eval_transform`` applied once, so every epoch
+    validates on exactly the pixels the uncached path would produce."""
+    transform = eval_transform(size)
+
+    def prepare(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = transform(image=image, mask=mask)
+        return out["image"], out["mask"]
+
+    return prepare
 
 
 def manifest_datasets(frame: pd.DataFrame, transform=None) -> Dataset:

@@ -11,7 +11,10 @@ returns a callable ``torch.Tensor -> torch.Tensor`` (NCHW float32 in, logits out
 - ``openvino``: the model compiled for ``CPU`` with a latency hint, one stream,
   ``threads`` inference threads and float32 precision (no bf16/f16 down-casting).
 
-The input shape is fixed to ``(batch, 3, *size)`` at export. The runtimes are optional
+The input shape is fixed to ``(batch, 3, *size)`` at export unless ``export_onnx`` is asked
+for a dynamic batch or spatial size (the ``export_onnx`` stage's files, which run outside
+this project: ``models/<arch>/model.onnx``). Failures of the exporter become one
+``OnnxExportError`` naming the operator or shape it stumbled on. The runtimes are optional
 dependencies, imported only here and only when a runner is built. Measured on a 2-core
 Xeon (benchmarks/latency.py), OpenVINO runs both ExtremeC3Net and PortraitNet faster than
 the TorchScript deploy form and narrows their latency ratio; ONNX Runtime runs PortraitNet
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -37,24 +41,87 @@ from pipeline.deploy import deploy
 RUNTIMES = ("onnxruntime", "openvino")
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+MIN_OPSET, MAX_OPSET = 18, 23  # the torch.export-based exporter writes opset 18 and up
+
+
+class OnnxExportError(RuntimeError):
+    """A network the ONNX exporter cannot translate; the message names the operator or shape."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def exporter_failure(exc: BaseException) -> str:
+    """The one line of an exporter exception that says what failed (its deepest cause's first line).
+
+    The exporter wraps the real reason ("No ONNX function found for aten.linalg_cholesky_ex")
+    in two layers of generic advice; a user needs the reason only."""
+    causes = [exc]
+    while causes[-1].__cause__ is not None and len(causes) < 20:
+        causes.append(causes[-1].__cause__)
+    for cause in reversed(causes):
+        lines = [line.strip() for line in _ANSI.sub("", str(cause)).splitlines() if line.strip()]
+        if lines:
+            return f"{type(cause).__name__}: {lines[0]}"
+    return type(exc).__name__
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int] = (224, 224),
-                batch: int = 1) -> Path:
-    """Write the deploy form of ``model`` (eval mode, left untouched) as ONNX to ``path``."""
+                batch: int = 1, *, opset: int | None = None, dynamic_batch: bool = False,
+                dynamic_size: bool = False) -> Path:
+    """Write the deploy form of ``model`` (eval mode, left untouched) as ONNX to ``path``.
+
+    ``dynamic_batch`` / ``dynamic_size`` leave the batch / height and width symbolic
+    (``torch.export.Dim.AUTO``: the exporter keeps a dimension dynamic where the graph allows
+    it). The example batch is then 2, since an example of 1 would pin the batch to 1. Whether
+    the graph really computes the same at other sizes is for the caller to check: the exporter
+    drops shape guards (a pad taken only when needed, say) that ONNX cannot express.
+    Raises OnnxExportError when the exporter fails; ``path`` is then not written.
+    """
+    if opset is not None and not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
     fused = deploy(model, size, jit=False, channels_last=False)
+    batch = max(batch, 2) if dynamic_batch else batch
     example = torch.zeros(batch, 3, *size)
+    dims = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim.AUTO
+    if dynamic_size:
+        dims[2] = dims[3] = torch.export.Dim.AUTO
     path = Path(path)
     # The exporter reports its progress on stdout and warns about things that do not apply
-    # to a fixed-shape inference graph.
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(fused, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamo=True, external_data=False, verbose=False)
+    # to an inference graph.
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(fused, (example,), None, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamo=True, verbose=False,
+                                        opset_version=opset, dynamic_shapes=({**dims},) if dims else None)
+    except Exception as exc:  # the exporter fails with many types; all mean "cannot export"
+        raise OnnxExportError(exporter_failure(exc)) from None
+    if program is None:
+        raise OnnxExportError("the exporter returned no program")
+    program.save(str(path), external_data=False)
     return path
 
 
-def _onnxruntime_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def onnx_signature(path: str | os.PathLike) -> dict:
+    """Opset, input and output names and shapes of an ONNX file (symbolic dimensions by name)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def shape(value) -> list:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {"opset": opset,
+            "inputs": {v.name: shape(v) for v in model.graph.input},
+            "outputs": {v.name: shape(v) for v in model.graph.output}}
+
+
+def onnxruntime_runner(path: str | os.PathLike, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ONNX Runtime CPU session on the file at ``path`` as a tensor -> tensor callable."""
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -64,8 +131,9 @@ def _onnxruntime_runner(path: Path, threads: int) -> Callable[[torch.Tensor], to
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 4  # a failing run raises; ORT's own error log would repeat it on stderr
     # The model bytes are read now, so the temporary file may go once this returns.
-    session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(Path(path).read_bytes(), options, providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         array = x.detach().to(torch.float32).contiguous().numpy()
@@ -103,5 +171,5 @@ def onnx_runner(model: nn.Module, size: tuple[int, int] = (224, 224), *, runtime
     with tempfile.TemporaryDirectory(prefix="onnx_runtime_") as tmp:
         path = export_onnx(model, Path(tmp) / "model.onnx", size, batch)
         if runtime == "onnxruntime":
-            return _onnxruntime_runner(path, threads)
+            return onnxruntime_runner(path, threads)
         return _openvino_runner(path, threads)

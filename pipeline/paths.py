@@ -70,6 +70,7 @@ class ProjectPaths(Section):
     teacher: OutputPath  # the trained DeepLabv3+ teacher (a file)
     teacher_resume: OutputPath  # its resumable checkpoints (DVC persist)
     pseudo: OutputPath  # pseudo-labelled pool (canonical + scores.csv)
+    quality: OutputPath  # score_pool: calibrated P(good) per pool mask, the auto-accept journal (auto.jsonl)
     journal: OutputPath  # review journals, one <reviewer>.jsonl each (committed with git)
     decisions: OutputPath  # review decisions that still apply (a file)
     train_set: OutputPath  # the assembled training manifest

@@ -20,6 +20,12 @@ same for every network:
   epoch, a non-finite loss stopping the run at once, and the history rows the stages write
   as metrics and plots.
 
+- Speed, each switch off by default (off, a run is bit-identical to the loop before them):
+  ``channels_last`` (model and batches in NHWC), ``autocast`` (bfloat16 forward on CPU or
+  CUDA; the loss and the weights stay float32) and ``persistent_workers`` (one
+  loader for the whole run whose processes outlive the epochs; the epoch seed travels with
+  every index, so the samples are the same as from a fresh loader each epoch).
+
 Distributed training (torchrun/DDP) is meant to be added here and only here: the sample
 order of an epoch is made in ``_epoch_indices`` (where a rank would take its share) and
 every file is written behind ``_writes_files()`` (where only rank 0 would write).
@@ -39,7 +45,7 @@ from typing import Callable, Iterable, Mapping, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
@@ -97,6 +103,18 @@ def multistep_lr(base: float, epochs: int, epoch: int) -> float:
 def cosine_lr(base: float, step: int, total: int) -> float:
     """Cosine decay from ``base`` to 0 over ``total`` steps."""
     return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated through float32 and only slower."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 # ---------------------------------------------------------------- fingerprint
@@ -180,6 +198,9 @@ class TrainingJob:
     keep_best: bool = True  # also keep <name>best.pt, the epoch with the best validation
     resume: bool = True
     workers: int = 0  # DataLoader processes
+    persistent_workers: bool = False  # one loader for the run (needs data taking (epoch_seed, index) indices)
+    channels_last: bool = False
+    autocast: torch.dtype | None = None  # torch.bfloat16: the forward in bf16 (CPU or CUDA)
     device: str = "cpu"
     extra: dict = field(default_factory=dict)  # more entries for every checkpoint (say the stage number)
     progress: bool = True
@@ -242,11 +263,51 @@ def _save(path: Path, state: dict) -> None:
         save_checkpoint(path, state)
 
 
+class EpochBatches(Sampler):
+    """Batch sampler of a persistent loader: the current epoch's batches of ``(epoch_seed, index)``.
+
+    The loop sets the epoch before each pass; a loader iterates its batch sampler afresh at
+    every ``iter``, also when its worker processes persist.
+    """
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def set_epoch(self, epoch_seed: int, indices: list[int], batch_size: int) -> None:
+        pairs = [(epoch_seed, i) for i in indices]
+        self.batches = [pairs[k:k + batch_size] for k in range(0, len(pairs), batch_size)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _batch_source(job: TrainingJob):
+    """(loader or None, its EpochBatches or None): the loader that lives across epochs, when asked for."""
+    if not job.persistent_workers:
+        return None, None
+    sampler = EpochBatches()
+    loader = DataLoader(job.train_data, batch_sampler=sampler, num_workers=job.workers,
+                        persistent_workers=job.workers > 0, pin_memory=torch.device(job.device).type == "cuda")
+    return loader, sampler
+
+
+def _on_device(tensor: torch.Tensor, job: TrainingJob) -> torch.Tensor:
+    tensor = tensor.to(job.device, non_blocking=True)
+    if job.channels_last and tensor.dim() == 4:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    return tensor
+
+
 def run(job: TrainingJob) -> TrainingResult:
     """Train ``job`` (or resume it, or skip it when its checkpoint says it is finished)."""
     state = _resumable(job) if job.resume else None
     torch.manual_seed(derived_seed(job.seed, job.key, -1))  # the same initial weights fresh or resumed
     model = job.make_model(state is None).to(job.device)
+    if job.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # before the optimizer: its state follows the weights
     optimizer = job.make_optimizer(model)
     epoch, batch_in_epoch, losses, history = 0, 0, [], []
     best_score, best_epoch = -math.inf, 0
@@ -267,6 +328,8 @@ def run(job: TrainingJob) -> TrainingResult:
 
     n = len(job.train_data)
     first_epoch = epoch
+    persistent, epoch_batches = _batch_source(job)
+    device_type = torch.device(job.device).type
 
     def snapshot() -> dict:
         return {"arch": job.arch, "config": job.config, **job.extra, "model": model.state_dict(),
@@ -279,22 +342,33 @@ def run(job: TrainingJob) -> TrainingResult:
         batches = math.ceil(len(order) / job.batch_size)
         if not order:
             raise StageError(f"{job.name}: no training samples")
-        job.train_data.reseed(derived_seed(job.seed, job.key, epoch))
-        loader = DataLoader(job.train_data, batch_size=job.batch_size, sampler=order[batch_in_epoch * job.batch_size:],
-                            num_workers=job.workers, drop_last=False)
+        epoch_seed = derived_seed(job.seed, job.key, epoch)
+        remaining = order[batch_in_epoch * job.batch_size:]
         model.train()
         bar = tqdm(total=batches, initial=batch_in_epoch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}",
                    unit="batch", leave=False, disable=not job.progress)
-        batch_iter = iter(loader)  # draws the loader's base seed from the torch RNG
-        if rng_after_loader is not None:
-            torch.set_rng_state(rng_after_loader)
+        if persistent is not None:
+            epoch_batches.set_epoch(epoch_seed, remaining, job.batch_size)
+            rng = torch.get_rng_state()
+            batch_iter = iter(persistent)  # draws a base seed the first time only: keep the RNG as it was
+            torch.set_rng_state(rng if rng_after_loader is None else rng_after_loader)
             rng_after_loader = None
+        else:
+            job.train_data.reseed(epoch_seed)
+            loader = DataLoader(job.train_data, batch_size=job.batch_size, sampler=remaining,
+                                num_workers=job.workers, drop_last=False)
+            batch_iter = iter(loader)  # draws the loader's base seed from the torch RNG
+            if rng_after_loader is not None:
+                torch.set_rng_state(rng_after_loader)
+                rng_after_loader = None
         lr = optimizer.param_groups[0]["lr"]
         for batch in batch_iter:
             lr = job.learning_rate(Step(epoch, batch_in_epoch, batches, job.epochs))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = job.loss(model, batch["image"].to(job.device), batch["mask"].to(job.device))
+            images, masks = _on_device(batch["image"], job), _on_device(batch["mask"], job)
+            with torch.autocast(device_type, dtype=job.autocast or torch.bfloat16, enabled=job.autocast is not None):
+                loss = job.loss(model, images, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

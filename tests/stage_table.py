@@ -17,15 +17,18 @@ STAGE_PARAMS = {
     "crop-portraits": ("pipeline.stages.crop_portraits", "crop_portraits", "CropParams", []),
     "train-teacher": ("pipeline.stages.train_teacher", "teacher", "TeacherParams", []),
     "pseudo-label": ("pipeline.stages.pseudo_label", "pseudo_label", "PseudoLabelParams", []),
+    "score-pool": ("pipeline.stages.score_pool", "score_pool", "ScorePoolParams", []),
     "review": ("pipeline.tools.review", "review", "ReviewParams", ["--load-only"]),
     "export-reviews": ("pipeline.stages.export_reviews", "review", "ReviewParams", []),
     "assemble": ("pipeline.stages.assemble", "assemble", "AssembleParams", []),
     "train": ("pipeline.stages.train", "train", "TrainParams", []),
     "evaluate": ("pipeline.stages.evaluate", "evaluate", "EvaluateParams", []),
+    "export-onnx": ("pipeline.stages.export_onnx", "export_onnx", "ExportOnnxParams", []),
     "complexity": ("pipeline.stages.complexity", "complexity", "ComplexityParams", []),
     "compare": ("pipeline.stages.compare", "compare", "CompareParams", []),
     "attributes": ("pipeline.tools.attributes", "attributes", "AttributesParams", ["export"]),
     "bias-report": ("pipeline.stages.bias_report", "bias_report", "BiasReportParams", []),
+    "segment": ("pipeline.tools.segment", "segment", "SegmentParams", ["photos", "--arch", "extremec3net"]),
 }
 
 

@@ -96,7 +96,9 @@ def test_accepts_only_decisions_taken_on_the_current_mask():
     kept, counts = accepted_pseudo_labels(pseudo, decisions, hashes.__getitem__)
     assert kept["id"].tolist() == ["p/a", "p/b"]  # hashes and decisions compare case-blind
     assert counts == {"candidates": 4, "accepted": 2, "rejected": 0, "unreviewed": 1, "stale_decision": 1,
-                      "decisions_for_other_ids": 2}  # p/e (no mask) and p/gone
+                      "decisions_for_other_ids": 2,  # p/e (no mask) and p/gone
+                      "accepted_by_a_person": 2, "rejected_by_a_person": 0, "accepted_by_auto": 0,
+                      "audited": 0, "audit_judged": 0, "audit_agreed": 0}  # no decided_by column: people's
 
 
 def test_bad_decision_value_is_a_clear_error():
@@ -200,3 +202,36 @@ def test_quiet_is_accepted_and_output_paths_come_from_the_paths_section(project,
     assert frame.set_index("id").loc["eg1800/00001", "image"] == "../../data/prepared/images/eg1800/00001.png"
     assert json.loads((project / "m" / "assemble.json").read_text())["total"] == 3
     assert not (project / "data" / "train_set").exists()
+
+
+def test_people_and_the_rule_are_counted_apart_with_the_audit():
+    pseudo = pd.DataFrame({"id": [f"p/{k}" for k in "abcdef"], "mask": list("abcdef")})
+    decisions = pd.DataFrame({
+        "id": ["p/a", "p/b", "p/c", "p/d", "p/e"],
+        "decision": ["accept", "accept", "reject", "accept", "accept"],
+        "mask_sha256": [sha(m) for m in "abcde"],
+        "reviewer": ["auto:calibrated-v1", "ann", "ann", "ann", "auto:calibrated-v1"],
+        "decided_by": ["auto", "human", "human", "human", "auto"],
+        "audit": ["false", "true", "true", "false", "true"],  # p/b, p/c audited by ann; p/e not judged yet
+    })
+    kept, counts = accepted_pseudo_labels(pseudo, decisions, sha)
+    assert kept["id"].tolist() == ["p/a", "p/b", "p/d", "p/e"]
+    assert (counts["accepted_by_a_person"], counts["rejected_by_a_person"], counts["accepted_by_auto"]) == (2, 1, 2)
+    assert (counts["audited"], counts["audit_judged"], counts["audit_agreed"]) == (3, 2, 1)
+    # a decisions file from before auto-accept (no decided_by/audit columns) holds people's decisions
+    _, old = accepted_pseudo_labels(pseudo, decisions.drop(columns=["decided_by", "audit"]), sha)
+    assert old["accepted_by_a_person"] == 4 and old["accepted_by_auto"] == 0 and old["audited"] == 0
+
+
+@pytest.mark.parametrize("column,value,message", [("decided_by", "robot", "neither human nor auto"),
+                                                  ("audit", "maybe", "neither true nor false")])
+def test_bad_decided_by_or_audit_is_a_clear_error(column, value, message):
+    pseudo = pd.DataFrame({"id": ["p/a"], "mask": ["a"]})
+    decisions = pd.DataFrame({"id": ["p/a"], "decision": ["accept"], "mask_sha256": [sha("a")],
+                              "decided_by": ["human"], "audit": ["false"]})
+    decisions[column] = value
+    with pytest.raises(StageError, match=message):
+        accepted_pseudo_labels(pseudo, decisions, sha)
+    decisions = decisions.assign(decided_by="auto", audit="false", decision="reject")
+    with pytest.raises(StageError, match="only accepts"):
+        accepted_pseudo_labels(pseudo, decisions, sha)

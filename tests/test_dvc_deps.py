@@ -75,7 +75,10 @@ def test_no_stage_imports_another_stage_or_a_tool(stage):
 
 
 def test_the_manual_tools_import_no_stage():
-    for module in ("pipeline.tools.review", "pipeline.tools.attributes"):
+    tools = sorted(f"pipeline.tools.{p.stem}" for p in (REPO / "pipeline" / "tools").glob("*.py")
+                   if p.stem != "__init__")
+    assert {"pipeline.tools.review", "pipeline.tools.attributes", "pipeline.tools.segment"} <= set(tools)
+    for module in tools:
         stages = {f for f in stage_deps.closure(module) if f.startswith("pipeline/stages/")
                   and f != "pipeline/stages/__init__.py"}
         assert not stages, f"{module} imports {sorted(stages)}"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.losses import (SegmentationLoss, boundary_band, lovasz_hinge, lovasz_hinge_flat,
+from pipeline.losses import (SegmentationLoss, boundary_band, jaccard_increments, lovasz_hinge, lovasz_hinge_flat,
                              lovasz_jaccard_gradient)
 
 
@@ -183,3 +183,66 @@ def test_the_teacher_loss_is_cross_entropy_plus_weighted_dice():
     # two classes with logits (0, z) are the one-logit case z: softmax of class 1 = sigmoid(z)
     two = torch.cat([torch.zeros_like(logit), logit], dim=1)
     assert torch.isclose(cross_entropy_dice(two, masks, 0.5), cross_entropy_dice(logit, masks, 0.5), atol=1e-6)
+
+
+# ---------------------------------------------------------------- the fused (batched) Lovász terms
+
+
+def drawn_masks(n: int, size: int, seed: int) -> torch.Tensor:
+    """Blobs of random size and place, one image empty and one full (no band, no negatives)."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, size, size)
+    for i in range(n):
+        y0, x0 = torch.randint(0, size // 2, (2,), generator=generator).tolist()
+        h, w = torch.randint(2, size // 2, (2,), generator=generator).tolist()
+        masks[i, y0:y0 + h, x0:x0 + w] = 1
+    masks[0] = 0
+    masks[-1] = 1
+    return masks
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fused_lovasz_terms_equal_the_per_image_loop_in_value_and_gradient(seed):
+    masks = drawn_masks(5, 20, seed)
+    logits = torch.randn(5, 1, 20, 20, generator=torch.Generator().manual_seed(100 + seed), dtype=torch.float64)
+    plain = SegmentationLoss("lovasz", 0.5, 5)
+    fused = SegmentationLoss("lovasz", 0.5, 5, fused=True)
+    a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    main_a, edge_a = plain.parts(a, masks)
+    main_b, edge_b = fused.parts(b, masks)
+    assert main_b.item() == pytest.approx(main_a.item(), rel=1e-6)
+    assert edge_b.item() == pytest.approx(edge_a.item(), rel=1e-6)
+    assert edge_a.item() > 0  # the band term is really exercised
+    (main_a + 0.5 * edge_a).backward()
+    (main_b + 0.5 * edge_b).backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)  # continuous logits: no ties, the same subgradient
+
+
+def test_jaccard_increments_of_the_valid_pixels_are_those_of_the_pixels_alone():
+    labels = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]])
+    valid = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]])
+    grad = jaccard_increments(labels, valid)[0]
+    alone = lovasz_jaccard_gradient(labels[0][valid[0] > 0])
+    assert torch.allclose(grad[valid[0] > 0], alone) and (grad[valid[0] == 0] == 0).all()
+    assert torch.allclose(jaccard_increments(labels)[0], lovasz_jaccard_gradient(labels[0]))
+    assert (jaccard_increments(labels, torch.zeros_like(valid)) == 0).all()  # no valid pixel: nothing to add
+
+
+def test_fused_loss_runs_in_float32_under_a_bf16_forward():
+    masks = drawn_masks(3, 32, 7)
+    logits = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    reference = SegmentationLoss("lovasz", 0.5, 7, fused=True)(logits, masks)
+    low = SegmentationLoss("lovasz", 0.5, 7, fused=True)(logits.to(torch.bfloat16), masks)
+    assert low.dtype == torch.float32
+    # only the logits were rounded to bf16 (8 mantissa bits), not the sums over 1,024 pixels
+    assert low.item() == pytest.approx(reference.item(), rel=2e-2)
+
+
+def test_the_boundary_band_by_two_passes_equals_the_square_morphology():
+    masks = drawn_masks(6, 24, 11)
+    for k in (1, 3, 7):
+        pad = k // 2
+        m = masks.unsqueeze(1)
+        dilated = torch.nn.functional.max_pool2d(m, k, stride=1, padding=pad)
+        eroded = -torch.nn.functional.max_pool2d(-m, k, stride=1, padding=pad)
+        assert torch.equal(boundary_band(masks, k), (dilated - eroded).squeeze(1) > 0.5)

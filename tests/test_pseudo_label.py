@@ -107,7 +107,7 @@ def stage_params(tmp_path, pool_root, validate: bool = True, **overrides):
     """Params for a pool in ``pool_root`` (paths.prepared) whose split ``val`` rows validate the score."""
     paths = {"teacher": str(tmp_path / "teacher.pt"), "prepared": str(pool_root),
              "pseudo": str(tmp_path / "data" / "pseudo"), "metrics": str(tmp_path / "metrics")}
-    section = {"batch_size": 2, "flip_tta": True, "device": "cpu", "bfloat16": False,
+    section = {"teachers": ["deeplab"], "pool_crop": "none", "batch_size": 2, "flip_tta": True, "device": "cpu", "bfloat16": False,
                "validation": {"data": [{"dataset": "prepared", "splits": ["val"]}], "iou_threshold": 0.9}}
     section.update(overrides)
     if not validate:  # no validation set: allowed explicitly
@@ -155,12 +155,17 @@ def test_stage_writes_aligned_masks_scores_and_skips(tmp_path, stand_in_teacher)
     assert skipped["id"].tolist() == ["pool/broken"] and "not an image" in skipped["reason"].iloc[0]
 
     metrics = json.loads((tmp_path / "metrics" / "pseudo_label.json").read_text())
-    assert metrics["pool"] == {**metrics["pool"], "images": 3, "skipped": 1, "flip_tta": True, "input_size": 64}
+    assert metrics["pool"] == {**metrics["pool"], "images": 3, "skipped": 1, "flip_tta": True, "fusion": "mean"}
+    assert metrics["pool"]["teachers"]["deeplab"]["input_size"] == 64
     validation = metrics["validation"]
     assert validation["images"] == 3 and validation["excluded_seen_in_training"] == 1
     assert validation["below_threshold"] == 1
     per_image = pd.read_csv(tmp_path / "metrics" / "pseudo_label_validation.csv").set_index("id")
     assert per_image.loc["val/bad", "iou"] < 0.2 < 0.85 < per_image.loc["val/good1", "iou"]
+    assert (per_image["evidence"] == "val/val").all() and (per_image["origin"] == per_image.index).all()
+    assert per_image["deeplab_iou"].tolist() == per_image["iou"].tolist()  # one teacher: fused = alone
+    assert per_image["teacher_agreement"].isna().all()  # NaN with one teacher (the contract with score_pool)
+    assert (scores["deeplab_mask_fraction"] == scores["mask_fraction"]).all()
 
 
 def test_stage_respects_max_images_and_no_tta(tmp_path, stand_in_teacher):
@@ -181,6 +186,7 @@ def test_stage_refuses_a_teacher_checkpoint_of_another_encoder(tmp_path, capsys,
                                               "model": build_teacher(config).state_dict()})
     params = write_params(tmp_path / "params.yaml", {
         "teacher": {"encoder_name": "mobilenet_v2", "decoder_channels": 16},
+        "pseudo_label": {"teachers": ["deeplab"], "pool_crop": "none"},
         "paths": {"teacher": str(tmp_path / "teacher.pt"), "pseudo": str(tmp_path / "pseudo")}})
     assert pl.main(["--params", str(params)]) == 2
     err = capsys.readouterr().err

@@ -7,12 +7,15 @@ import math
 
 import pytest
 
+from pipeline.quality.outputs import AUTO_REVIEWER, merge_decisions
 from pipeline.review import journal as jr
+from pipeline.review.dataset import SAMPLE_FIELDS, sample_fields
 from pipeline.stages.export_reviews import decisions_csv_text, export_summary, main as export_main
-from pipeline.review.pool import queue_order, read_pool
+from pipeline.review.pool import order_keys, queue_items, queue_order, read_pool
 from pipeline.stage import StageError
+from pipeline.tools.review import check_reviewer
 from params_helpers import write_params
-from review_standin import synthetic_sample, write_pool
+from review_standin import synthetic_sample, write_pool, write_quality
 
 H1, H2 = "a" * 64, "b" * 64
 
@@ -134,9 +137,9 @@ def test_export_is_sorted_drops_superseded_and_is_byte_identical():
     hashes = {"s/1": H2, "s/2": H1, "s/3": H2}  # s/3's mask changed since it was judged
     text = decisions_csv_text(jr.resolve_decisions(events, hashes))
     lines = text.splitlines()
-    assert lines[0] == "id,decision,mask_sha256,reviewer,decided_at,seconds_on_screen"
-    assert lines[1] == f"s/1,reject,{H2},ann,2026-01-01T00:00:01.000000Z,"
-    assert lines[2] == f"s/2,accept,{H1},ann,2026-01-01T00:00:02.000000Z,1.500"
+    assert lines[0] == "id,decision,mask_sha256,reviewer,decided_at,seconds_on_screen,decided_by,audit"
+    assert lines[1] == f"s/1,reject,{H2},ann,2026-01-01T00:00:01.000000Z,,human,false"
+    assert lines[2] == f"s/2,accept,{H1},ann,2026-01-01T00:00:02.000000Z,1.500,human,false"
     assert len(lines) == 3
     assert decisions_csv_text(jr.resolve_decisions(list(reversed(events)), hashes)) == text
     summary = export_summary(events, hashes)
@@ -180,6 +183,7 @@ def test_export_main_from_journal_only(pool, tmp_path, monkeypatch):
     first = out.read_bytes()
     rows = first.decode().splitlines()[1:]
     assert [r.split(",")[1] for r in rows] == ["reject", "accept", "accept"]
+    assert [r.split(",")[6] for r in rows] == ["human"] * 3
     assert export_main(["--params", str(params)]) == 0
     assert out.read_bytes() == first
     assert not list(out.parent.glob(".*.tmp"))
@@ -189,3 +193,95 @@ def test_export_main_reports_bad_params(tmp_path, capsys):
     params = write_params(tmp_path / "params.yaml", {"paths": {"pseudoo": "x"}})
     assert export_main(["--params", str(params)]) == 2
     assert "paths.pseudoo: unknown key" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- calibrated scores, auto-accept, audit
+
+
+def test_auto_accepted_masks_leave_the_queue_and_audited_ones_stay_in_it(pool, tmp_path):
+    items, _ = read_pool(pool)
+    routes = {items[0].id: "auto", items[1].id: "audit", items[2].id: "auto"}
+    write_quality(tmp_path / "quality", items, routes)
+    calibrated, warnings = read_pool(pool, tmp_path / "quality")
+    assert not warnings
+    assert all(i.calibrated for i in calibrated) and calibrated[0].score == 0.5
+    assert calibrated[0].low_part == "teacher_agreement" and calibrated[0].contributions["teacher_agreement"] == -1.25
+    shown = [i.id for i in queue_items(calibrated, decided=[])]
+    assert items[0].id not in shown and items[2].id not in shown and items[1].id in shown
+    # a mask a person judged stays (they can see and change their decision)
+    assert items[2].id in [i.id for i in queue_items(calibrated, decided=[items[2].id])]
+    # the queue follows score_pool's places (there, audits sit at random places), not the raw score
+    keys = order_keys(calibrated)
+    assert queue_order(keys, decided=[]) == [i.id for i in calibrated]
+
+
+def test_a_calibrated_row_counts_only_for_the_mask_it_scored(pool, tmp_path):
+    items, _ = read_pool(pool)
+    write_quality(tmp_path / "quality", items, {items[0].id: "auto"})
+    (pool / "masks" / "pseudo" / "000.png").write_bytes((pool / "masks" / "pseudo" / "001.png").read_bytes())
+    calibrated, warnings = read_pool(pool, tmp_path / "quality")
+    changed = next(i for i in calibrated if i.id == items[0].id)
+    assert not changed.calibrated and not changed.leaves_queue  # a new mask: shown to a person
+    assert any("no calibrated score for the mask on disk" in w for w in warnings)
+    order = queue_order(order_keys(calibrated), decided=[])
+    assert order[-1] == items[0].id  # after the ranked ones
+
+
+def test_an_audited_mask_is_shown_like_any_other(pool, tmp_path):
+    items, _ = read_pool(pool)
+    write_quality(tmp_path / "quality", items, {items[1].id: "audit"})
+    calibrated, _ = read_pool(pool, tmp_path / "quality")
+    audited, plain = calibrated[1], calibrated[3]
+    assert audited.route == "audit" and plain.route == "review"
+    shown, other = sample_fields(audited), sample_fields(plain)
+    assert set(shown) == set(other) == set(SAMPLE_FIELDS)
+    assert [type(shown[k]) for k in SAMPLE_FIELDS] == [type(other[k]) for k in SAMPLE_FIELDS]
+    text = repr({k: v for k, v in shown.items() if k != "filepath"}).lower()  # the path holds the test's name
+    assert "audit" not in text and "auto" not in text and "route" not in text
+    assert shown["score_low_part"] == "teacher_agreement (-1.25 on the logit)"
+
+
+def test_export_keeps_people_and_the_rule_apart_and_a_person_wins(pool, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    items, _ = read_pool(pool)
+    routes = {items[0].id: "auto", items[1].id: "audit", items[2].id: "audit", items[3].id: "auto"}
+    auto = write_quality(tmp_path / "quality", items, routes)
+    journal_dir = tmp_path / "journal"
+    for item, verdict in ((items[1], "accept"), (items[2], "reject"), (items[3], "reject"), (items[4], "accept")):
+        jr.append_event(jr.journal_path(journal_dir, "ann"), decision(item.id, verdict, item.mask_sha256,
+                                                                      "2026-01-01T00:00:01Z"))
+    events, _ = jr.read_journals(journal_dir)
+    hashes = {i.id: i.mask_sha256 for i in items}
+    summary = export_summary(events, hashes, auto)
+    assert summary["human"] == {"accepted": 2, "rejected": 2}
+    assert summary["auto"] == {"accepted": 1, "overruled_by_a_person": 2}  # items 2 and 3 rejected by ann
+    assert summary["audit"] == {"audited": 2, "decided": 2, "agreed": 1, "precision": 0.5}
+    rows = [r.split(",") for r in decisions_csv_text(merge_decisions(events, auto, hashes)).splitlines()[1:]]
+    by_id = {r[0]: r for r in rows}
+    assert by_id[items[0].id][3] == AUTO_REVIEWER and by_id[items[0].id][6:] == ["auto", "false"]
+    assert by_id[items[1].id][3] == "ann" and by_id[items[1].id][6:] == ["human", "true"]
+    assert by_id[items[3].id][1] == "reject" and by_id[items[3].id][6] == "human"
+    out = tmp_path / "reviews" / "decisions.csv"
+    params = write_params(tmp_path / "params.yaml", {"paths": {"pseudo": str(pool), "journal": str(journal_dir),
+                                                               "quality": "quality", "decisions": str(out),
+                                                               "metrics": "metrics"}})
+    assert export_main(["--params", str(params), "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "metrics" / "reviews.json").read_text())
+    assert metrics["auto"]["accepted"] == 1 and metrics["audit"]["agreed"] == 1
+    assert len(out.read_text().splitlines()) == 1 + 5
+
+
+def test_a_rule_name_is_refused_for_a_person_and_in_a_persons_journal(pool, tmp_path, monkeypatch, capsys):
+    with pytest.raises(StageError, match="belong to the auto-accept rule"):
+        check_reviewer("auto:me")
+    assert check_reviewer("ann") == "ann"
+    monkeypatch.chdir(tmp_path)
+    items, _ = read_pool(pool)
+    journal_dir = tmp_path / "journal"
+    jr.append_event(jr.journal_path(journal_dir, "x"), decision(items[0].id, "accept", items[0].mask_sha256,
+                                                                "2026-01-01T00:00:01Z", reviewer=AUTO_REVIEWER))
+    params = write_params(tmp_path / "params.yaml", {"paths": {"pseudo": str(pool), "journal": str(journal_dir),
+                                                               "quality": "quality", "metrics": "metrics",
+                                                               "decisions": "reviews/decisions.csv"}})
+    assert export_main(["--params", str(params)]) == 2
+    assert "is a rule's name" in capsys.readouterr().err

@@ -179,3 +179,23 @@ def test_review_command_load_only_and_status(queue, tmp_path, capsys, monkeypatc
     status = capsys.readouterr().out
     assert "reviewed 1/6 (accepted 0, rejected 1), left 5, median 2.50 s" in status
     assert "dan 1" in status
+
+
+def test_auto_accepted_masks_are_not_in_the_app_and_audited_ones_look_like_any_other(queue, tmp_path):
+    from review_standin import write_quality
+
+    pool, journal_dir, name = queue
+    items, _ = read_pool(pool)
+    write_quality(tmp_path / "quality", items, {items[0].id: "auto", items[1].id: "audit"})
+    calibrated, _ = read_pool(pool, tmp_path / "quality")
+    dataset, view, summary = rd.sync_dataset(name, calibrated, [])
+    assert summary["samples"] == 5 and summary["auto_accepted_not_shown"] == 1
+    shown = set(dataset.values("pc_id"))
+    assert items[0].id not in shown and items[1].id in shown
+    assert view.values("pc_id") == [i.id for i in calibrated if i.id != items[0].id]  # score_pool's queue places
+    audited = dataset.match(fo.ViewField("pc_id") == items[1].id).first()
+    plain = dataset.match(fo.ViewField("pc_id") == items[2].id).first()
+    assert audited.field_names == plain.field_names
+    assert audited["score_low_part"] == "teacher_agreement (-1.25 on the logit)"
+    assert audited["score"] == pytest.approx(0.55)
+    assert "score_low_part" in dataset.app_config.active_fields.paths

@@ -4,6 +4,11 @@ The dataset only mirrors the journal: every load re-derives each sample's decisi
 the journals, so a lost or stale database never loses or misapplies a decision. The
 functions the App's operators call (``record_decision``, ``undo_last``) write the journal
 line (fsync'd) before touching the database.
+
+The dataset holds the masks a person is shown (``pool.queue_items``): auto-accepted masks
+that are not audited are left out, and an audited one is shown exactly like any other
+(``sample_fields`` writes the same fields from the same kind of values for every mask;
+nothing says "auto" or "audit").
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from typing import Iterable
 
 from pipeline.hashing import sha256_file
 from pipeline.review import journal as jr
-from pipeline.review.pool import PoolItem, current_hashes, queue_order
+from pipeline.review.pool import PoolItem, current_hashes, order_keys, queue_items, queue_order
 
 MASK_FIELD = "pseudo_mask"
 QUEUE_VIEW = "queue"
 DECISION_FIELDS = ("review_decision", "review_reviewer", "review_decided_at", "review_seconds", "review_event_id")
 MASK_COLOR = "#ff2bd6"  # magenta: visible on skin, hair and most backgrounds
+SAMPLE_FIELDS = ("filepath", "source", "origin", "notes", "score", "score_low_part", "score_components",
+                 "score_contributions", "mask_sha256")
 
 
 class ReviewError(RuntimeError):
@@ -41,16 +48,40 @@ def _stale_note(event: jr.ReviewEvent | None) -> str | None:
     return f"{event.decision} by {event.reviewer} at {event.decided_at_utc} on an older mask ({event.mask_sha256[:12]}): not applied"
 
 
+def score_text(item: PoolItem) -> str | None:
+    """What the sidebar says about the score: which part is low, and by how much."""
+    if not item.low_part:
+        return None
+    push = item.contributions.get(item.low_part)
+    return item.low_part if push is None else f"{item.low_part} ({push:+.2f} on the logit)"
+
+
+def sample_fields(item: PoolItem) -> dict:
+    """The fields a sample shows, other than the mask and the decision: the same for every mask."""
+    return {
+        "filepath": item.image_path, "source": item.source, "origin": item.origin, "notes": item.notes,
+        "score": None if math.isnan(item.score) else round(float(item.score), 4),
+        "score_low_part": score_text(item),
+        "score_components": dict(item.components),
+        "score_contributions": {k: round(float(v), 4) for k, v in item.contributions.items()},
+        "mask_sha256": item.mask_sha256,
+    }
+
+
 def sync_dataset(name: str, items: list[PoolItem], events: Iterable[jr.ReviewEvent]):
-    """Create or update the persistent dataset ``name`` to hold exactly ``items``, each with
-    the decision that applies to its current mask; return (dataset, queue view, summary)."""
+    """Create or update the persistent dataset ``name`` to hold the masks a person is shown
+    (``queue_items``), each with the decision that applies to its current mask; return
+    (dataset, queue view, summary)."""
     import fiftyone as fo
 
     events = list(events)
     hashes = current_hashes(items)
     resolved = jr.resolve_decisions(events, hashes)
     stale = jr.stale_decisions(events, hashes)
-    order = queue_order({i.id: i.score for i in items}, resolved)
+    left = len(items)
+    items = queue_items(items, resolved)
+    left -= len(items)
+    order = queue_order(order_keys(items), resolved)
     rank = {sample_id: position for position, sample_id in enumerate(order)}
 
     if fo.dataset_exists(name):
@@ -67,18 +98,13 @@ def sync_dataset(name: str, items: list[PoolItem], events: Iterable[jr.ReviewEve
         dataset.add_samples([fo.Sample(filepath=i.image_path, pc_id=i.id) for i in new], progress=False)
 
     by_id = {i.id: i for i in items}
-    columns: dict[str, dict] = {
-        "filepath": {k: i.image_path for k, i in by_id.items()},
-        "source": {k: i.source for k, i in by_id.items()},
-        "origin": {k: i.origin for k, i in by_id.items()},
-        "notes": {k: i.notes for k, i in by_id.items()},
-        "score": {k: (None if math.isnan(i.score) else float(i.score)) for k, i in by_id.items()},
-        "score_components": {k: dict(i.components) for k, i in by_id.items()},
-        "mask_sha256": {k: i.mask_sha256 for k, i in by_id.items()},
+    fields = {k: sample_fields(i) for k, i in by_id.items()}
+    columns: dict[str, dict] = {name: {k: f[name] for k, f in fields.items()} for name in SAMPLE_FIELDS}
+    columns.update({
         MASK_FIELD: {k: fo.Segmentation(mask_path=i.mask_path) for k, i in by_id.items()},
         "queue_rank": rank,
         "review_stale": {k: _stale_note(stale.get(k)) for k in by_id},
-    }
+    })
     for field_name in DECISION_FIELDS:
         columns[field_name] = {k: _decision_values(resolved.get(k))[field_name] for k in by_id}
     if by_id:
@@ -87,7 +113,8 @@ def sync_dataset(name: str, items: list[PoolItem], events: Iterable[jr.ReviewEve
             dataset.set_values(field_name, values, key_field="pc_id")
 
     dataset.mask_targets = {MASK_FIELD: {255: "person"}}
-    dataset.app_config.active_fields = fo.ActiveFields(paths=[MASK_FIELD, "score", "review_decision", "review_stale"])
+    dataset.app_config.active_fields = fo.ActiveFields(paths=[MASK_FIELD, "score", "score_low_part",
+                                                              "review_decision", "review_stale"])
     dataset.app_config.color_scheme = fo.ColorScheme(
         color_by="field", opacity=0.4,
         fields=[{"path": MASK_FIELD, "fieldColor": MASK_COLOR,
@@ -98,7 +125,7 @@ def sync_dataset(name: str, items: list[PoolItem], events: Iterable[jr.ReviewEve
         dataset.delete_saved_view(QUEUE_VIEW)
     dataset.save_view(QUEUE_VIEW, view, description="undecided first, likely failures first")
     summary = {"samples": len(items), "added": len(new), "removed": len(removed),
-               "decided": len(resolved), "stale": len(stale)}
+               "decided": len(resolved), "stale": len(stale), "auto_accepted_not_shown": left}
     return dataset, view, summary
 
 
@@ -109,7 +136,7 @@ def _ensure_field(dataset, field_name: str, values: dict) -> None:
     if dataset.has_sample_field(field_name):
         return
     types = {"review_seconds": fo.FloatField, "score": fo.FloatField, "queue_rank": fo.IntField,
-             "score_components": fo.DictField}
+             "score_components": fo.DictField, "score_contributions": fo.DictField}
     if field_name == MASK_FIELD:
         dataset.add_sample_field(field_name, fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
     else:

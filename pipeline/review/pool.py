@@ -1,16 +1,22 @@
 """The pseudo-labelled pool as the review queue sees it, and the order it is reviewed in.
 
 The pool is pseudo_label's canonical folder (``manifest.csv`` + images + masks) with its
-``scores.csv`` (low score = likely failure). The hash a decision is tied to is the sha256 of
-the mask file's bytes *as found on disk now* (what the reviewer is shown and what assemble
-checks), not a value copied from a table that could be out of date.
+``scores.csv`` (features; low score = likely failure). Where the ``score_pool`` stage has
+run (``paths.quality``), each mask's score is its calibrated P(good) instead, with the part
+that pulls it down, its route (auto-accepted masks that are not audited leave the queue)
+and its place in the queue (audited masks at random places, so they look like any other).
+A calibrated row counts only for the mask it scored.
+
+The hash a decision is tied to is the sha256 of the mask file's bytes *as found on disk
+now* (what the reviewer is shown and what assemble checks), not a value copied from a
+table that could be out of date.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -18,6 +24,7 @@ import pandas as pd
 
 from pipeline.hashing import sha256_file
 from pipeline.manifest import read_manifest
+from pipeline.quality.outputs import CalibratedScore, read_calibrated_scores
 from pipeline.stage import StageError
 
 SCORES_NAME = "scores.csv"
@@ -30,15 +37,30 @@ class PoolItem:
     image_path: str  # absolute
     mask_path: str  # absolute
     mask_sha256: str
-    score: float  # nan when the pool has no score for it (reviewed last)
+    score: float  # calibrated P(good) where score_pool scored this mask, else pseudo_label's; nan: none (last)
     source: str = ""
     origin: str = ""
     notes: str = ""
-    components: dict = field(default_factory=dict)
+    components: dict = field(default_factory=dict)  # pseudo_label's features
+    calibrated: bool = False  # score is score_pool's P(good) for this very mask
+    low_part: str = ""  # the feature pulling P(good) down most
+    contributions: dict = field(default_factory=dict)  # each feature's push on the logit of P(good)
+    route: str = "review"  # score_pool's: auto (accepted, leaves the queue), audit (accepted, shown), review
+    review_rank: float = math.nan  # score_pool's place in the queue (nan: order by score)
+
+    @property
+    def leaves_queue(self) -> bool:
+        """Auto-accepted and not drawn for the audit: no person needs to see it."""
+        return self.route == "auto"
 
 
-def read_pool(pseudo_dir: str | os.PathLike) -> tuple[list[PoolItem], list[str]]:
-    """Items of the pool and warnings (score table disagreeing with the files, missing scores)."""
+def read_pool(pseudo_dir: str | os.PathLike, quality_dir: str | os.PathLike | None = None
+              ) -> tuple[list[PoolItem], list[str]]:
+    """Items of the pool and warnings (score table disagreeing with the files, missing scores).
+
+    With ``quality_dir`` (``paths.quality``), score_pool's calibrated scores and routes apply
+    to the masks they were computed for.
+    """
     root = Path(pseudo_dir)
     try:
         manifest = read_manifest(root)
@@ -74,7 +96,30 @@ def read_pool(pseudo_dir: str | os.PathLike) -> tuple[list[PoolItem], list[str]]
     unscored = sum(1 for i in items if math.isnan(i.score))
     if unscored and scores:
         warnings.append(f"{unscored} pool sample(s) have no score in {SCORES_NAME}: reviewed after the scored ones")
+    if quality_dir is not None:
+        items = with_calibrated_scores(items, read_calibrated_scores(quality_dir), warnings)
     return items, warnings
+
+
+def with_calibrated_scores(items: list[PoolItem], calibrated: Mapping[str, CalibratedScore],
+                           warnings: list[str]) -> list[PoolItem]:
+    """Items with score_pool's P(good), route and queue place where they were computed for this mask."""
+    if not calibrated:
+        return items
+    out, changed = [], 0
+    for item in items:
+        row = calibrated.get(item.id)
+        if row is None or row.mask_sha256 != item.mask_sha256:
+            changed += 1
+            out.append(item)
+            continue
+        scored = not math.isnan(row.p_good)
+        out.append(replace(item, score=row.p_good if scored else item.score, calibrated=scored, low_part=row.low_part,
+                           contributions=dict(row.contributions), route=row.route, review_rank=row.review_rank))
+    if changed:
+        warnings.append(f"{changed} pool mask(s) have no calibrated score for the mask on disk (pseudo_label re-ran "
+                        "after score_pool?): shown to a person, after the scored ones; re-run score_pool")
+    return out
 
 
 def _read_scores(root: Path) -> dict[str, dict]:
@@ -100,7 +145,10 @@ def current_hashes(items: Iterable[PoolItem]) -> dict[str, str]:
 
 def queue_order(scores: Mapping[str, float], decided: Iterable[str]) -> list[str]:
     """Ids in review order: undecided before decided; within each, lowest score (likely
-    failure) first, unscored last, ties by id so the order is reproducible."""
+    failure) first, unscored last, ties by id so the order is reproducible.
+
+    ``scores`` may be any "lower first" key: pseudo_label's score, or score_pool's queue place.
+    """
     decided = set(decided)
 
     def key(sample_id: str) -> tuple:
@@ -109,3 +157,26 @@ def queue_order(scores: Mapping[str, float], decided: Iterable[str]) -> list[str
         return (sample_id in decided, missing, 0.0 if missing else score, sample_id)
 
     return sorted(scores, key=key)
+
+
+def queue_items(items: Iterable[PoolItem], decided: Iterable[str]) -> list[PoolItem]:
+    """The masks a person is shown: all but the auto-accepted, non-audited ones nobody has judged yet
+    (a mask a person judged stays, so they can see and change their decision)."""
+    decided = set(decided)
+    return [item for item in items if not item.leaves_queue or item.id in decided]
+
+
+def order_keys(items: Iterable[PoolItem]) -> dict[str, float]:
+    """The "lower first" key of each item: score_pool's queue place when every calibrated item has one,
+    else the score. Items without a calibrated row (a mask changed since) sort after the ranked ones."""
+    items = list(items)
+    ranked = [i for i in items if i.calibrated and not math.isnan(i.review_rank)]
+    if not ranked:
+        return {i.id: i.score for i in items}
+    top = max(i.review_rank for i in ranked) + 1.0
+    return {i.id: (i.review_rank if i.calibrated and not math.isnan(i.review_rank) else top + _unit(i.score))
+            for i in items}
+
+
+def _unit(score: float) -> float:
+    return 1.0 if score is None or math.isnan(score) else min(max(float(score), 0.0), 1.0) * 0.999

@@ -8,7 +8,10 @@ CSV file.
 
 A pseudo-label counts only if its review decision is ``accept`` *and* was taken on the mask
 that is on disk now (``mask_sha256`` equals the sha256 of the mask file's bytes): a mask
-regenerated after review has not been reviewed.
+regenerated after review has not been reviewed. A decision is a person's or the auto-accept
+rule's (column ``decided_by`` of the decisions file; a file without it holds people's
+only); the summary counts them apart, and the audit (masks the rule accepted and a person
+judged again) with its agreement.
 
 Reads ``paths.prepared``, ``paths.crops``, ``paths.pseudo`` and ``paths.decisions``; writes
 ``paths.train_set`` (``manifest.csv``) and ``<paths.metrics>/assemble.json``.
@@ -39,6 +42,7 @@ OUTPUT_COLUMNS = ManifestRow.columns() + ["input", "origin_split"]
 
 SplitName = Literal["train", "val", "test", "unlabelled"]  # manifest.SPLITS
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DECIDED_BY = ("human", "auto")
 
 
 SUMMARY_NAME = "assemble.json"  # in paths.metrics
@@ -80,8 +84,10 @@ def latest_decisions(decisions: pd.DataFrame, where: str = "decisions") -> pd.Da
     """Validated decisions, one per id, indexed by id.
 
     export-reviews writes one row per id, so a repeated id (a hand edit, two exports pasted
-    together) is refused rather than resolved by row order; columns beyond the three read
-    here (reviewer, decided_at, ...) are allowed.
+    together) is refused rather than resolved by row order; columns beyond those read here
+    (reviewer, decided_at, ...) are allowed. ``decided_by`` (human / auto) and ``audit``
+    (true / false) may be absent (a file written before auto-accept: people's decisions, no
+    audit); present, they are checked. The rule only ever accepts.
     """
     missing = [c for c in ("id", "decision", "mask_sha256") if c not in decisions.columns]
     if missing:
@@ -90,6 +96,16 @@ def latest_decisions(decisions: pd.DataFrame, where: str = "decisions") -> pd.Da
     decisions["id"] = decisions["id"].astype(str).str.strip()
     decisions["decision"] = decisions["decision"].astype(str).str.strip().str.lower()
     decisions["mask_sha256"] = decisions["mask_sha256"].astype(str).str.strip().str.lower()
+    decided_by = decisions["decided_by"] if "decided_by" in decisions.columns else pd.Series("human", index=decisions.index)
+    decisions["decided_by"] = decided_by.astype(str).str.strip().str.lower().replace("", "human")
+    audit = decisions["audit"] if "audit" in decisions.columns else pd.Series("false", index=decisions.index)
+    audit = audit.astype(str).str.strip().str.lower().replace("", "false")
+    for position, (value, by) in enumerate(zip(audit, decisions["decided_by"]), start=1):
+        if value not in ("true", "false"):
+            raise StageError(f"{where}: row {position}: audit {value!r} is neither true nor false")
+        if by not in DECIDED_BY:
+            raise StageError(f"{where}: row {position}: decided_by {by!r} is neither human nor auto")
+    decisions["audit"] = audit == "true"
     for position, row in enumerate(decisions.to_dict("records"), start=1):
         if not row["id"]:
             raise StageError(f"{where}: row {position}: blank id")
@@ -99,6 +115,9 @@ def latest_decisions(decisions: pd.DataFrame, where: str = "decisions") -> pd.Da
         if not _SHA256.match(row["mask_sha256"]):
             raise StageError(f"{where}: row {position}: mask_sha256 {row['mask_sha256']!r} for {row['id']!r} is not "
                              "a sha256 (64 hex digits)")
+        if row["decided_by"] == "auto" and row["decision"] != "accept":
+            raise StageError(f"{where}: row {position}: {row['id']!r} is an auto {row['decision']}; the auto-accept "
+                             "rule only accepts")
     repeated = decisions["id"].duplicated(keep=False)
     if repeated.any():
         sample_id = decisions.loc[repeated, "id"].iloc[0]
@@ -117,7 +136,9 @@ def accepted_pseudo_labels(pseudo: pd.DataFrame, decisions: pd.DataFrame,
     labelled = pseudo[pseudo["mask"] != ""]
     latest = latest_decisions(decisions)
     counts = {"candidates": len(labelled), "accepted": 0, "rejected": 0, "unreviewed": 0, "stale_decision": 0,
-              "decisions_for_other_ids": int((~latest.index.isin(labelled["id"])).sum())}
+              "decisions_for_other_ids": int((~latest.index.isin(labelled["id"])).sum()),
+              "accepted_by_a_person": 0, "rejected_by_a_person": 0, "accepted_by_auto": 0,
+              "audited": 0, "audit_judged": 0, "audit_agreed": 0}
     keep = []
     for index, row in labelled.iterrows():
         if row["id"] not in latest.index:
@@ -126,11 +147,20 @@ def accepted_pseudo_labels(pseudo: pd.DataFrame, decisions: pd.DataFrame,
         decision = latest.loc[row["id"]]
         if decision["mask_sha256"] != mask_sha256(row["mask"]):
             counts["stale_decision"] += 1
-        elif decision["decision"] == "accept":
+            continue
+        by_auto = decision["decided_by"] == "auto"
+        if decision["audit"]:
+            counts["audited"] += 1
+            if not by_auto:
+                counts["audit_judged"] += 1
+                counts["audit_agreed"] += int(decision["decision"] == "accept")
+        if decision["decision"] == "accept":
             counts["accepted"] += 1
+            counts["accepted_by_auto" if by_auto else "accepted_by_a_person"] += 1
             keep.append(index)
         else:
             counts["rejected"] += 1
+            counts["rejected_by_a_person"] += 1
     return labelled.loc[keep], counts
 
 

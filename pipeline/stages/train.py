@@ -51,7 +51,8 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
 from pipeline.checkpoint import CheckpointError, save_checkpoint
-from pipeline.data import ManifestDataset, SeededAugmentation, eval_transform, train_transform
+from pipeline.data import (CachedSamples, ManifestDataset, SeededAugmentation, cache_short_side, eval_transform,
+                           evaluation_resize, shrink_to_short_side, train_transform)
 from pipeline.devices import Device, resolve_device
 from pipeline.hashing import sha256_file
 from pipeline.losses import SegmentationLoss
@@ -60,7 +61,8 @@ from pipeline.models.registry import (Architecture, ModelArgumentError, check_ar
 from pipeline.params import Section, load_section
 from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.training import TrainingJob, code_digest, fingerprint as hash_settings, multistep_lr, run, validation_iou
+from pipeline.training import (TrainingJob, code_digest, fingerprint as hash_settings, multistep_lr, native_bf16, run,
+                               validation_iou)
 
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "train_loss", "val_miou", "lr"]
 MAX_WORKERS = 64  # data-loader processes; more only exhausts the machine
@@ -107,6 +109,13 @@ class TrainSettings(Section):
     device: Device  # "auto" = cuda when available
     threads: int = Field(ge=0, le=MAX_THREADS)  # torch CPU threads; 0 = torch's default
     resume: bool
+    # Speed (pipeline.training, pipeline.data): all false is the plain path, bit-identical to the
+    # loop before them; true changes the weights only by float rounding and resampling.
+    cache_resized: bool  # decode every sample once, keep it in memory shrunk to 1.5 x input_size (short side)
+    persistent_workers: bool  # one DataLoader for the run: its processes outlive the epochs
+    fused_loss: bool  # both Lovász terms from one batched sort (no per-image loop)
+    channels_last: bool  # model and batches in NHWC
+    bf16: bool  # bfloat16 autocast of the forward (CUDA; on CPU only where it computes bf16 natively)
 
 
 class TrainParams(Section):
@@ -277,10 +286,29 @@ def split_train_val(frame: pd.DataFrame, settings: TrainSettings) -> tuple[pd.Da
     return train.reset_index(drop=True), val.reset_index(drop=True)
 
 
-def seeded_training_data(root: str | Path, rows: pd.DataFrame, input_size: int, seed: int) -> SeededAugmentation:
-    """The training rows with PortraitNet augmentation, each sample's draws seeded by the loop."""
+def seeded_training_data(root: str | Path, rows: pd.DataFrame, input_size: int, seed: int, cache: bool = False,
+                         progress: bool = False, threads: int = 1) -> SeededAugmentation:
+    """The training rows with PortraitNet augmentation, each sample's draws seeded by the loop;
+    with ``cache``, decoded once and kept shrunk to ``cache_short_side(input_size)`` (``CachedSamples``)."""
     transform = train_transform(input_size)
-    return SeededAugmentation(ManifestDataset(root, rows, transform=transform), transform, seed)
+    if cache:
+        short_side = cache_short_side(input_size)
+        samples = CachedSamples.from_manifest(root, rows, lambda i, m: shrink_to_short_side(i, m, short_side),
+                                              transform, progress=progress, workers=threads)
+    else:
+        samples = ManifestDataset(root, rows, transform=transform)
+    return SeededAugmentation(samples, transform, seed)
+
+
+def validation_data(root: str | Path, rows: pd.DataFrame, input_size: int, cache: bool = False,
+                    progress: bool = False, threads: int = 1) -> Dataset | None:
+    """The validation rows at the training size (None without any); cached, the same pixels."""
+    if not len(rows):
+        return None
+    if cache:
+        return CachedSamples.from_manifest(root, rows, evaluation_resize(input_size), progress=progress,
+                                           workers=threads)
+    return ManifestDataset(root, rows, transform=eval_transform(input_size))
 
 
 def fingerprint(settings: TrainSettings, arch: str, kwargs: dict, train_set_digest: str, code: str = "") -> str:
@@ -296,24 +324,25 @@ def code_modules(plans: list[StagePlan]) -> set[str]:
             | {get_spec(p.arch).builder.__module__ for p in plans})
 
 
-def training_loss(model: torch.nn.Module, loss: LossParams):
-    """``f(model, images, masks) -> loss``: the configured loss, or the architecture's own."""
+def training_loss(model: torch.nn.Module, loss: LossParams, fused: bool = False):
+    """``f(model, images, masks) -> loss``: the configured loss (``fused``: its batched form), or the
+    architecture's own."""
     if loss.kind == "paper":
         own = getattr(inspect.getmodule(type(model)), "paper_loss", None)
         if own is not None:
             return own
     segmentation = SegmentationLoss("lovasz" if loss.kind == "paper" else loss.kind, loss.boundary_weight,
-                                    loss.boundary_kernel)
+                                    loss.boundary_kernel, fused=fused)
     return lambda net, images, masks: segmentation(net(images), masks)
 
 
-def _loss_of(loss: LossParams):
+def _loss_of(loss: LossParams, fused: bool):
     """The job's loss: ``training_loss`` chosen once, for the network the loop built."""
     chosen: dict = {}
 
     def loss_fn(net, images, masks):
         if "fn" not in chosen:
-            chosen["fn"] = training_loss(net, loss)
+            chosen["fn"] = training_loss(net, loss, fused)
         return chosen["fn"](net, images, masks)
 
     return loss_fn
@@ -339,8 +368,19 @@ def stage_rows(plan: StagePlan, epochs: int, history: list[dict]) -> list[dict]:
              "train_loss": h["train_loss"], "val_miou": h["val"], "lr": h["lr"]} for h in history]
 
 
+def autocast_dtype(settings: TrainSettings, device: str) -> tuple[torch.dtype | None, str | None]:
+    """(autocast dtype, why not): ``bf16`` where the device computes it natively (``native_bf16``),
+    float32 elsewhere, with the line that says so."""
+    if not settings.bf16:
+        return None, None
+    if native_bf16(device):
+        return torch.bfloat16, None
+    return None, (f"train.settings.bf16: {device} has no native bfloat16 (a CUDA GPU, or a CPU with AVX512-BF16 or "
+                  "AMX); training in float32")
+
+
 def stage_job(plan: StagePlan, settings: TrainSettings, kwargs: dict, ctx: TrainContext, earlier: list[dict],
-              previous_weights: dict | None) -> TrainingJob:
+              previous_weights: dict | None, autocast: torch.dtype | None = None) -> TrainingJob:
     """One stage of a student as a run of the training loop."""
     from pipeline.models import build_model
 
@@ -352,8 +392,11 @@ def stage_job(plan: StagePlan, settings: TrainSettings, kwargs: dict, ctx: Train
 
     validate = None
     if ctx.val_data is not None and len(ctx.val_data):
+        # a cached validation set is resized already: loader processes would only cost their start
+        val_workers = 0 if isinstance(ctx.val_data, CachedSamples) else settings.workers
+
         def validate(model):
-            return validation_iou(model, ctx.val_data, settings.batch_size, settings.workers, ctx.device) * 100
+            return validation_iou(model, ctx.val_data, settings.batch_size, val_workers, ctx.device) * 100
 
     on_epoch = None
     if ctx.on_epoch is not None:
@@ -364,11 +407,13 @@ def stage_job(plan: StagePlan, settings: TrainSettings, kwargs: dict, ctx: Train
         name=f"stage {plan.index} ({plan.arch})", arch=plan.arch, config=kwargs, make_model=make_model,
         make_optimizer=lambda model: torch.optim.Adam(model.parameters(), lr=settings.lr,
                                                       weight_decay=settings.weight_decay),
-        loss=_loss_of(settings.loss), learning_rate=lambda step: learning_rate(settings, step.epoch),
+        loss=_loss_of(settings.loss, settings.fused_loss),
+        learning_rate=lambda step: learning_rate(settings, step.epoch),
         epochs=settings.epochs, batch_size=settings.batch_size, train_data=ctx.train_data,
         checkpoint_dir=ctx.out_dir / "checkpoints", fingerprint=ctx.fingerprint, seed=settings.seed, key=plan.index,
         max_steps_per_epoch=settings.max_steps_per_epoch, validate=validate, checkpoint_name=f"stage{plan.index}_",
-        resume=settings.resume, workers=settings.workers, device=ctx.device, extra={"stage": plan.index},
+        resume=settings.resume, workers=settings.workers, persistent_workers=settings.persistent_workers,
+        channels_last=settings.channels_last, autocast=autocast, device=ctx.device, extra={"stage": plan.index},
         progress=ctx.progress, log=ctx.log, on_epoch=on_epoch)
 
 
@@ -380,9 +425,12 @@ def train_architecture(arch: str, settings: TrainSettings, kwargs: dict, ctx: Tr
     summary: dict = {"arch": arch, "epochs_per_stage": settings.epochs}
     started = time.perf_counter()
     plans = plan_stages(arch)
+    autocast, note = autocast_dtype(settings, ctx.device)
+    if note:
+        ctx.log(note)
     for plan in plans:
         try:
-            result = run(stage_job(plan, settings, kwargs, ctx, history, previous))
+            result = run(stage_job(plan, settings, kwargs, ctx, history, previous, autocast))
         except CheckpointError as exc:
             raise StageError(str(exc)) from None
         chosen = result.best if settings.export == "best" and result.best is not None else result.last
@@ -442,9 +490,11 @@ def _body(args: argparse.Namespace) -> int:
     digest = sha256_file(Path(paths.train_set) / MANIFEST_NAME)
     for arch in archs:
         kwargs = dict(params.model_kwargs[arch])
-        train_data = seeded_training_data(paths.train_set, train_rows, settings.input_size, settings.seed)
-        val_data = (ManifestDataset(paths.train_set, val_rows, transform=eval_transform(settings.input_size))
-                    if len(val_rows) else None)
+        threads = settings.threads or torch.get_num_threads()
+        train_data = seeded_training_data(paths.train_set, train_rows, settings.input_size, settings.seed,
+                                          settings.cache_resized, not args.quiet, threads)
+        val_data = validation_data(paths.train_set, val_rows, settings.input_size, settings.cache_resized,
+                                   not args.quiet, threads)
         plot_path = Path(paths.plots) / "train" / f"{arch}.csv"
         ctx = TrainContext(train_data, val_data, paths.model_dir(arch),
                            fingerprint(settings, arch, kwargs, digest, code_digest(code_modules(plan_stages(arch)))),

@@ -15,9 +15,15 @@ has Accept/Reject/Undo buttons that work without the key script.
 Decisions: each is appended to ``<paths.journal>/<reviewer>.jsonl`` (fsync'd) before the App
 says "saved", then mirrored on the FiftyOne sample. Each names the mask_sha256 it judged;
 on every start the dataset is rebuilt from the pool and the journals, undecided samples
-first (lowest score first), so a killed App or database loses nothing, and a sample whose
+first (likely failures first), so a killed App or database loses nothing, and a sample whose
 mask changed since it was judged is back in the queue (the old decision stays in the
 journal and shows as ``review_stale``).
+
+Scores: where the ``score_pool`` stage has run, ``score`` is the calibrated P(good) and
+``score_low_part`` names the feature that pulls it down most; masks it auto-accepted leave
+the queue, except an audit share, shown like any other mask (nothing in the App tells them
+apart). A person's decision always wins over the rule's. Reviewer names starting with
+``auto:`` belong to rules and are refused.
 
 Database: the command connects before building the queue and waits for a database that is
 slow to start or restarting (``review.database_wait_s``, ``--database-wait``), saying so;
@@ -40,18 +46,26 @@ from pipeline.review import journal as jr
 from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS,
                                     PLUGINS_DIR, ReviewParams, check_database_uri, default_reviewer)
 from pipeline.review.database import connect_fiftyone, redact_uri
-from pipeline.review.pool import current_hashes, read_pool
+from pipeline.review.pool import current_hashes, queue_items, read_pool
+from pipeline.quality.outputs import AUTO_PREFIX, check_people, merge_decisions, read_auto_journal
 from pipeline.stage import StageError, make_parser, run_main
 
 
-def status_text(pool_dir: str | os.PathLike, journal_dir: str | os.PathLike) -> str:
+def status_text(pool_dir: str | os.PathLike, journal_dir: str | os.PathLike,
+                quality_dir: str | os.PathLike | None = None) -> str:
     """Progress from the pool and the journals alone (no App, no database)."""
-    items, _ = read_pool(pool_dir)
+    items, _ = read_pool(pool_dir, quality_dir)
     events, torn = jr.read_journals(journal_dir)
     hashes = current_hashes(items)
     resolved = jr.resolve_decisions(events, hashes)
     stale = jr.stale_decisions(events, hashes)
-    lines = [jr.progress(resolved, total=len(items)).describe()]
+    shown = queue_items(items, resolved)
+    lines = [jr.progress(resolved, total=len(shown)).describe()]
+    if len(shown) < len(items) and quality_dir is not None:
+        merged = merge_decisions(events, read_auto_journal(quality_dir), hashes)
+        auto_only = sum(1 for k in merged.auto if k not in merged.human)
+        lines.append(f"auto-accepted by the score (no person needed): {len(items) - len(shown)} of {len(items)} "
+                     f"masks; {auto_only} auto accept(s) apply in all")
     by_reviewer: dict[str, int] = {}
     for event in resolved.values():
         by_reviewer[event.reviewer] = by_reviewer.get(event.reviewer, 0) + 1
@@ -85,9 +99,17 @@ def prepare_environment(params: ReviewParams, journal_dir: str | os.PathLike, re
             fo.config.database_uri = database_uri
 
 
-def read_queue_inputs(pool_dir: str | os.PathLike, journal_dir: str | os.PathLike):
+def check_reviewer(reviewer: str) -> str:
+    if reviewer.startswith(AUTO_PREFIX):
+        raise StageError(f"reviewer {reviewer!r}: names starting with {AUTO_PREFIX!r} belong to the auto-accept "
+                         "rule; a person needs another name (--reviewer)")
+    return reviewer
+
+
+def read_queue_inputs(pool_dir: str | os.PathLike, journal_dir: str | os.PathLike,
+                      quality_dir: str | os.PathLike | None = None):
     """The pool and the journals, read (and refused clearly) before any database is involved."""
-    items, warnings = read_pool(pool_dir)
+    items, warnings = read_pool(pool_dir, quality_dir)
     for warning in warnings[:10]:
         print(f"warning: {warning}")
     if len(warnings) > 10:
@@ -95,6 +117,7 @@ def read_queue_inputs(pool_dir: str | os.PathLike, journal_dir: str | os.PathLik
     if not items:
         raise StageError(f"{pool_dir}: the pool has no pseudo-labelled samples to review")
     events, torn = jr.read_journals(journal_dir)
+    check_people(events, str(journal_dir))
     if torn:
         print(f"warning: skipped {torn} torn journal line(s) (writes cut short by a crash, never acknowledged)")
     return items, events
@@ -128,9 +151,9 @@ def main(argv=None) -> int:
         paths = parse_section(ProjectPaths, raw, "paths", args.params)
         params = parse_section(ReviewParams, raw, "review", args.params)
         if args.status:
-            print(status_text(paths.pseudo, paths.journal))
+            print(status_text(paths.pseudo, paths.journal, paths.quality))
             return 0
-        reviewer = args.reviewer or default_reviewer()
+        reviewer = check_reviewer(args.reviewer or default_reviewer())
         database_uri = args.database_uri or os.environ.get("FIFTYONE_DATABASE_URI") or params.database_uri
         try:
             database_uri = check_database_uri(database_uri)
@@ -140,14 +163,14 @@ def main(argv=None) -> int:
         if not 0 <= wait_s <= 3600:  # NaN fails too
             raise StageError(f"--database-wait must be between 0 and 3600 seconds, got {wait_s}")
         port = args.port or params.port
-        items, events = read_queue_inputs(paths.pseudo, paths.journal)
+        items, events = read_queue_inputs(paths.pseudo, paths.journal, paths.quality)
         prepare_environment(params, paths.journal, reviewer, database_uri)
         connect_fiftyone(wait_s)
         dataset, view, summary = load_queue(params, paths.journal, items, events)
         print(f"queue {params.dataset_name!r}: {summary['samples']} samples ({summary['added']} new, "
               f"{summary['removed']} removed), {summary['decided']} decided, {summary['stale']} back in the queue "
-              "because their mask changed")
-        print(status_text(paths.pseudo, paths.journal))
+              f"because their mask changed, {summary['auto_accepted_not_shown']} auto-accepted and not shown")
+        print(status_text(paths.pseudo, paths.journal, paths.quality))
         if args.load_only:
             return 0
         import fiftyone as fo

@@ -70,7 +70,8 @@ def _run(proj: Path, capsys, teacher_section: dict | None = None, paths: dict | 
 
     The project's layout is the quick profile's (data/prepared holds the pool and the validation rows).
     """
-    section = {"batch_size": 2, "device": "cpu", "bfloat16": False, "channels_last": False, **section}
+    section = {"teachers": ["deeplab"], "pool_crop": "none", "batch_size": 2, "device": "cpu", "bfloat16": False, "channels_last": False,
+               "validation": {"data": [{"dataset": "prepared", "splits": ["val"], "sources": ["ccp"]}]}, **section}
     write_params(proj / "params.yaml", {"teacher": teacher_section or TEACHER, "pseudo_label": section,
                                         "paths": paths or {}, "allow_outside_project": allow_outside or []})
     code = pl.main(["--params", "params.yaml"])

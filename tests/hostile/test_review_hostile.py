@@ -261,15 +261,15 @@ def test_export_reviews_unexpected_key_is_one_line_not_a_traceback(project, caps
 
 def test_export_reviews_reads_later_version_lines_and_counts_torn_ones(project, capsys):
     items = _pool_items(project)
-    path = project / "reviews" / "journal" / "auto.jsonl"
+    path = project / "reviews" / "journal" / "ann.jsonl"
     path.parent.mkdir(parents=True)
-    path.write_text(line(v=1, id=items[0].id, mask_sha256=items[0].mask_sha256, reviewer="auto:score>0.9",
+    path.write_text(line(v=1, id=items[0].id, mask_sha256=items[0].mask_sha256, reviewer="ann",
                          threshold=0.9, evidence=["score"]) + '{"event":"decision","id"')
     assert export_main(["--params", "params.yaml"]) == 0
     out = capsys.readouterr().out
     assert "skipped 1 torn journal line(s)" in out
     rows = (project / "reviews" / "decisions.csv").read_text().splitlines()
-    assert rows[1].startswith(f"{items[0].id},accept,{items[0].mask_sha256},auto:score>0.9,")
+    assert rows[1].startswith(f"{items[0].id},accept,{items[0].mask_sha256},ann,")
 
 
 def test_export_picks_the_later_time_across_offsets(project):
@@ -281,7 +281,7 @@ def test_export_picks_the_later_time_across_offsets(project):
                     decision(target.id, "reject", target.mask_sha256, at="2026-01-01T09:30:00Z", reviewer="bob"))
     assert export_main(["--params", "params.yaml"]) == 0
     row = (project / "reviews" / "decisions.csv").read_text().splitlines()[1]
-    assert row == f"{target.id},reject,{target.mask_sha256},bob,2026-01-01T09:30:00.000000Z,1.000"
+    assert row == f"{target.id},reject,{target.mask_sha256},bob,2026-01-01T09:30:00.000000Z,1.000,human,false"
 
 
 def test_decisions_are_the_same_bytes_in_two_checkouts_and_hold_no_path(project, tmp_path, monkeypatch):

@@ -1,0 +1,12 @@
+"""Teachers that pseudo-label photos, behind one interface (``base.Teacher``), and their fusion.
+
+- ``base``: the interface (a person probability per image at its own size) and flip TTA;
+- ``registry``: the teachers ``pseudo_label`` runs by name (``deeplab``, ``mediapipe``,
+  ``mediapipe_landscape``);
+- ``fusion``: fusing several teachers' probabilities and their agreement;
+- ``mediapipe`` / ``tflite``: MediaPipe's pretrained selfie segmenter in PyTorch, no download.
+"""
+
+from pipeline.teachers.mediapipe import MediaPipeSelfieSegmenter
+
+__all__ = ["MediaPipeSelfieSegmenter"]
