@@ -25,7 +25,8 @@ from pipeline.native import NativeExtremeC3Net  # noqa: E402
 from pipeline.params import load_section  # noqa: E402
 from pipeline.paths import ProjectPaths  # noqa: E402
 from pipeline.stages.evaluate import (EvaluateParams, OriginalSizeDataset, collate_original_size,  # noqa: E402
-                                      evaluate_model, load_trained_model, summarise, test_rows)
+                                      evaluate_model, summarise, test_rows)
+from pipeline.inference import load_trained_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,10 +41,10 @@ def main(argv=None) -> int:
     if not model_path.is_file():
         print(f"{model_path} not found: run `dvc repro` first", file=sys.stderr)
         return 2
-    model, state = load_trained_model(model_path, "extremec3net")
-    model.eval()
+    trained = load_trained_model(model_path, "extremec3net")
+    model = trained.model
     native = NativeExtremeC3Net(model, threads=args.threads)
-    input_size = int(state.get("input_size") or 224)
+    input_size = trained.input_size
     frame = test_rows(read_manifest(paths.prepared), params.source, params.split, 0, paths.prepared)
     dataset = OriginalSizeDataset(paths.prepared, frame, input_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_original_size)

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_csv, write_json
 from pipeline.devices import Device, resolve_device
+from pipeline.inference import archs_to_run, load_trained_model, trained_model_path
 from pipeline.metrics import boundary_f1, iou
 from pipeline.params import Section, load_params, load_section
 from pipeline.paths import ProjectPaths
@@ -129,28 +130,6 @@ class EvaluateParams(Section):
     threads: int = Field(ge=0, le=256)  # torch CPU threads; 0 = torch's default
 
 
-MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 4096  # train.input_size's range
-
-
-def load_trained_model(path: str | os.PathLike, arch: str) -> tuple[torch.nn.Module, dict]:
-    """The network saved by ``train`` in ``path``; refuses a file of another architecture, or
-    one whose saved builder config or input size the network cannot take."""
-    from pipeline.checkpoint import CheckpointError, build_from_checkpoint, load_checkpoint, load_weights
-
-    try:
-        state = load_checkpoint(path, expected_arch=arch)
-        model = build_from_checkpoint(state, path)
-        load_weights(model, state, path)
-    except CheckpointError as exc:
-        raise StageError(str(exc)) from None
-    size = state.get("input_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
-                             or not MIN_INPUT_SIZE <= size <= MAX_INPUT_SIZE):
-        raise StageError(f"{path}: input_size must be an integer in {MIN_INPUT_SIZE}..{MAX_INPUT_SIZE} "
-                         f"(got {size!r})")
-    return model, state
-
-
 def test_rows(frame: pd.DataFrame, source: str, split: str, max_images: int, where: str) -> pd.DataFrame:
     """The labelled rows of ``source``/``split`` (the first ``max_images``; 0 = all), in manifest order."""
     labelled = frame[frame["mask"] != ""]
@@ -165,16 +144,12 @@ def test_rows(frame: pd.DataFrame, source: str, split: str, max_images: int, whe
 def evaluate_arch(arch: str, params: EvaluateParams, paths: ProjectPaths, progress: bool) -> dict:
     """Evaluate ``<paths.models>/<arch>/model.pt``; write its per-image table and metrics."""
     from pipeline.manifest import read_manifest
-    from pipeline.models import get_spec
 
     model_dir = paths.model_dir(arch)
-    model_path = model_dir / "model.pt"
-    if not model_path.is_file():
-        raise StageError(f"{model_path}: no trained model (run `portrait-curation train --arch {arch}` first)")
-    model, state = load_trained_model(model_path, arch)
+    trained = load_trained_model(trained_model_path(paths.models, arch), arch)
     device = resolve_device(params.device)
-    model.to(device)
-    input_size = int(state.get("input_size") or get_spec(arch).input_size)
+    model = trained.model.to(device)
+    input_size = trained.input_size
     try:
         frame = read_manifest(paths.prepared)
     except ValueError as exc:
@@ -194,28 +169,10 @@ def evaluate_arch(arch: str, params: EvaluateParams, paths: ProjectPaths, progre
     return metrics
 
 
-def archs_to_run(args: argparse.Namespace) -> list[str]:
-    """``--arch`` if given, else every architecture ``train.archs`` lists."""
-    from pipeline.models import available_models
-
-    if args.arch:
-        archs = [args.arch]
-    else:
-        archs = (load_params(args.params).get("train") or {}).get("archs") or []
-        if not archs:
-            raise StageError("no architecture given: pass --arch NAME or list them in params.yaml train.archs")
-        if not isinstance(archs, list):
-            raise StageError(f"train.archs must be a list of architectures (got {archs!r})")
-    unknown = [a for a in archs if a not in available_models()]
-    if unknown:
-        raise StageError(f"unknown architecture(s) {unknown}; known: {', '.join(available_models())}")
-    return list(archs)
-
-
 def _body(args: argparse.Namespace) -> int:
     paths = load_section(ProjectPaths, "paths", args.params)
     params = load_section(EvaluateParams, "evaluate", args.params)
-    archs = archs_to_run(args)
+    archs = archs_to_run(args.arch, (load_params(args.params).get("train") or {}).get("archs"))
     if params.threads:
         torch.set_num_threads(params.threads)
     for arch in archs:
