@@ -12,7 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("pipeline.stages.prepare", "read each source's own format into the canonical dataset"),
     "crop-portraits": ("pipeline.stages.crop_portraits", "crop portraits around detected faces in full-body photos"),
     "train-teacher": ("pipeline.stages.train_teacher", "fine-tune the DeepLabv3+ teacher on the labelled data"),
-    "pseudo-label": ("pipeline.stages.pseudo_label", "pseudo-label the unlabelled pool with the teacher, score each mask"),
+    "pseudo-label": ("pipeline.stages.pseudo_label", "pseudo-label the pool (portrait crops) with the fused teachers, features per mask"),
     "score-pool": ("pipeline.stages.score_pool", "calibrated P(good) per pool mask; auto-accept above an evidence bound, audited"),
     "review": ("pipeline.tools.review", "open the accept/reject review queue in the FiftyOne App"),
     "export-reviews": ("pipeline.stages.export_reviews", "write review decisions to the file DVC tracks"),

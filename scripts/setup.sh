@@ -23,6 +23,12 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+# 3.11.4 is the first 3.11 with tarfile's extraction filters, which download relies on to
+# refuse tar-slip (Debian 12's python3 is 3.11.2).
+if ! "$PYTHON" -c 'import sys; sys.exit(not ((3, 11, 4) <= sys.version_info[:3] < (3, 12)))' 2>/dev/null; then
+  echo "setup: needs Python 3.11.4 to 3.11.x; $PYTHON is $("$PYTHON" -V 2>&1). Install one (e.g. pyenv install 3.11) and run PYTHON=/path/to/python3.11 bash scripts/setup.sh" >&2
+  exit 2
+fi
 VENV=.venv
 STAMP="$VENV/.installed"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
