@@ -33,6 +33,15 @@ def is_within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def lies_within(inner: str | os.PathLike, outer: str | os.PathLike) -> bool:
+    """Whether ``inner`` is ``outer`` or below it, as absolute paths (``~`` expanded): a stage
+    that replaces ``outer`` as a whole would replace ``inner`` with it."""
+    def absolute(path) -> str:
+        return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+    return is_within(absolute(inner), absolute(outer))
+
+
 def portable_relpath(target: str | os.PathLike, folder: str | os.PathLike, anchors: Sequence[str | os.PathLike]
                      ) -> str:
     """``target`` relative to ``folder``, as a manifest stores it: the same bytes on every checkout.

@@ -45,7 +45,7 @@ from pipeline.devices import resolve_device
 from pipeline.images import BadImageError, check_max_pixels, strip_root, write_image, write_mask_png
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, load_sample, mask_statistics, read_manifest
 from pipeline.params import ParamsError, Section, load_section
-from pipeline.paths import ProjectPaths
+from pipeline.paths import ProjectPaths, lies_within
 from pipeline.stage import StageError, make_parser, run_main
 
 METRICS_FILE = "crops.json"  # in paths.metrics
@@ -104,26 +104,18 @@ def check_paths(paths: ProjectPaths, source: str | os.PathLike = "params.yaml") 
     ``paths.crops`` is replaced as a whole: it may not overlap ``paths.prepared``, nor hold
     the report folder or the metrics file.
     """
-    crops, prepared = _absolute(paths.crops), _absolute(paths.prepared)
+    crops, prepared = paths.crops, paths.prepared
     problems = []
-    if _nested(crops, prepared) or _nested(prepared, crops):
+    if lies_within(crops, prepared) or lies_within(prepared, crops):
         problems.append(f"paths.crops ({paths.crops}) and paths.prepared ({paths.prepared}) overlap; the crops "
                         "would replace their own input")
     for key, value in (("paths.crops_report", paths.crops_report),
                        ("paths.metrics", str(Path(paths.metrics) / METRICS_FILE))):
-        if _nested(_absolute(value), crops):
+        if lies_within(value, crops):
             problems.append(f"{key} ({value}) must not lie inside paths.crops ({paths.crops}), which is "
                             "replaced as a whole")
     if problems:
         raise ParamsError(f"{source}: invalid value(s) in 'paths' for crop_portraits:\n  " + "\n  ".join(problems))
-
-
-def _absolute(path: str) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(path)))
-
-
-def _nested(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
 
 
 # --------------------------------------------------------------------------- reading photos, writing crops

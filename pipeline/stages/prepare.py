@@ -43,7 +43,7 @@ from pipeline.images import (BadImageError, LoadedImage, apply_orientation, chec
                              load_image, mask_to_png_bytes, strip_root)
 from pipeline.manifest import KEY_MAX_LENGTH, MANIFEST_NAME, ManifestRow, mask_statistics, safe_key, to_frame
 from pipeline.params import InputPath, ParamsError, Section, SubPath, load_section
-from pipeline.paths import ProjectPaths
+from pipeline.paths import ProjectPaths, lies_within
 from pipeline.sources import LOADERS, LoaderReport, RawItem
 from pipeline.sources.base import confine
 from pipeline.stage import StageError, make_parser, run_main
@@ -120,27 +120,19 @@ def check_paths(params: PrepareParams, paths: ProjectPaths, source: str | os.Pat
     ``paths.prepared`` is replaced as a whole: nothing else may live in it, least of all
     the data it is made from.
     """
-    out = _absolute(paths.prepared)
+    out = paths.prepared
     problems = []
     metrics = Path(paths.metrics) / METRICS_FILE
-    if _nested(_absolute(metrics), out):
+    if lies_within(metrics, out):
         problems.append(f"paths.metrics ({paths.metrics}) puts {METRICS_FILE} inside paths.prepared "
                         f"({paths.prepared}), which is replaced as a whole")
     for index, spec in enumerate(params.datasets):
         root = dataset_root(spec, paths.raw)
-        if _nested(_absolute(root), out):
+        if lies_within(root, out):
             problems.append(f"prepare.datasets.{index}.root: dataset {spec.name} ({root}) lies inside "
                             f"paths.prepared ({paths.prepared}): prepare would replace its own input")
     if problems:
         raise ParamsError(f"{source}: invalid value(s) in 'paths' for prepare:\n  " + "\n  ".join(problems))
-
-
-def _absolute(path: str) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(path)))
-
-
-def _nested(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
 
 
 @dataclass
