@@ -102,7 +102,30 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
     if program is None:
         raise OnnxExportError("the exporter returned no program")
     program.save(str(path), external_data=False)
+    if dims:
+        name_input_dimensions(path, {0: "batch", 2: "height", 3: "width"})
     return path
+
+
+def name_input_dimensions(path: str | os.PathLike, names: dict[int, str]) -> None:
+    """Give the input's symbolic dimensions readable names, everywhere in the file.
+
+    torch.export names them after its own symbols (``s77``, ``s53``); a user of the file
+    outside this project reads ``batch``, ``height``, ``width``. Every occurrence of a symbol
+    (outputs and intermediate shapes too) is renamed, so shapes that are equal stay equal."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    renames = {dims[axis].dim_param: name for axis, name in names.items()
+               if axis < len(dims) and dims[axis].dim_param}
+    if not renames:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
+    onnx.save(model, str(path))
 
 
 def onnx_signature(path: str | os.PathLike) -> dict:
