@@ -162,14 +162,14 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
     path = Path(path)
     img = _open_fully(path, max_pixels)
     try:
-        return _upright_rgb(img)
+        return upright_rgb(img)
     except BadImageError:
         raise
     except Exception as exc:  # a decodable file whose pixels still cannot be converted
         raise BadImageError(f"{path}: cannot convert to RGB ({type(exc).__name__}: {exc})") from exc
 
 
-def _upright_rgb(img: Image.Image) -> LoadedImage:
+def upright_rgb(img: Image.Image) -> LoadedImage:
     stored_size = img.size
     orientation = 1
     try:

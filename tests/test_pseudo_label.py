@@ -212,9 +212,9 @@ def test_real_unlabelled_photos_get_masks_of_their_own_size(tmp_path, shared_dat
 
 def test_every_pseudo_label_key_comes_from_params():
     """No code default can disagree with params.yaml (it had the IoU threshold at 0.9 vs 0.4)."""
-    from pipeline.stages.pseudo_label import PseudoLabelParams, ValidationParams
+    from pipeline.stages.pseudo_label import PseudoLabelParams, RayParams, ValidationParams
 
-    for model in (PseudoLabelParams, ScoreParams, ValidationParams):
+    for model in (PseudoLabelParams, ScoreParams, ValidationParams, RayParams):
         assert all(info.is_required() for info in model.model_fields.values()), model
     section = quick_section("pseudo_label")
     assert PseudoLabelParams.model_validate(section).validation.iou_threshold == section["validation"]["iou_threshold"]

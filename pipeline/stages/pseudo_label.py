@@ -35,6 +35,17 @@ photo's mask: ``benchmarks/teacher_fusion.py --crops``), so every feature is the
 ``pool_crop: none`` takes the images as they are (a
 folder of portraits).
 
+Engines (``engine``, ``pipeline.labelling``): ``local`` labels in this process; ``ray`` reads the
+pool as a Ray dataset and runs the teachers as Ray Data actors (``ray.address``: null starts a
+local cluster, ``auto`` / ``host:port`` / ``ray://host:port`` joins one; GPU actors with
+``ray.num_gpus_per_actor``). Both save each image's result in ``work_dir`` (a DVC ``persist``
+output, one folder per fingerprint of the settings that change a result) as soon as it is
+done, so a re-run after a killed job redoes only the missing or torn images; ``paths.pseudo``
+is then assembled from the work folder, the same bytes from either engine. ``pool_location``
+(null: ``paths.prepared``'s rows) reads every image below a folder or fsspec URL instead
+(``s3://bucket/prefix``; id ``<last part of the location>/<path>``), whose files are copied
+into ``paths.pseudo`` (the manifest cannot point at them).
+
 Reads the DeepLabv3+ when ``teachers`` names it (``paths.teacher``; its architecture keys are
 the ``teacher`` section's, ``TeacherArchitecture``), the pool (rows of ``paths.prepared``) and
 the labelled rows of ``validation.data``. Writes ``paths.pseudo`` in the canonical layout
@@ -48,6 +59,7 @@ images, photos without a usable face, and why); ``<paths.metrics>/pseudo_label.j
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import time
@@ -60,16 +72,20 @@ import pandas as pd
 from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_dir, write_csv, write_json
+from pipeline.atomic import atomic_dir, write_bytes, write_csv, write_json
 from pipeline.checkpoint import CheckpointError
 from pipeline.crops.params import DetectorParams, GeometryParams, QualityParams
 from pipeline.crops.planning import placement_notes
 from pipeline.crops.pool import PoolCropper, build_pool_cropper, cut_map, no_crop_reason
 from pipeline.data import UNREADABLE_SAMPLE
 from pipeline.devices import Device, resolve_device
+from pipeline.hashing import sha256_file
+from pipeline.labelling.local import run_local
+from pipeline.labelling.pool_files import PoolReader, list_images
+from pipeline.labelling.work import ItemResult, SampleResult, WorkFolder, WorkItem, fingerprint
 from pipeline.metrics import failure_auc, iou
 from pipeline.paths import ProjectPaths, is_within, portable_relpath
-from pipeline.images import mask_to_png_bytes, read_mask_png, read_rgb, strip_root, write_image
+from pipeline.images import mask_to_png_bytes, read_mask_png, read_rgb, strip_root
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, read_manifest, safe_key, to_frame
 from pipeline.params import InputPath, Section, load_params, parse_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
@@ -118,7 +134,33 @@ class MediaPipeFiles(Section):
     landscape: InputPath | None
 
 
+class RayParams(Section):
+    """``engine: ray``: where the cluster is and what each teacher actor gets (``pipeline.labelling.ray_data``)."""
+
+    address: str | None  # null: start a local cluster; "auto" / "host:port" / "ray://host:port": join one
+    num_actors: int = Field(ge=1)  # teacher actors (each loads the teachers once)
+    num_cpus_per_actor: float = Field(gt=0)  # also the actor's torch threads
+    num_gpus_per_actor: float = Field(ge=0)  # > 0: GPU actors (device auto then finds the GPU)
+    batch_size: int = Field(ge=1)  # images per map_batches call
+    max_restarts: int = Field(ge=0)  # a dead actor is restarted this often ...
+    max_task_retries: int = Field(ge=0)  # ... and its batch retried this often, then the run stops (resumable)
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, value: str | None) -> str | None:
+        # a regex only: no Ray import
+        from pipeline.labelling.ray_data import ADDRESS_FORM
+
+        if value is not None and not ADDRESS_FORM.match(value):
+            raise ValueError("expected null (a local cluster), 'auto', 'host:port' or 'ray://host:port'")
+        return value
+
+
 class PseudoLabelParams(Section):
+    engine: Literal["local", "ray"]  # local: this process (no Ray needed); ray: Ray Data actors (``ray``)
+    ray: RayParams
+    pool_location: str | None  # null: paths.prepared's rows; else a folder or fsspec URL (s3://b/p) of images
+    work_dir: str  # resumable per-image work (a DVC persist output), one subfolder per settings fingerprint
     teachers: list[TeacherName] = Field(min_length=1)  # fused in this order
     fusion: FusionMethod
     fusion_weights: dict[TeacherName, float]  # weighted / logit_mean: each teacher's share (normalised)
@@ -165,11 +207,16 @@ class PseudoLabelParams(Section):
         return self
 
 
-def check_output_paths(paths: ProjectPaths) -> None:
-    """The metrics files must not lie inside ``paths.pseudo``, which is replaced as a whole."""
-    if is_within(os.path.abspath(paths.metrics), os.path.abspath(paths.pseudo)):
+def check_output_paths(paths: ProjectPaths, work_dir: str | None = None) -> None:
+    """The metrics files and the work folder must not overlap ``paths.pseudo``, which is replaced as a whole."""
+    pseudo = os.path.abspath(paths.pseudo)
+    if is_within(os.path.abspath(paths.metrics), pseudo):
         raise StageError(f"paths.metrics {paths.metrics!r} lies inside paths.pseudo {paths.pseudo!r}, which "
                          "pseudo_label replaces as a whole; its metrics would be deleted")
+    if work_dir is not None and (is_within(os.path.abspath(work_dir), pseudo) or
+                                 is_within(pseudo, os.path.abspath(work_dir))):
+        raise StageError(f"pseudo_label.work_dir {work_dir!r} and paths.pseudo {paths.pseudo!r} overlap; the work "
+                         "folder must survive the dataset being replaced (use a folder of its own)")
 
 
 # ---------------------------------------------------------------------------- pure cores
@@ -327,65 +374,136 @@ def pseudo_keys(pool: pd.DataFrame) -> dict[str, str]:
     return keys
 
 
-def build_pseudo_dataset(runner: FusedTeachers, pool_root: Path, pool: pd.DataFrame, settings: PseudoLabelParams,
-                         out_dir: Path, final_dir: Path, progress: bool = True,
-                         anchors: Sequence[str | os.PathLike] | None = None, cropper: PoolCropper | None = None
-                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Write masks (and, with a ``cropper``, the crops' images) under ``out_dir``; return (manifest, scores, skipped).
+def jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:
+    """A crop encoded exactly as ``pipeline.images.write_image`` writes a ``.jpg``."""
+    from PIL import Image
 
-    Without a cropper a pool photo is one sample whose image path points back into the pool,
-    relative to ``final_dir`` (where ``out_dir`` is renamed to), computed lexically; with
-    ``anchors`` (see ``pipeline.paths.portable_relpath``) a pool row whose image lies outside
-    them is skipped with the reason. With one, each usable face of a photo is one sample
-    ``<source>/<photo key>_f<face>`` (origin: the photo's id) whose image is written here and
-    labelled again by the teachers.
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buf, format="JPEG", quality=quality,
+                                                                               subsampling=0)
+    return buf.getvalue()
+
+
+class Labeller:
+    """Labels work items (pool images) into ``ItemResult``s: the per-image half of the stage, run by an engine.
+
+    Without a cropper a pool photo is one sample (with ``copy_images`` its file's bytes go into
+    the output, for pools that are not in the project); with one, each usable face of a photo
+    is one sample ``<photo key>_f<face>`` whose crop is labelled again by the teachers.
     """
-    rows, scores, skipped = [], [], []
-    columns = feature_columns(runner.names)
-    source = settings.source_name
-    keys = pseudo_keys(pool)
 
-    def emit(key: str, origin: str, image_rel: str, size: tuple[int, int], prediction: Prediction, notes: str):
+    def __init__(self, runner: FusedTeachers, settings: PseudoLabelParams, reader: PoolReader,
+                 cropper: PoolCropper | None = None, copy_images: bool = False):
+        self.runner, self.settings, self.reader = runner, settings, reader
+        self.cropper, self.copy_images = cropper, copy_images
+
+    def sample(self, key: str, prediction: Prediction, size: tuple[int, int], notes: str,
+               image_bytes: bytes | None = None, image_suffix: str = "") -> SampleResult:
         mask = prediction.mask
-        png = mask_to_png_bytes(mask)
-        mask_rel = f"masks/{source}/{key}.png"
-        (out_dir / mask_rel).parent.mkdir(parents=True, exist_ok=True)
-        (out_dir / mask_rel).write_bytes(png)
-        features = mask_features(prediction, settings.score)
-        score = combine_score(features, settings.score.weights)
-        rows.append(ManifestRow(
-            id=f"{source}/{key}", source=source, split="train", image=image_rel, mask=mask_rel,
-            width=size[0], height=size[1], **mask_statistics(mask), origin=origin, notes=notes))
-        scores.append({"id": f"{source}/{key}", "origin": origin, "score": score,
-                       **{k: features[k] for k in columns}, "mask_sha256": hashlib.sha256(png).hexdigest()})
+        return SampleResult(key=key, size=(int(size[0]), int(size[1])), features=mask_features(prediction, self.settings.score),
+                            stats=mask_statistics(mask), notes=notes, mask_png=mask_to_png_bytes(mask),
+                            image_bytes=image_bytes, image_suffix=image_suffix)
 
-    for row, image, prediction, reason in predict_rows(runner, pool_root, pool, settings.batch_size,
-                                                       "pseudo-label", progress):
-        if prediction is not None and cropper is not None:
-            plans, dropped = cropper.plan(row["id"], image, prediction.mask)
+    def __call__(self, items: Sequence[WorkItem]) -> list[ItemResult]:
+        results = [ItemResult(item.key, item.id, item.image) for item in items]
+        readable = []  # (result, image, file bytes)
+        for result in results:
+            try:
+                image, data = self.reader.load(result.image, keep_bytes=self.copy_images and self.cropper is None)
+            except UNREADABLE_SAMPLE as exc:  # named relative to the pool, so skip lists match on every checkout
+                location = self.reader.location
+                result.skip_reason = (str(exc).replace(location.rstrip("/") + "/", "") if "://" in location
+                                      else strip_root(str(exc), location))
+                continue
+            readable.append((result, image, data))
+        predictions = self.runner.predict([image for _, image, _ in readable])
+        for (result, image, data), prediction in zip(readable, predictions):
+            if self.cropper is None:
+                suffix = Path(result.image).suffix.lower() if data is not None else ""
+                result.samples.append(self.sample(result.key, prediction, (image.shape[1], image.shape[0]), "",
+                                                  data, suffix))
+                continue
+            plans, dropped = self.cropper.plan(result.id, image, prediction.mask)
             if not plans:
-                skipped.append({"id": row["id"], "image": row["image"], "reason": no_crop_reason(dropped)})
-            crops = [cut_map(image, plan.placement.box, cropper.size) for plan in plans]
+                result.skip_reason = no_crop_reason(dropped)
+                continue
+            crops = [cut_map(image, plan.placement.box, self.cropper.size) for plan in plans]
             # The teachers label each crop again: 95.4 mIoU on CCP's labelled crops against 93.7 for
             # the photo's masks cut with it (benchmarks/teacher_fusion.py --crops).
-            for plan, crop, crop_label in zip(plans, crops, runner.predict(crops)):
-                key = f"{keys[row['id']]}_f{plan.face_index}"
-                image_rel = f"images/{source}/{key}.jpg"
-                write_image(out_dir / image_rel, crop)
-                emit(key, row["id"], image_rel, cropper.size, crop_label, placement_notes(plan.placement))
+            for plan, crop, crop_label in zip(plans, crops, self.runner.predict(crops)):
+                result.samples.append(self.sample(f"{result.key}_f{plan.face_index}", crop_label, self.cropper.size,
+                                                  placement_notes(plan.placement), jpeg_bytes(crop), ".jpg"))
+        return results
+
+
+@dataclass
+class LabellerFactory:
+    """Builds a ``Labeller`` where it runs (a Ray actor): loads the teachers and the face detector there.
+
+    Picklable: settings and absolute paths only, so an actor on another machine loads the same files.
+    """
+
+    settings: PseudoLabelParams
+    paths: ProjectPaths
+    teacher_settings: TeacherArchitecture
+    crop_parts: dict | None  # geometry / quality / detector of crop_portraits, for pool_crop faces
+    reader: PoolReader
+    copy_images: bool
+
+    def __call__(self) -> Labeller:
+        device = resolve_device(self.settings.device)
+        teachers, _ = load_teachers(self.settings, self.paths, self.teacher_settings, device)
+        runner = FusedTeachers(teachers, self.settings.fusion, self.settings.fusion_weights, self.settings.flip_tta)
+        cropper = None if self.crop_parts is None else make_cropper(self.crop_parts)
+        return Labeller(runner, self.settings, self.reader, cropper, self.copy_images)
+
+
+def assemble_dataset(work: WorkFolder, items: Sequence[WorkItem], pool: pd.DataFrame, settings: PseudoLabelParams,
+                     out_dir: Path, final_dir: Path, pool_root: Path | None,
+                     anchors: Sequence[str | os.PathLike] | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Write the finished work of ``items`` into ``out_dir``, in pool order; return (manifest, scores, skipped).
+
+    Every item must be complete (an engine ran first). A sample without its own image points
+    back into the pool (``pool_root``), relative to ``final_dir`` (where ``out_dir`` is renamed
+    to), computed lexically; with ``anchors`` (see ``pipeline.paths.portable_relpath``) a pool
+    image outside them is skipped with the reason.
+    """
+    rows, scores, skipped = [], [], []
+    columns = feature_columns(settings.teachers)
+    source = settings.source_name
+    notes_of = dict(zip(pool["id"], pool["notes"] if "notes" in pool.columns else [""] * len(pool)))
+    for item in items:
+        result = work.load(item)
+        if result is None:
+            raise StageError(f"pool image {item.id!r} has no finished result in {work.folder} (the engine stopped "
+                             "early); re-run to label the rest")
+        if result.skip_reason:
+            skipped.append({"id": item.id, "image": item.image, "reason": result.skip_reason})
             continue
-        image_rel = None
-        if prediction is not None:
-            try:
-                image_rel = (portable_relpath(pool_root / row["image"], final_dir, anchors) if anchors is not None
-                             else Path(os.path.relpath(pool_root / row["image"], final_dir)).as_posix())
-            except ValueError:
-                reason = f"image {row['image']!r} lies outside the project: the manifest cannot point at it portably"
-        if image_rel is None:
-            skipped.append({"id": row["id"], "image": row["image"], "reason": reason})
-            continue
-        emit(keys[row["id"]], row["id"], image_rel, (image.shape[1], image.shape[0]), prediction,
-             row.get("notes", "") or "")
+        for sample in result.samples:
+            if sample.image_bytes is not None:
+                image_rel = f"images/{source}/{sample.key}{sample.image_suffix}"
+                write_bytes(out_dir / image_rel, sample.image_bytes)
+            else:
+                try:
+                    image_rel = (portable_relpath(pool_root / item.image, final_dir, anchors) if anchors is not None
+                                 else Path(os.path.relpath(pool_root / item.image, final_dir)).as_posix())
+                except ValueError:
+                    skipped.append({"id": item.id, "image": item.image, "reason": f"image {item.image!r} lies outside "
+                                    "the project: the manifest cannot point at it portably"})
+                    continue
+            mask_rel = f"masks/{source}/{sample.key}.png"
+            write_bytes(out_dir / mask_rel, sample.mask_png)
+            notes = sample.notes if settings.pool_crop == "faces" else notes_of.get(item.id)
+            notes = notes if isinstance(notes, str) else ""
+            rows.append(ManifestRow(
+                id=f"{source}/{sample.key}", source=source, split="train", image=image_rel, mask=mask_rel,
+                width=sample.size[0], height=sample.size[1], **sample.stats, origin=item.id, notes=notes))
+            scores.append({"id": f"{source}/{sample.key}", "origin": item.id,
+                           "score": combine_score(sample.features, settings.score.weights),
+                           **{k: sample.features[k] for k in columns},
+                           "mask_sha256": hashlib.sha256(sample.mask_png).hexdigest()})
     manifest = to_frame(rows)
     score_frame = pd.DataFrame(scores, columns=["id", "origin", "score", *columns, "mask_sha256"])
     manifest["score"] = score_frame["score"].round(6).to_numpy() if len(score_frame) else []
@@ -516,19 +634,91 @@ def load_teachers(settings: PseudoLabelParams, paths: ProjectPaths, teacher_sett
     return teachers, info
 
 
-def load_pool_cropper(raw: dict, source) -> PoolCropper:
-    """The face crop of ``crop_portraits`` (its geometry, quality and detector keys), for the pool."""
+def load_crop_parts(raw: dict, source) -> dict:
+    """``crop_portraits``' geometry, quality and detector sections: the face crop the pool gets."""
     section = raw.get("crop_portraits") or {}
     parts = {}
     for key, model in (("geometry", GeometryParams), ("quality", QualityParams), ("detector", DetectorParams)):
         parts[key] = parse_section(model, section, key, f"{source} (crop_portraits)")
+    return parts
+
+
+def make_cropper(parts: dict) -> PoolCropper:
     try:
         return make_pool_cropper(parts["geometry"], parts["quality"], parts["detector"])
     except ValueError as exc:
         raise StageError(f"crop_portraits.detector: {exc}") from None
 
 
+def load_pool_cropper(raw: dict, source) -> PoolCropper:
+    """The face crop of ``crop_portraits`` (its geometry, quality and detector keys), for the pool."""
+    return make_cropper(load_crop_parts(raw, source))
+
+
 make_pool_cropper = build_pool_cropper  # tests put a stand-in detector here
+
+
+def read_pool(settings: PseudoLabelParams, paths: ProjectPaths, anchors: Sequence[str]
+              ) -> tuple[pd.DataFrame, Path | None, PoolReader]:
+    """The pool rows to label, the folder their images are relative to (None: not in the project), and a reader.
+
+    ``pool_location`` null: rows of ``paths.prepared`` (``pool_splits``/``pool_sources``); else every
+    image file below that folder or fsspec URL, id ``<location name>/<path without suffix>``.
+    """
+    if settings.pool_location is None:
+        pool_root = Path(paths.prepared)
+        try:
+            portable_relpath(pool_root, Path(paths.pseudo), anchors)
+        except ValueError as exc:
+            raise StageError(f"paths.prepared {paths.prepared!r}: {paths.pseudo}/manifest.csv would point into it "
+                             f"with paths that differ between checkouts ({exc}); keep the pool in the project (a "
+                             "symlink inside it works)") from None
+        try:
+            pool = read_manifest(pool_root)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
+        pool = select_pool(pool, settings, str(pool_root / MANIFEST_NAME))
+        return pool, pool_root, PoolReader(os.path.abspath(pool_root))
+    location = settings.pool_location
+    try:
+        files = list_images(location)
+    except ValueError as exc:
+        raise StageError(f"pseudo_label.pool_location: {exc}") from None
+    name = safe_key(location.rstrip("/").rsplit("/", 1)[-1].split("://")[-1]) or "pool"
+    reader = PoolReader(location if "://" in location else os.path.abspath(location))
+    pool = pd.DataFrame([{"id": f"{name}/{Path(rel).with_suffix('')}", "source": name, "split": "unlabelled",
+                          "image": rel, "notes": ""} for rel in files]).sort_values("id")
+    return (pool.head(settings.max_images) if settings.max_images else pool), None, reader
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """A model file's sha256 (its content decides the results), or its path where there is no such file."""
+    return sha256_file(path) if os.path.isfile(path) else f"path:{os.path.abspath(path)}"
+
+
+def work_settings(settings: PseudoLabelParams, paths: ProjectPaths, crop_parts: dict | None, pool: str) -> dict:
+    """Every setting that changes an image's result (its work-folder fingerprint); engine and batching do not."""
+    files = {}
+    if "deeplab" in settings.teachers:
+        files["deeplab"] = file_identity(paths.teacher)
+    for variant in ("general", "landscape"):
+        path = getattr(settings.mediapipe_model_files, variant)
+        if path:
+            files[f"mediapipe_{variant}"] = file_identity(path)
+    return {"pool": pool, "teachers": settings.teachers, "fusion": settings.fusion,
+            "fusion_weights": {t: settings.fusion_weights.get(t) for t in settings.teachers},
+            "input_size": settings.input_size, "flip_tta": settings.flip_tta, "channels_last": settings.channels_last,
+            "bfloat16": settings.bfloat16, "pool_crop": settings.pool_crop, "copy_images": settings.pool_location is not None,
+            "uncertain_band": settings.score.uncertain_band, "min_mask_fraction": settings.score.min_mask_fraction,
+            "crop": None if crop_parts is None else {k: v.model_dump() for k, v in crop_parts.items()}, "files": files}
+
+
+def absolute_inputs(settings: PseudoLabelParams, paths: ProjectPaths) -> tuple[PseudoLabelParams, ProjectPaths]:
+    """The model files absolute, for actors whose working folder is elsewhere."""
+    files = settings.mediapipe_model_files
+    absolute = MediaPipeFiles.model_construct(**{k: (os.path.abspath(v) if v else v) for k, v in files.model_dump().items()})
+    return (settings.model_copy(update={"mediapipe_model_files": absolute}),
+            paths.model_copy(update={"teacher": os.path.abspath(paths.teacher)}))
 
 
 def _body(args) -> int:
@@ -539,7 +729,7 @@ def _body(args) -> int:
     rules = path_rules(raw, args.params)
     anchors = (rules.root, *rules.allowed_outside)
     project = rules.root
-    check_output_paths(paths)
+    check_output_paths(paths, settings.work_dir)
     if settings.threads:
         import torch
 
@@ -547,22 +737,13 @@ def _body(args) -> int:
     device = resolve_device(settings.device)
     teachers, teacher_info = load_teachers(settings, paths, teacher_settings, device)
 
-    pool_root = Path(paths.prepared)
     output = Path(paths.pseudo)
-    try:
-        portable_relpath(pool_root, output, anchors)
-    except ValueError as exc:
-        raise StageError(f"paths.prepared {paths.prepared!r}: {paths.pseudo}/manifest.csv would point into it with "
-                         f"paths that differ between checkouts ({exc}); keep the pool in the project (a symlink "
-                         "inside it works)") from None
-    try:
-        pool = read_manifest(pool_root)
-    except ValueError as exc:
-        raise StageError(str(exc)) from None
-    pool = select_pool(pool, settings, str(pool_root / MANIFEST_NAME))
-    pseudo_keys(pool)  # a key collision fails before the teacher runs
+    pool, pool_root, reader = read_pool(settings, paths, anchors)
+    keys = pseudo_keys(pool)  # a key collision fails before the teacher runs
+    items = [WorkItem(keys[row["id"]], row["id"], row["image"]) for row in pool.to_dict("records")]
     runner = FusedTeachers(teachers, settings.fusion, settings.fusion_weights, settings.flip_tta)
-    cropper = load_pool_cropper(raw, args.params) if settings.pool_crop == "faces" else None
+    crop_parts = load_crop_parts(raw, args.params) if settings.pool_crop == "faces" else None
+    cropper = make_cropper(crop_parts) if crop_parts is not None else None
     progress = not args.quiet
 
     # Validation first: an empty validation set fails before the pool's outputs are replaced.
@@ -577,19 +758,34 @@ def _body(args) -> int:
                              "true to label without validating the score")
         notes.append(message)
 
+    work = WorkFolder(settings.work_dir, fingerprint(work_settings(settings, paths, crop_parts, reader.location)))
+    pending = work.missing(items)
+    if len(pending) < len(items):
+        print(f"resuming: {len(items) - len(pending)} of {len(items)} pool image(s) already labelled in {work.folder}")
+    copy_images = settings.pool_location is not None
     started = time.time()
+    if settings.engine == "ray":
+        from pipeline.labelling.ray_data import RaySettings, run_ray
+
+        factory = LabellerFactory(*absolute_inputs(settings, paths), teacher_settings, crop_parts, reader, copy_images)
+        run_ray(factory, pending, work, RaySettings(**settings.ray.model_dump()), progress)
+    else:
+        labeller = Labeller(runner, settings, reader, cropper, copy_images)
+        run_local(lambda: labeller, pending, work, settings.batch_size, progress)
+    seconds = time.time() - started
+
     with atomic_dir(output) as tmp:
-        manifest, scores, skipped = build_pseudo_dataset(runner, pool_root, pool, settings, tmp, output,
-                                                         progress=progress, anchors=anchors, cropper=cropper)
+        manifest, scores, skipped = assemble_dataset(work, items, pool, settings, tmp, output, pool_root, anchors)
         if manifest.empty:
             first = skipped["reason"].iloc[0] if len(skipped) else ""
             raise StageError(f"none of the {len(pool)} pool image(s) could be pseudo-labelled (first reason: {first})")
         manifest.to_csv(tmp / MANIFEST_NAME, index=False)
         scores.to_csv(tmp / "scores.csv", index=False)
         skipped.to_csv(tmp / "skipped.csv", index=False)
-    seconds = time.time() - started
-    print(f"pseudo-labelled {len(manifest)} images in {seconds:.1f} s ({len(manifest) / max(seconds, 1e-9):.2f} img/s), "
-          f"skipped {len(skipped)}; review queue (low score first): {output / 'scores.csv'}")
+    work.prune_others()
+    print(f"pseudo-labelled {len(pending)} pool image(s) in {seconds:.1f} s ({len(pending) / max(seconds, 1e-9):.2f} "
+          f"img/s, engine {settings.engine}); {len(manifest)} samples, skipped {len(skipped)}; review queue "
+          f"(low score first): {output / 'scores.csv'}")
 
     write_csv(paths.metrics_file(VALIDATION_NAME), per_image.round(6))
     score_stats = scores["score"].describe() if len(scores) else None
@@ -597,6 +793,7 @@ def _body(args) -> int:
         "pool": {
             "images": int(len(manifest)), "photos": int(manifest["origin"].nunique()) if len(manifest) else 0,
             "skipped": int(len(skipped)), "pool_crop": settings.pool_crop, "flip_tta": settings.flip_tta,
+            "engine": settings.engine, "labelled_this_run": len(pending), "reused_from_work": len(items) - len(pending),
             "teachers": teacher_info, "fusion": settings.fusion,
             "mean_score": None if score_stats is None else round(float(score_stats["mean"]), 6),
             "median_score": None if score_stats is None else round(float(scores["score"].median()), 6),

@@ -1,0 +1,8 @@
+"""Running ``pseudo_label``'s teachers over a pool, in one process or on a Ray cluster, resumably.
+
+- ``work``: the resumable work folder (one record per pool image, written atomically, under a
+  fingerprint of the teacher settings) and what an image's result holds;
+- ``pool_files``: the pool as files of any location fsspec understands (a folder, ``s3://``);
+- ``local`` / ``ray_data``: the two engines; both only run a labeller the stage builds and
+  save its results in the work folder, so the stage assembles the same outputs from either.
+"""
