@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from params_helpers import write_params
 
 from pipeline import bias
-from pipeline.stages import bias_report as br
 from pipeline.attributes import UNKNOWN, normalise_table, read_table
 from pipeline.stage import StageError
-from params_helpers import write_params
+from pipeline.stages import bias_report as br
 
 
 def _attributes(rows: list[tuple]) -> pd.DataFrame:
@@ -181,7 +181,7 @@ def test_stage_runs_on_the_real_attribute_table(shared_datasets, tmp_path, monke
     _manifest(tmp_path / "data" / "prepared", ids)
     params = write_params(tmp_path / "params.yaml", {
         "paths": {"attributes": str(shared_datasets / "eg1800_test_attributes.csv")},
-        "bias_report": {"architectures": ["tiny"], "min_group_size": 5, "bootstrap_resamples": 200}})
+        "bias_report": {"architectures": ["tiny"], "peers": [], "min_group_size": 5, "bootstrap_resamples": 200}})
     assert br.main(["--params", str(params), "--quiet"]) == 0
     report_dir = tmp_path / "reports" / "bias" / "tiny"
     for name in ("groups.png", "histogram.png"):
@@ -200,7 +200,7 @@ def test_stage_runs_on_the_real_attribute_table(shared_datasets, tmp_path, monke
 
 def test_stage_refuses_an_unknown_architecture(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = write_params(tmp_path / "params.yaml", {"bias_report": {"architectures": ["tiny"]}})
+    params = write_params(tmp_path / "params.yaml", {"bias_report": {"architectures": ["tiny"], "peers": []}})
     assert br.main(["--params", str(params), "--arch", "other"]) == 2
     assert "other" in capsys.readouterr().err
 
@@ -216,7 +216,7 @@ def test_stage_reads_and_writes_where_the_paths_section_says(tmp_path, monkeypat
     write_params(tmp_path / "params.yaml", {
         "paths": {"models": "nets", "attributes": "people.csv", "prepared": "prep", "reports": "out",
                   "metrics": "figs"},
-        "bias_report": {"architectures": ["net"], "min_group_size": 1, "bootstrap_resamples": 100}})
+        "bias_report": {"architectures": ["net"], "peers": [], "min_group_size": 1, "bootstrap_resamples": 100}})
     assert br.main(["--params", "params.yaml", "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "out" / "bias" / "net").iterdir() if not p.name.startswith(".")) == [
         "groups.csv", "groups.png", "histogram.png", "report.md"]
@@ -230,3 +230,55 @@ def test_build_report_takes_every_setting_from_its_caller():
     """No code default can disagree with params.yaml (it did: min_group_size 10 vs 5, 2000 vs 1000 resamples)."""
     with pytest.raises(TypeError, match="default_split.*min_group_size.*resamples.*level.*seed"):
         bias.build_report("net", IOU, ATTRIBUTES, {})
+
+
+# ---------------------------------------------------------------- the peer beside each model
+
+
+def _per_image(folder, iou: pd.Series):
+    folder.mkdir(parents=True)
+    pd.DataFrame({"id": [f"eg1800/{i}" for i in iou.index], "iou": iou.to_numpy()}).to_csv(
+        folder / "per_image.csv", index=False)
+
+
+def test_every_report_shows_the_peer_and_the_peer_has_its_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _per_image(tmp_path / "models" / "net", IOU)
+    peer_iou = pd.Series({"a": 0.99, "b": 0.97, "c": 0.95, "d": 0.93, "e": 0.91})
+    ATTRIBUTES.to_csv(tmp_path / "people.csv", index=False)
+    _manifest(tmp_path / "data" / "prepared", list(IOU.index))
+    params = write_params(tmp_path / "params.yaml", {
+        "paths": {"attributes": "people.csv"},
+        "bias_report": {"architectures": ["net"], "peers": ["mediapipe"], "min_group_size": 1,
+                        "bootstrap_resamples": 100}})
+    assert br.main(["--params", str(params), "--quiet"]) == 2  # the peer is not evaluated yet
+    assert "evaluate --peer" in capsys.readouterr().err
+    _per_image(tmp_path / "models" / "peers" / "mediapipe", peer_iou)
+    assert br.main(["--params", str(params), "--quiet"]) == 0
+    ours = (tmp_path / "reports" / "bias" / "net" / "report.md").read_text()
+    assert "## Against the peers" in ours and "| attribute | group | images | net | mediapipe (peer) |" in ours
+    # man: b, c, e -> ours (80 + 70 + 50) / 3, the peer's (97 + 95 + 91) / 3
+    man = next(line for line in ours.splitlines() if line.startswith("| gender | man |"))
+    assert man.startswith("| gender | man | 3 | 66.67 (") and "| 94.33 (" in man
+    assert "| all | all | 5 | 70.00 | 95.00 |" in ours
+    theirs = (tmp_path / "reports" / "bias" / "peer_mediapipe" / "report.md").read_text()
+    assert theirs.startswith("# Bias report: mediapipe (peer: a pretrained segmenter") and "Against" not in theirs
+    metrics = json.loads((tmp_path / "metrics" / "bias" / "peer_mediapipe.json").read_text())
+    assert metrics["overall.miou"] == pytest.approx(95.0) and metrics["gender.man.miou"] == pytest.approx(94.3333)
+    assert json.loads((tmp_path / "metrics" / "bias" / "net.json").read_text())["overall.miou"] == pytest.approx(70)
+
+
+def test_a_peer_alone_and_an_unlisted_peer(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _per_image(tmp_path / "models" / "peers" / "mediapipe", IOU)
+    ATTRIBUTES.to_csv(tmp_path / "people.csv", index=False)
+    _manifest(tmp_path / "data" / "prepared", list(IOU.index))
+    params = write_params(tmp_path / "params.yaml", {
+        "paths": {"attributes": "people.csv"},
+        "bias_report": {"architectures": ["net"], "peers": ["mediapipe"], "min_group_size": 1,
+                        "bootstrap_resamples": 100}})
+    assert br.main(["--params", str(params), "--quiet", "--peer", "mediapipe"]) == 0  # net's table is not needed
+    assert (tmp_path / "reports" / "bias" / "peer_mediapipe" / "groups.png").is_file()
+    assert not (tmp_path / "reports" / "bias" / "net").exists()
+    assert br.main(["--params", str(params), "--peer", "deeplab"]) == 2
+    assert "not in bias_report.peers" in capsys.readouterr().err

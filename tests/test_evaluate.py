@@ -8,15 +8,25 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from params_helpers import write_params
 from torch import nn
 
 from pipeline.checkpoint import save_checkpoint
-from pipeline.metrics import boundary_f1, iou, mask_outline
-from pipeline.stages.evaluate import PER_IMAGE_COLUMNS, main, predict_masks, summarise
 from pipeline.images import write_image, write_mask_png
 from pipeline.manifest import ManifestRow, to_frame
+from pipeline.metrics import boundary_f1, iou, mask_outline
 from pipeline.models import MODELS, register
-from params_helpers import write_params
+from pipeline.stages import evaluate
+from pipeline.stages.evaluate import (
+    PER_IMAGE_COLUMNS,
+    main,
+    miou_interval,
+    predict_masks,
+    summarise,
+)
+
+# evaluate's keys that the quick profile may not list yet; every test here names them itself.
+EVAL_KEYS = {"bootstrap_resamples": 1000, "confidence_level": 0.95, "peers": ["mediapipe"]}
 
 
 class BrightnessNet(nn.Module):
@@ -123,7 +133,7 @@ def project(tmp_path, monkeypatch):
     to_frame(rows).to_csv(prepared / "manifest.csv", index=False)
     write_params(tmp_path / "params.yaml", {
         "train": {"archs": ["test_brightness"]},
-        "evaluate": {"boundary_tolerance_px": 2, "batch_size": 2, "workers": 0},
+        "evaluate": {**EVAL_KEYS, "boundary_tolerance_px": 2, "batch_size": 2, "workers": 0},
     })
     save_checkpoint(tmp_path / "models" / "test_brightness" / "model.pt",
                     {"arch": "test_brightness", "config": {}, "model": BrightnessNet().state_dict(),
@@ -142,6 +152,7 @@ def test_stage_writes_per_image_table_and_metrics(project):
     assert metrics["n_images"] == 3
     assert metrics["miou"] == pytest.approx(table["iou"].mean() * 100, abs=1e-3)
     assert metrics["boundary_f1"] == pytest.approx(table["boundary_f1"].mean() * 100, abs=1e-3)
+    assert metrics["miou_low"] <= metrics["miou"] <= metrics["miou_high"] and metrics["confidence_level"] == 0.95
 
 
 def test_inverted_model_scores_zero(project):
@@ -173,7 +184,7 @@ def test_stage_reads_and_writes_where_the_paths_section_says(project):
     write_params(project / "params.yaml", {
         "paths": {"prepared": "elsewhere/prepared", "models": "nets", "metrics": "figures"},
         "train": {"archs": ["test_brightness"]},
-        "evaluate": {"batch_size": 2, "workers": 0},
+        "evaluate": {**EVAL_KEYS, "batch_size": 2, "workers": 0},
     })
     assert main(["--params", "params.yaml", "--quiet"]) == 0
     assert (project / "nets" / "test_brightness" / "per_image.csv").is_file()
@@ -187,3 +198,71 @@ def test_quiet_shows_no_progress_bar(project, capsys):
     assert "evaluate test_brightness" not in capsys.readouterr().err  # tqdm writes its bar to stderr
     assert main(["--params", "params.yaml"]) == 0
     assert "evaluate test_brightness" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the mIoU's interval
+
+
+def test_interval_brackets_the_mean_and_narrows_with_more_images():
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0.8, 1.0, 20), rng.uniform(0.8, 1.0, 2000)
+    low, high = miou_interval(few, resamples=2000, level=0.95)
+    assert low < few.mean() * 100 < high
+    low_many, high_many = miou_interval(many, resamples=2000, level=0.95)
+    assert high_many - low_many < (high - low) / 5  # about sqrt(100) = 10 times narrower
+    assert miou_interval(few, resamples=2000, level=0.95) == (low, high)  # fixed seed: the same every run
+    assert miou_interval([0.5, 0.5, 0.5], resamples=100, level=0.9) == (50.0, 50.0)
+    wider = miou_interval(few, resamples=2000, level=0.99)
+    assert wider[0] < low and wider[1] > high
+
+
+# ---------------------------------------------------------------- a peer, on drawn images
+
+
+class BrightSegmenter(nn.Module):
+    """Stand-in for MediaPipe's segmenter (tests only): probability 0.9 on bright pixels, at 16x24."""
+
+    def __init__(self, variant="general", model_file=None):
+        super().__init__()
+        self.input_size = (16, 24)
+        self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
+
+    def forward(self, images):
+        assert tuple(images.shape[2:]) == self.input_size and 0 <= images.min() and images.max() <= 1
+        return (images.mean(1, keepdim=True) > 0.5).float() * 0.8 * self.scale + 0.1
+
+
+def test_peer_stage_writes_its_own_files_and_leaves_the_models_alone(project, monkeypatch, capsys):
+    from pipeline.teachers import mediapipe
+
+    monkeypatch.setattr(mediapipe, "MediaPipeSelfieSegmenter", BrightSegmenter)
+    write_params(project / "params.yaml", {
+        "train": {"archs": ["test_brightness"]},
+        "evaluate": {**EVAL_KEYS, "boundary_tolerance_px": 2, "batch_size": 2, "workers": 0},
+        "complexity": {"latency_runs": 3, "warmup_runs": 1}})
+    assert main(["--params", "params.yaml", "--quiet", "--peer", "mediapipe"]) == 0
+    table = pd.read_csv(project / "models" / "peers" / "mediapipe" / "per_image.csv", dtype={"image_key": str})
+    assert table["id"].tolist() == ["eg1800/00000", "eg1800/00001", "eg1800/00002"]  # the same rows as a model
+    assert (table["iou"] > 0.8).all()  # the bright box, found through fit -> 16x24 -> resized back -> > 0.5
+    metrics = json.loads((project / "metrics" / "eval" / "peer_mediapipe.json").read_text())
+    assert metrics["kind"] == "peer" and metrics["params"] == 1 and metrics["input_size"] == [16, 24]
+    assert metrics["latency_threads"] == 2 and metrics["miou_low"] <= metrics["miou"] <= metrics["miou_high"]
+    assert not (project / "metrics" / "eval" / "test_brightness.json").exists()  # only the peer was asked for
+    assert "evaluate peer mediapipe: mIoU" in capsys.readouterr().out
+
+
+def test_peer_not_listed_or_with_an_arch_is_refused(project, capsys):
+    write_params(project / "params.yaml", {"train": {"archs": ["test_brightness"]},
+                                           "evaluate": {**EVAL_KEYS, "peers": []}})
+    assert main(["--params", "params.yaml", "--peer", "mediapipe"]) == 2
+    assert "not in evaluate.peers" in capsys.readouterr().err
+    assert main(["--params", "params.yaml", "--peer", "mediapipe", "--arch", "test_brightness"]) == 2
+    assert "not both" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--params", "params.yaml", "--peer", "tiktok"])  # argparse names the choices
+
+
+def test_peer_threshold_is_mediapipes():
+    probability = torch.tensor([[[[0.49, 0.51], [0.5, 0.9]]]])
+    masks = evaluate.predict_peer_masks(lambda x: probability, torch.zeros(1, 3, 2, 2), [(2, 2)])
+    assert masks[0].tolist() == [[False, True], [False, True]]

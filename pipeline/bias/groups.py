@@ -251,6 +251,7 @@ class BiasReport:
     attributes_without_iou: list[str]
     level: float
     min_group_size: int
+    peer: bool = False  # a pretrained segmenter shown for comparison, not one of our trained models
 
 
 def build_report(arch: str, iou: pd.Series, attributes: pd.DataFrame, split_of: Mapping[str, str], *,

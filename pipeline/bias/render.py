@@ -32,11 +32,19 @@ def _examples(ids: list[str], limit: int = 8) -> str:
 REPORT_MD, GROUPS_CSV, GROUPS_PNG, HISTOGRAM_PNG = "report.md", "groups.csv", "groups.png", "histogram.png"
 
 
-def render_markdown(report: BiasReport, groups_png: str = GROUPS_PNG, histogram_png: str = HISTOGRAM_PNG) -> str:
-    """report.md: coverage, disparity per attribute, one table per grouping, the 18-class histogram."""
+PEER_NOTE = "peer: a pretrained segmenter a user could pick instead, not trained here"
+
+
+def report_title(report: BiasReport) -> str:
+    return f"{report.arch} ({PEER_NOTE})" if report.peer else report.arch
+
+
+def render_markdown(report: BiasReport, groups_png: str = GROUPS_PNG, histogram_png: str = HISTOGRAM_PNG,
+                    peers: dict[str, BiasReport] | None = None) -> str:
+    """report.md: coverage, disparity per attribute, one table per grouping, the peers beside it, the histogram."""
     percent = f"{report.level * 100:g}%"
     lines = [
-        f"# Bias report: {report.arch}",
+        f"# Bias report: {report_title(report)}",
         "",
         f"mIoU (x100) over the {report.images_compared} test images that have both an IoU and attributes: "
         f"**{fmt(report.overall_miou)}**.",
@@ -71,6 +79,8 @@ def render_markdown(report: BiasReport, groups_png: str = GROUPS_PNG, histogram_
         for row in summary.to_dict("records"):
             interval = f"{fmt(row['ci_low'])} - {fmt(row['ci_high'])}" if row["images"] else ""
             lines.append(f"| {row['group']} | {row['images']} | {fmt(row['miou'])} | {interval} | {row['flag']} |")
+    if peers:
+        lines += peer_comparison(report, peers)
     hist = report.histogram
     lines += ["", "## Dataset histogram of the 18 classes (persons per split)", "",
               "Splits come from the prepared manifest; images it does not list count in the default split.", "",
@@ -80,6 +90,37 @@ def render_markdown(report: BiasReport, groups_png: str = GROUPS_PNG, histogram_
         lines.append(f"| {label} | " + " | ".join(str(int(v)) for v in row) + f" | {int(row.sum())} |")
     lines += ["", f"![18-class histogram]({histogram_png})", ""]
     return "\n".join(lines)
+
+
+def peer_comparison(report: BiasReport, peers: dict[str, BiasReport]) -> list[str]:
+    """Markdown lines: this model's group mIoU and disparities beside each peer's, on the same images."""
+    percent = f"{report.level * 100:g}%"
+    names = list(peers)
+    about = (f"Peers ({', '.join(names)}) are pretrained segmenters a user could pick instead, evaluated on the same "
+             f"test images by `evaluate --peer`; each has its own report (`bias/peer_<name>/` in the reports folder). "
+             f"Cells: mIoU ({percent} interval); groups flagged above are shown but not compared.")
+    lines = ["", "## Against the peers", "", about, "",
+             f"| attribute | group | images | {report.arch} | " + " | ".join(f"{n} (peer)" for n in names) + " |",
+             "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in names) + " |"]
+    lines.append(f"| all | all | {report.images_compared} | {fmt(report.overall_miou)} | "
+                 + " | ".join(fmt(peers[n].overall_miou) for n in names) + " |")
+    for grouping in ("race", "gender", "age"):
+        ours = report.summaries[grouping].set_index("group")
+        theirs = {n: peers[n].summaries[grouping].set_index("group") for n in names}
+        for group, row in ours.iterrows():
+            if not row["images"]:
+                continue
+            cells = [_cell(row)] + [_cell(theirs[n].loc[group]) if group in theirs[n].index else "" for n in names]
+            lines.append(f"| {grouping} | {group} | {int(row['images'])} | " + " | ".join(cells) + " |")
+        lines.append(f"| {grouping} | disparity (max - min) | | {fmt(report.disparities[grouping].gap)} | "
+                     + " | ".join(fmt(peers[n].disparities[grouping].gap) for n in names) + " |")
+    return lines
+
+
+def _cell(row) -> str:
+    if not row["images"]:
+        return ""
+    return f"{fmt(row['miou'])} ({fmt(row['ci_low'])} - {fmt(row['ci_high'])})"
 
 
 def flat_metrics(report: BiasReport) -> dict:
@@ -151,7 +192,7 @@ def plot_groups(report: BiasReport, path: str | Path) -> None:
         title = "intersectional class" if grouping == "class" else grouping
         ax.set_title(f"{title}; disparity {fmt(report.disparities[grouping].gap)}")
         ax.grid(axis="y", alpha=0.3)
-    figure.suptitle(f"{report.arch}: mIoU per group, {report.level * 100:g}% bootstrap intervals "
+    figure.suptitle(f"{report.arch}{' (peer, not trained here)' if report.peer else ''}: mIoU per group, {report.level * 100:g}% bootstrap intervals "
                     f"(orange: n < {report.min_group_size}, gray: unknown; neither is compared)")
     _save_figure(figure, path)
 

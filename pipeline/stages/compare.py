@@ -7,6 +7,14 @@ from ``evaluate``: mIoU in percent) and the parameter count the paper gives. Wri
 ``<paths.reports>/compare/`` (``table.csv``, ``table.md`` and ``accuracy_vs_params.png``:
 mIoU against parameters on a log axis, the paper's Figure 1, so the accuracy/size
 trade-off is read at a glance) and the DVC metrics ``<paths.metrics>/compare.json``.
+
+Peers (``compare.peers``): pretrained segmenters a user could pick instead (MediaPipe's
+selfie segmenter), evaluated by ``evaluate --peer`` on the same test images
+(``<paths.metrics>/eval/peer_<name>.json``, which also holds the figures of its PyTorch port:
+parameters, FLOPs at its own input size, latency). They are rows of their own, marked
+``peer``, drawn apart in the plot, and never the "best" of our models. Their latency is the
+port's in PyTorch, timed in ``evaluate``, not interleaved with ours: read it as a rough figure.
+Where an evaluation carries a bootstrap interval (``miou_low``/``miou_high``), the table shows it.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -26,18 +35,29 @@ from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
 
 COMPLEXITY_KEYS = ("params", "flops_all_ops", "flops_espnetv2", "latency_ms")
-COLUMNS = ["arch", "params", "paper_params", "gflops_all_ops", "gmacs_espnetv2", "latency_ms", "miou"]
+COLUMNS = ["arch", "kind", "label", "params", "paper_params", "gflops_all_ops", "gmacs_espnetv2", "latency_ms",
+           "miou", "miou_low", "miou_high", "boundary_f1"]
+_PEER_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 
 class CompareParams(Section):
     architectures: list[Architecture] = Field(min_length=1)
+    peers: list[str]  # evaluate.peers: shown as peer rows (evaluate --peer NAME)
 
-    @field_validator("architectures")
+    @field_validator("architectures", "peers")
     @classmethod
     def _listed_once(cls, value: list[str]) -> list[str]:
         twice = sorted({a for a in value if value.count(a) > 1})
         if twice:
-            raise ValueError(f"architectures listed more than once: {twice}")
+            raise ValueError(f"listed more than once: {twice}")
+        return value
+
+    @field_validator("peers")
+    @classmethod
+    def _peer_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _PEER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a peer name (lower-case letters, digits, '_')")
         return value
 
 
@@ -50,9 +70,42 @@ def _number(value, what: str) -> float:
     return float(value)
 
 
+def _optional_number(figures: dict, key: str, what: str):
+    return _number(figures[key], f"{what}.{key}") if figures.get(key) is not None else float("nan")
+
+
+def _accuracy(figures: dict, what: str) -> dict:
+    return {"miou": _number(figures["miou"], f"{what}.miou"),
+            **{key: _optional_number(figures, key, what) for key in ("miou_low", "miou_high", "boundary_f1")}}
+
+
+def _whole_positive(value, what: str) -> int:
+    number = _number(value, what)
+    if number != int(number) or number <= 0:
+        raise StageError(f"{what}: expected a positive whole number, got {value!r}")
+    return int(number)
+
+
+def peer_rows(peers: dict[str, dict]) -> list[dict]:
+    """Rows for pretrained peers from their ``evaluate --peer`` metrics (accuracy and the port's cost)."""
+    rows = []
+    for name, figures in peers.items():
+        what = f"eval peer_{name}"
+        missing = [k for k in ("miou", *COMPLEXITY_KEYS) if k not in figures]
+        if missing:
+            raise StageError(f"{what} lacks {missing}: rerun `portrait-curation evaluate --peer {name}`")
+        rows.append({"arch": name, "kind": "peer", "label": str(figures.get("label") or name),
+                     "params": _whole_positive(figures["params"], f"{what}.params"), "paper_params": pd.NA,
+                     "gflops_all_ops": _number(figures["flops_all_ops"], f"{what}.flops_all_ops"),
+                     "gmacs_espnetv2": _number(figures["flops_espnetv2"], f"{what}.flops_espnetv2"),
+                     "latency_ms": _number(figures["latency_ms"], f"{what}.latency_ms"), **_accuracy(figures, what)})
+    return rows
+
+
 def build_table(architectures: list[str], complexity: dict, evals: dict[str, dict],
-                paper_params: dict[str, int | None] | None = None) -> pd.DataFrame:
-    """One row per architecture, in the order given; refuses missing or malformed inputs."""
+                paper_params: dict[str, int | None] | None = None, peers: dict[str, dict] | None = None
+                ) -> pd.DataFrame:
+    """One row per architecture, in the order given, then one per peer; refuses missing or malformed inputs."""
     if len(set(architectures)) != len(architectures):
         raise StageError(f"architectures listed twice: {sorted({a for a in architectures if architectures.count(a) > 1})}")
     paper_params = paper_params or {}
@@ -70,20 +123,22 @@ def build_table(architectures: list[str], complexity: dict, evals: dict[str, dic
                              f"(after training it)")
         if "miou" not in evals[arch]:
             raise StageError(f"evaluation of {arch!r} has no 'miou': rerun the evaluate stage")
-        params = _number(figures["params"], f"{arch}.params")
-        if params != int(params) or params <= 0:
-            raise StageError(f"{arch}.params: expected a positive whole number, got {figures['params']!r}")
         paper = paper_params.get(arch)
         rows.append({
             "arch": arch,
-            "params": int(params),
+            "kind": "trained",
+            "label": arch,
+            "params": _whole_positive(figures["params"], f"{arch}.params"),
             "paper_params": int(paper) if paper else pd.NA,
             "gflops_all_ops": _number(figures["flops_all_ops"], f"{arch}.flops_all_ops"),
             "gmacs_espnetv2": _number(figures["flops_espnetv2"], f"{arch}.flops_espnetv2"),
             "latency_ms": _number(figures["latency_ms"], f"{arch}.latency_ms"),
-            "miou": _number(evals[arch]["miou"], f"eval {arch}.miou"),
+            **_accuracy(evals[arch], f"eval {arch}"),
         })
-    table = pd.DataFrame(rows, columns=COLUMNS)
+    clash = sorted(set(architectures) & set(peers or {}))
+    if clash:
+        raise StageError(f"named both as an architecture and as a peer: {clash}")
+    table = pd.DataFrame(rows + peer_rows(peers or {}), columns=COLUMNS)
     table["paper_params"] = table["paper_params"].astype("Int64")
     return table
 
@@ -95,27 +150,50 @@ def _params_text(n) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.1f}K"
 
 
+def _maybe(value: float, digits: int = 2) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """The table as GitHub Markdown, with the paper's units (K/M parameters, G, ms, mIoU %)."""
-    header = ["Model", "Params", "Params (paper)", "GFLOPs (all ops)", "GMACs (ESPNetV2)", "CPU latency (ms)", "mIoU (%)"]
+    """The table as GitHub Markdown, with the paper's units (K/M parameters, G, ms, mIoU %); peers marked."""
+    header = ["Model", "Params", "Params (paper)", "GFLOPs (all ops)", "GMACs (ESPNetV2)", "CPU latency (ms)", "mIoU (%)",
+              "mIoU interval", "Boundary F1 (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"]
     for row in table.itertuples(index=False):
-        cells = [row.arch, _params_text(row.params), _params_text(row.paper_params), f"{row.gflops_all_ops:.3f}",
-                 f"{row.gmacs_espnetv2:.3f}", f"{row.latency_ms:.1f}", f"{row.miou:.2f}"]
+        peer = row.kind == "peer"
+        name = f"{row.label} — peer, pretrained, not trained here" if peer else row.arch
+        interval = "–" if pd.isna(row.miou_low) else f"{row.miou_low:.2f}–{row.miou_high:.2f}"
+        cells = [name, _params_text(row.params), _params_text(row.paper_params), f"{row.gflops_all_ops:.3f}",
+                 f"{row.gmacs_espnetv2:.3f}", f"{row.latency_ms:.1f}" + (" (port)" if peer else ""), f"{row.miou:.2f}",
+                 interval, _maybe(row.boundary_f1)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = []
+    if (table["kind"] == "peer").any():
+        notes.append("Peers are pretrained segmenters a user could pick instead, evaluated on the same images; their "
+                     "FLOPs are at their own input size and their latency is their PyTorch port's (\"(port)\"), timed "
+                     "apart from ours, not MediaPipe's own runtime.")
+    if table["miou_low"].notna().any():
+        notes.append("mIoU interval: percentile bootstrap over the test images (level in metrics/eval/*.json).")
+    return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
 def summary_metrics(table: pd.DataFrame) -> dict:
     """DVC metrics: per architecture its size, cost and accuracy; plus which is most accurate."""
-    per_arch = {
-        row.arch: {"params": int(row.params), "gflops_all_ops": round(row.gflops_all_ops, 6),
-                   "gmacs_espnetv2": round(row.gmacs_espnetv2, 6), "latency_ms": round(row.latency_ms, 3),
-                   "miou": round(row.miou, 4)}
-        for row in table.itertuples(index=False)
-    }
-    best = table.loc[table["miou"].idxmax()]
-    return {"architectures": per_arch, "best_miou": {"arch": best["arch"], "miou": round(float(best["miou"]), 4)}}
+    def figures(row) -> dict:
+        out = {"params": int(row.params), "gflops_all_ops": round(row.gflops_all_ops, 6),
+               "gmacs_espnetv2": round(row.gmacs_espnetv2, 6), "latency_ms": round(row.latency_ms, 3),
+               "miou": round(row.miou, 4)}
+        out.update({k: round(getattr(row, k), 4) for k in ("miou_low", "miou_high") if not pd.isna(getattr(row, k))})
+        return out
+
+    trained = table[table["kind"] == "trained"]
+    per_arch = {row.arch: figures(row) for row in trained.itertuples(index=False)}
+    best = trained.loc[trained["miou"].idxmax()]
+    metrics = {"architectures": per_arch, "best_miou": {"arch": best["arch"], "miou": round(float(best["miou"]), 4)}}
+    peers = {row.arch: figures(row) for row in table[table["kind"] == "peer"].itertuples(index=False)}
+    if peers:
+        metrics["peers"] = peers
+    return metrics
 
 
 def plot_accuracy_vs_params(table: pd.DataFrame, path: str | Path) -> None:
@@ -126,7 +204,12 @@ def plot_accuracy_vs_params(table: pd.DataFrame, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ax.scatter(table["params"], table["miou"], s=36, color="tab:blue", zorder=3)
+    trained, peers = table[table["kind"] == "trained"], table[table["kind"] == "peer"]
+    ax.scatter(trained["params"], trained["miou"], s=36, color="tab:blue", zorder=3, label="trained here")
+    if not peers.empty:
+        ax.scatter(peers["params"], peers["miou"], s=80, marker="*", color="tab:orange", zorder=4,
+                   label="peer (pretrained, not trained here)")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("mIoU (%) on EG1800 test")
@@ -147,7 +230,8 @@ def _place_labels(ax, table: pd.DataFrame) -> None:
     placed: list[tuple[float, float, float, float]] = []
     for row in table.sort_values("params").itertuples(index=False):
         x, y = ax.transData.transform((row.params, row.miou))
-        width = char_px * len(row.arch)
+        text = f"{row.arch} (peer)" if row.kind == "peer" else row.arch
+        width = char_px * len(text)
         candidates = [(5, 4), (5, -4 - height_px), (-5 - width, 4), (-5 - width, -4 - height_px),
                       (5, 6 + height_px), (5, -6 - 2 * height_px)]
         for dx, dy in candidates:
@@ -156,7 +240,7 @@ def _place_labels(ax, table: pd.DataFrame) -> None:
                 break
         placed.append(box)
         points_per_px = 72 / ax.figure.dpi
-        ax.annotate(row.arch, (row.params, row.miou), textcoords="offset points", fontsize=8,
+        ax.annotate(text, (row.params, row.miou), textcoords="offset points", fontsize=8,
                     xytext=(dx * points_per_px, dy * points_per_px))
 
 
@@ -184,8 +268,11 @@ def run(params: CompareParams, paths: ProjectPaths) -> pd.DataFrame:
     evals = {arch: _read_json(paths.metrics_file("eval", f"{arch}.json"),
                               f"run `portrait-curation evaluate --arch {arch}` after training it")
              for arch in params.architectures}
+    peers = {peer: _read_json(paths.metrics_file("eval", f"peer_{peer}.json"),
+                              f"run `portrait-curation evaluate --peer {peer}`")
+             for peer in params.peers}
     paper = {arch: get_spec(arch).paper_params for arch in params.architectures}
-    table = build_table(params.architectures, complexity, evals, paper)
+    table = build_table(params.architectures, complexity, evals, paper, peers)
     out = Path(paths.reports) / "compare"
     write_csv(out / "table.csv", table)
     write_text(out / "table.md", to_markdown(table))
