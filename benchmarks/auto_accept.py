@@ -4,9 +4,17 @@ What it does: runs the two pretrained MediaPipe teachers (``general`` and ``land
 ``pipeline.teachers.mediapipe``; neither saw CCP or EG1800) with flip TTA on every
 labelled photo of ``../shared/datasets`` (CCP's 600 full-body photos, EG1800's portraits)
 and on CCP's 500 unlabelled photos (the pool), fuses them by the mean probability and
-computes pseudo_label's features per mask (``pseudo_label.score_components`` plus the
-teachers' agreement) and, on labelled photos, the IoU with the truth (CCP carried items
-as non-person, prepare's default).
+computes pseudo_label's features per mask (``pseudo_label.score_components``, the
+teachers' agreement and ``pipeline.quality.features.probability_features``) and, on
+labelled photos, the IoU with the truth twice: CCP carried items (bags) as non-person,
+prepare's default, and as person (the teachers see a carried bag as part of the person),
+so what the label convention costs is printed beside every figure.
+
+Every held-out figure is printed for two models in one run: ``--before`` (score_pool's
+features before the probability features) and ``--after`` (params.yaml's
+``score_pool.features``, or the list given): failure ROC AUC, Brier, reliability, the
+risk-coverage points and the largest coverage whose pointwise error bound is <= the
+target.
 
 Then, honestly held out: the labelled photos are split in two halves by a seeded hash of
 the photo id; on one half the score is cross-fitted and the auto-accept threshold chosen
@@ -49,10 +57,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 SETS = "ccp:train+val,eg1800:train+test,ccp:unlabelled"  # source:splits, in this order
 VARIANTS = ("general", "landscape")
+BEFORE = ("confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence", "components",
+          "teacher_agreement")  # score_pool's features before issue 14's probability features
 
 
 def photos(source: str, splits: tuple[str, ...], params_file: Path, limit: int):
-    """(id, split, RGB image, bool mask or None) through prepare's loader and decoding."""
+    """(id, split, RGB image, bool mask or None, mask with carried items as person or None) through prepare's loader.
+
+    The second mask exists for CCP only (prepare counts bags, purses and wallets as
+    background by default; the teachers see them as part of the person).
+    """
     from pipeline.params import load_section
     from pipeline.sources import LOADERS, LoaderReport
     from pipeline.stages.prepare import PrepareParams, decode_item
@@ -64,14 +78,23 @@ def photos(source: str, splits: tuple[str, ...], params_file: Path, limit: int):
     items = [i for i in LOADERS[spec.format](root, LoaderReport(), **options)
              if i.split in splits and not i.skip_reason]
     items.sort(key=lambda i: i.key)
+    carried_as_person = {}
+    if "carried_items_are_person" in options and not options["carried_items_are_person"]:
+        carried_as_person = {i.key: i for i in LOADERS[spec.format](root, LoaderReport(),
+                                                                    **{**options, "carried_items_are_person": True})}
     for item in items[:limit] if limit else items:
         decoded = decode_item(item, params.max_image_pixels)
-        yield f"{source}/{item.key}", item.split, decoded.image.rgb, decoded.mask
+        other = carried_as_person.get(item.key)
+        other_mask = other.read_mask(params.max_image_pixels) if other is not None and other.read_mask else None
+        if other_mask is not None and (decoded.mask is None or other_mask.shape != decoded.mask.shape):
+            other_mask = None  # an EXIF-rotated photo: only prepare's own convention is measured
+        yield f"{source}/{item.key}", item.split, decoded.image.rgb, decoded.mask, other_mask
 
 
 def features_of(images, models, score_settings) -> list[dict]:
     """pseudo_label's features of the fused, flip-TTA'd masks of the two teachers."""
     from pipeline.metrics import iou
+    from pipeline.quality.features import probability_features
     from pipeline.stages.pseudo_label import score_components
 
     mirrored_images = [np.ascontiguousarray(image[:, ::-1]) for image in images]
@@ -82,8 +105,10 @@ def features_of(images, models, score_settings) -> list[dict]:
         fused_plain = np.mean([plain[n][i] for n in models], axis=0)
         fused_mirrored = np.mean([mirrored[n][i] for n in models], axis=0)
         probability = 0.5 * (fused_plain + fused_mirrored)
-        teacher = {n: 0.5 * (plain[n][i] + mirrored[n][i]) > 0.5 for n in models}
+        teacher_probability = {n: 0.5 * (plain[n][i] + mirrored[n][i]) for n in models}
+        teacher = {n: p > 0.5 for n, p in teacher_probability.items()}
         row = score_components(probability, iou(fused_plain > 0.5, fused_mirrored > 0.5), score_settings)
+        row.update(probability_features(probability, teacher_probability, score_settings.uncertain_band))
         names = list(models)
         row["teacher_agreement"] = iou(teacher[names[0]], teacher[names[1]])
         row.update({f"mediapipe_{n}_mask_fraction": float(teacher[n].mean()) for n in names})
@@ -116,12 +141,14 @@ def compute_features(args) -> pd.DataFrame:
         batch = []
 
         def flush():
-            for (sample_id, split, _, truth), row in zip(batch, features_of([b[2] for b in batch], models,
-                                                                            score_settings)):
+            for (sample_id, split, _, truth, carried), row in zip(batch, features_of([b[2] for b in batch], models,
+                                                                                     score_settings)):
                 mask = row.pop("_mask")
+                measured = iou(mask, truth) if truth is not None else np.nan
                 rows.append({"id": sample_id, "origin": sample_id, "source": source, "split": split,
-                             "evidence": "full_body" if source == "ccp" else "portrait",
-                             "iou": iou(mask, truth) if truth is not None else np.nan, **row})
+                             "evidence": "full_body" if source == "ccp" else "portrait", "iou": measured,
+                             "iou_carried_as_person": iou(mask, carried) if carried is not None else measured,
+                             **row})
             batch.clear()
 
         limit = args.limit if len(entry.split(":")) < 3 else int(entry.split(":")[2])
@@ -141,14 +168,18 @@ def half_of(sample_id: str, seed: int) -> int:
     return hashlib.sha256(f"{seed}\0{sample_id}".encode()).digest()[0] % 2
 
 
-def held_out(labelled: pd.DataFrame, settings, features: list[str]) -> tuple[list[dict], pd.DataFrame]:
-    """Fit + threshold on one half, measure on the other; both ways. Returns summaries and the held-out rows."""
+def held_out(labelled: pd.DataFrame, settings, features: list[str], truth: str = "iou"
+             ) -> tuple[list[dict], pd.DataFrame]:
+    """Fit + threshold on one half, measure on the other; both ways. Returns summaries and the held-out rows.
+
+    ``truth``: the IoU column that says which masks are good.
+    """
     from pipeline.metrics import roc_auc
     from pipeline.quality import auto_accept as aa
     from pipeline.quality.calibration import brier, cross_fit, fit_model
 
     rule = settings.auto_accept
-    good = (labelled["iou"] >= settings.good_iou).to_numpy()
+    good = (labelled[truth] >= settings.good_iou).to_numpy()
     halves = labelled["id"].map(lambda i: half_of(i, settings.seed)).to_numpy()
     summaries, measured = [], []
     for fit_half in (0, 1):
@@ -179,43 +210,19 @@ def held_out(labelled: pd.DataFrame, settings, features: list[str]) -> tuple[lis
     return summaries, pd.concat(measured)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default=str(REPO / "params.yaml"))
-    parser.add_argument("--sets", default=SETS, help="source:split+split[:limit],... (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=0, help="photos per set without its own limit (0 = all)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--features", type=Path,
-                        help="CSV of the features: sets already in it are read, not computed again; new ones added")
-    args = parser.parse_args(argv)
-
-    from pipeline.attributes import read_table
-    from pipeline.params import load_section
-    from pipeline.paths import ProjectPaths
+def print_held_out(summaries: list[dict], measured: pd.DataFrame, settings) -> None:
+    """AUC, Brier, reliability and the risk-coverage points of held-out predictions."""
     from pipeline.quality import auto_accept as aa
     from pipeline.quality.calibration import calibration_summary
-    from pipeline.quality.features import usable_features
-    from pipeline.quality.groups import attribute_rates
-    from pipeline.stages.score_pool import ScorePoolParams, score_pool
 
-    settings = load_section(ScorePoolParams, "score_pool", args.params)
-    frame = compute_features(args)
-    labelled, pool = frame[frame["iou"].notna()].reset_index(drop=True), frame[frame["iou"].isna()]
-    features, notes = usable_features(settings.features, {"evidence": labelled})
-    print(f"machine shared with other jobs; features: {', '.join(features)}; {'; '.join(notes) or 'none left out'}")
-    good = labelled["iou"] >= settings.good_iou
-    print(f"labelled masks: {len(labelled)} ({int((~good).sum())} with IoU < {settings.good_iou}); "
-          f"mean IoU {labelled['iou'].mean():.4f} (ccp {labelled.loc[labelled.source == 'ccp', 'iou'].mean():.4f}, "
-          f"eg1800 {labelled.loc[labelled.source == 'eg1800', 'iou'].mean():.4f}); pool masks: {len(pool)}")
-
-    print("\n## held out: fitted and thresholded on one half of the photos, measured on the other")
-    summaries, measured = held_out(labelled, settings, features)
+    print("held out: fitted and thresholded on one half of the photos, measured on the other")
     for summary in summaries:
-        print(json.dumps(summary))
+        print("  " + json.dumps(summary))
     measured_good = measured["good"].to_numpy(dtype=bool)
     both = calibration_summary(measured["p_good"].to_numpy(), measured_good, settings.reliability_bins)
-    print(f"both halves' held-out predictions: failure ROC AUC {both['failure_auc']}, Brier {both['brier']} "
-          f"(base rate's {both['brier_of_base_rate']}), ECE {both['expected_calibration_error']}")
+    print(f"both halves' held-out predictions: {both['masks']} masks, {both['bad']} bad, failure ROC AUC "
+          f"{both['failure_auc']}, Brier {both['brier']} (base rate's {both['brier_of_base_rate']}), "
+          f"ECE {both['expected_calibration_error']}")
     for source, part in measured.groupby("source"):
         s = calibration_summary(part["p_good"].to_numpy(), part["good"].to_numpy(dtype=bool), settings.reliability_bins)
         print(f"  {source}: {s['masks']} masks, {s['bad']} bad, failure ROC AUC {s['failure_auc']}, Brier {s['brier']}")
@@ -228,6 +235,64 @@ def main(argv=None) -> int:
     for target in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
         row = curve[curve["coverage"] >= target - 1e-9].iloc[0]
         print(f"  {row['coverage']:.3f} | {row['threshold']:.4f} | {row['error_rate']:.4f} | {row['upper_bound']:.4f}")
+    target = settings.auto_accept.target_error
+    within = curve[curve["upper_bound"] <= target]
+    print(f"largest held-out coverage whose pointwise bound is <= {target:.0%}: "
+          f"{float(within['coverage'].max()) if len(within) else 0.0:.3f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--sets", default=SETS, help="source:split+split[:limit],... (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=0, help="photos per set without its own limit (0 = all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--before", default=",".join(BEFORE), type=lambda t: t.split(","),
+                        help="features of the model compared against (default: %(default)s)")
+    parser.add_argument("--after", type=lambda t: t.split(","),
+                        help="features of the new model (default: params.yaml's score_pool.features)")
+    parser.add_argument("--features", type=Path,
+                        help="CSV of the features: sets already in it are read, not computed again; new ones added")
+    args = parser.parse_args(argv)
+
+    from pipeline.attributes import read_table
+    from pipeline.params import load_section
+    from pipeline.paths import ProjectPaths
+    from pipeline.quality.features import usable_features
+    from pipeline.quality.groups import attribute_rates
+    from pipeline.stages.score_pool import ScorePoolParams, score_pool
+
+    settings = load_section(ScorePoolParams, "score_pool", args.params)
+    args.after = args.after or list(settings.features)
+    settings = settings.model_copy(update={"features": list(args.after)})  # the pool section scores with "after"
+    frame = compute_features(args)
+    labelled, pool = frame[frame["iou"].notna()].reset_index(drop=True), frame[frame["iou"].isna()]
+    print("machine shared with other jobs (figures below are accuracies, not timings)")
+    good = labelled["iou"] >= settings.good_iou
+    print(f"labelled masks: {len(labelled)} ({int((~good).sum())} with IoU < {settings.good_iou}); "
+          f"mean IoU {labelled['iou'].mean():.4f} (ccp {labelled.loc[labelled.source == 'ccp', 'iou'].mean():.4f}, "
+          f"eg1800 {labelled.loc[labelled.source == 'eg1800', 'iou'].mean():.4f}); pool masks: {len(pool)}")
+
+    conventions = [("iou", "CCP carried items (bags) as background, prepare's default")]
+    if "iou_carried_as_person" in labelled.columns and \
+            (labelled["iou_carried_as_person"].fillna(labelled["iou"]) != labelled["iou"]).any():
+        labelled["iou_carried_as_person"] = labelled["iou_carried_as_person"].fillna(labelled["iou"])
+        conventions.append(("iou_carried_as_person", "CCP carried items counted as person"))
+        bad_default = labelled["iou"] < settings.good_iou
+        bad_carried = labelled["iou_carried_as_person"] < settings.good_iou
+        print(f"label convention: {int(bad_default.sum())} masks fail (IoU < {settings.good_iou}) with bags as "
+              f"background, {int(bad_carried.sum())} with bags as person; {int((bad_default & ~bad_carried).sum())} "
+              "failures are only the bag convention")
+    measured = None
+    for truth, convention in conventions:
+        for name, wanted in (("before", args.before), ("after", args.after)):
+            used, left_out = usable_features(wanted, {"evidence": labelled})
+            print(f"\n## {name} ({convention}): {', '.join(used)}{'; ' + '; '.join(left_out) if left_out else ''}")
+            summaries, part = held_out(labelled, settings, used, truth)
+            print_held_out(summaries, part, settings)
+            if truth == "iou" and name == "after":
+                measured = (summaries, part)
+    summaries, measured = measured
 
     attributes_path = REPO / load_section(ProjectPaths, "paths", args.params).attributes
     if attributes_path.is_file():

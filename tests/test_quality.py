@@ -135,3 +135,50 @@ def test_reliability_of_a_hand_made_case():
     assert summary["brier"] == pytest.approx(np.mean((p - good) ** 2), abs=1e-6)  # rounded to 6 places
     # ECE: (1 * 0.05 + 2 * 0.35 + 4 * 0.2) / 7
     assert summary["expected_calibration_error"] == pytest.approx((0.05 + 0.7 + 0.8) / 7, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- probability features
+
+
+def test_binary_entropy_is_one_bit_at_a_half_and_zero_at_certainty():
+    values = qf.binary_entropy([0.5, 0.0, 1.0, 0.25])
+    assert values[0] == pytest.approx(1.0)
+    assert values[1] == pytest.approx(0.0, abs=1e-4) and values[2] == pytest.approx(0.0, abs=1e-4)
+    assert values[3] == pytest.approx(-(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75)))  # 0.8113 bits
+
+
+def test_mask_entropy_averages_over_the_mask_and_its_unsure_rim_only():
+    probability = np.zeros((4, 4), np.float32)
+    probability[0, :] = 1.0  # 4 certain person pixels: 0 bits each
+    probability[1, :2] = 0.5  # 2 pixels at 1 bit each
+    probability[1, 2:] = 0.05  # below the band: background, not counted
+    assert qf.mask_entropy(probability, uncertain_band=0.1) == pytest.approx(2 / 6, abs=1e-4)
+    assert qf.mask_entropy(np.full((3, 3), 0.05, np.float32), uncertain_band=0.1) == 1.0  # nothing reached
+
+
+def test_soft_agreement_is_one_minus_the_mean_gap_over_the_union_of_the_masks():
+    a = np.array([[0.9, 0.9, 0.0, 0.0]], np.float32)
+    b = np.array([[0.7, 0.3, 0.6, 0.0]], np.float32)
+    # union: pixels 0, 1, 2 (the last is background for both); gaps 0.2, 0.6, 0.6
+    assert qf.teacher_soft_agreement([a, b]) == pytest.approx(1 - (0.2 + 0.6 + 0.6) / 3)
+    assert qf.teacher_soft_agreement([a, a]) == pytest.approx(1.0)
+    assert np.isnan(qf.teacher_soft_agreement([a]))  # one teacher: nothing to agree with
+    empty = np.zeros((1, 4), np.float32)
+    assert qf.teacher_soft_agreement([empty, empty + 0.2]) == 1.0  # neither sees a person
+    # three teachers: the mean over the three pairs
+    c = np.array([[0.9, 0.9, 0.0, 0.0]], np.float32)
+    pairs = [qf.teacher_soft_agreement([a, b]), qf.teacher_soft_agreement([a, c]), qf.teacher_soft_agreement([b, c])]
+    assert qf.teacher_soft_agreement([a, b, c]) == pytest.approx(np.mean(pairs))
+
+
+def test_probability_features_are_shares_the_model_can_read():
+    probability = np.array([[0.95, 0.6, 0.02]], np.float32)
+    teachers = {"general": np.array([[1.0, 0.7, 0.0]], np.float32),
+                "landscape": np.array([[0.9, 0.5, 0.04]], np.float32)}
+    row = qf.probability_features(probability, teachers, uncertain_band=0.1)
+    assert set(row) == set(qf.PROBABILITY_FEATURES)
+    frame = pd.DataFrame([row])
+    qf.check_ranges(frame, list(qf.PROBABILITY_FEATURES), "scores.csv")  # in [0, 1]: no error
+    assert row["teacher_soft_agreement"] == pytest.approx(1 - (0.1 + 0.2) / 2)  # union: the first two pixels
+    entropy = qf.binary_entropy([0.95, 0.6])
+    assert row["mask_entropy"] == pytest.approx(float(entropy.mean()), abs=1e-6)

@@ -5,8 +5,10 @@ score that says *how likely* a mask is good (not just "lower is worse") lets the
 show likely failures first and lets masks that are almost surely good skip the person,
 with an error bound that evidence backs and a blind audit that keeps checking it.
 
-- ``features``: pseudo_label's per-mask features (confidence, flip agreement, teacher
-  agreement, ...) turned into a design matrix (logit of shares, log of counts);
+- ``features``: the features read from a prediction's probabilities (mask entropy, the
+  teachers' soft agreement; pseudo_label adds them to its own: confidence, flip agreement,
+  teacher agreement, ...) and all of them turned into a design matrix (logit of shares,
+  log of counts);
 - ``calibration``: logistic regression of P(good) (good = IoU >= a threshold, or a
   person's accept), cross-fitted out of fold with folds grouped by parent photo, and its
   reliability (predicted vs observed), Brier score and failure ROC AUC;

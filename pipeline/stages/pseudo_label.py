@@ -88,6 +88,7 @@ from pipeline.paths import ProjectPaths, is_within, portable_relpath
 from pipeline.images import mask_to_png_bytes, read_mask_png, read_rgb, strip_root
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, read_manifest, safe_key, to_frame
 from pipeline.params import InputPath, Section, load_params, parse_section, path_rules
+from pipeline.quality.features import PROBABILITY_FEATURES, probability_features
 from pipeline.stage import StageError, make_parser, run_main
 from pipeline.teacher import OUTPUT_STRIDE, TeacherArchitecture, checked_input_size, load_teacher, native_bfloat16
 from pipeline.teachers.base import Teacher, predict_views
@@ -314,6 +315,8 @@ def mask_features(prediction: Prediction, settings: ScoreParams) -> dict[str, fl
     features = score_components(prediction.probability, prediction.flip_iou, settings)
     masks = prediction.teacher_masks()
     features["teacher_agreement"] = teacher_agreement(list(masks.values()))
+    features.update(probability_features(prediction.probability, prediction.teacher_probabilities,
+                                         settings.uncertain_band))
     for name, mask in masks.items():
         features[f"{name}_mask_fraction"] = float(mask.mean()) if mask.size else 0.0
     return features
@@ -321,7 +324,7 @@ def mask_features(prediction: Prediction, settings: ScoreParams) -> dict[str, fl
 
 def feature_columns(teacher_names: Sequence[str]) -> list[str]:
     return [*COMPONENTS, "uncertain_ratio", "components", "mask_fraction", "teacher_agreement",
-            *(f"{name}_mask_fraction" for name in teacher_names)]
+            *PROBABILITY_FEATURES, *(f"{name}_mask_fraction" for name in teacher_names)]
 
 
 def predict_rows(runner: FusedTeachers, root: Path, rows: pd.DataFrame, batch_size: int, desc: str,
