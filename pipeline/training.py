@@ -26,9 +26,18 @@ same for every network:
   loader for the whole run whose processes outlive the epochs; the epoch seed travels with
   every index, so the samples are the same as from a fresh loader each epoch).
 
-Distributed training (torchrun/DDP) is meant to be added here and only here: the sample
-order of an epoch is made in ``_epoch_indices`` (where a rank would take its share) and
-every file is written behind ``_writes_files()`` (where only rank 0 would write).
+Distributed training: under ``torchrun`` (``pipeline.distributed``; without it nothing below
+changes) the model is wrapped in ``DistributedDataParallel`` together with its loss, and
+
+- each rank trains on its share of every global batch of the seeded epoch order
+  (``batch_size / world`` images; the step's images are those of a single-process step), its
+  loss scaled so the averaged gradient is the gradient of the global batch's mean loss;
+- the step loss is all-reduced (every rank logs and stops on the same global value);
+- batch norm statistics are those of the global batch (``SyncBatchNorm`` on CUDA, its CPU
+  counterpart ``GlooSyncBatchNorm``), so the running statistics are the same on every rank;
+- rank 0 alone reads the resume checkpoint and broadcasts it, validates (the score is
+  broadcast), logs, shows progress and writes checkpoints; each rank's torch RNG state goes
+  into every checkpoint, so a resumed run draws as an unbroken one.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from pipeline.errors import StageError
 from pipeline.metrics import iou
@@ -229,14 +239,37 @@ class TrainingResult:
 
 
 def _writes_files() -> bool:
-    """Whether this process writes checkpoints and calls ``on_epoch``: always, until DDP (rank 0)."""
-    return True
+    """Whether this process writes checkpoints and calls ``on_epoch``: rank 0 (always, outside torchrun)."""
+    return distributed.is_main()
 
 
 def _epoch_indices(job: TrainingJob, n: int, epoch: int) -> list[int]:
-    """The samples of ``epoch`` in training order: the one place a DDP rank would take its share."""
+    """The samples of ``epoch`` in training order, for every rank (each takes its share of each batch)."""
     limit = job.max_steps_per_epoch * job.batch_size or None
-    return epoch_order(n, derived_seed(job.seed, job.key, epoch), limit, job.batch_size)
+    order = epoch_order(n, derived_seed(job.seed, job.key, epoch), limit, job.batch_size)
+    return distributed.trimmed_for_ranks(order, job.batch_size, distributed.topology())
+
+
+class _ModelWithLoss(nn.Module):
+    """The network and its loss as one module: what DDP wraps, so a loss that calls more than
+    ``forward`` (a network's own paper loss) still runs through DDP's gradient hooks."""
+
+    def __init__(self, model: nn.Module, loss: Callable):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return self.loss(self.model, images, masks)
+
+
+def _rank_rng(job: TrainingJob, rank: int, epoch: int, saved: dict | None) -> torch.Tensor:
+    """The torch RNG state rank ``rank`` continues from: its own from the checkpoint, else a fresh
+    per-rank stream (a checkpoint of another number of processes)."""
+    states = (saved or {}).get("ranks")
+    if states is not None and rank < len(states) and len(states) == distributed.topology().world_size:
+        return states[rank]
+    generator = torch.Generator().manual_seed(derived_seed(job.seed, f"{job.key}/rank{rank}", epoch))
+    return generator.get_state()
 
 
 def _resumable(job: TrainingJob) -> dict | None:
@@ -303,11 +336,37 @@ def _on_device(tensor: torch.Tensor, job: TrainingJob) -> torch.Tensor:
 
 def run(job: TrainingJob) -> TrainingResult:
     """Train ``job`` (or resume it, or skip it when its checkpoint says it is finished)."""
-    state = _resumable(job) if job.resume else None
+    topo = distributed.topology()
+    if topo.distributed:
+        return _run_distributed(job, topo)
+    return _run(job, topo)
+
+
+def _run_distributed(job: TrainingJob, topo: distributed.Topology) -> TrainingResult:
+    """``_run`` on every rank of a torchrun world; rank 0 alone logs and shows progress."""
+    distributed.rank_batch(job.batch_size, topo.world_size)  # refused before any process waits for another
+    distributed.ensure_process_group(job.device)
+    if not topo.main:
+        job = _replace(job, log=lambda message: None, progress=False, on_epoch=None)
+    return _run(job, topo)
+
+
+def _replace(job: TrainingJob, **changes) -> TrainingJob:
+    from dataclasses import replace
+
+    return replace(job, **changes)
+
+
+def _run(job: TrainingJob, topo: distributed.Topology) -> TrainingResult:
+    state = _resumable(job) if job.resume and topo.main else None
+    if topo.distributed:
+        state = distributed.broadcast_from_main(state)  # every rank continues from rank 0's checkpoint
     torch.manual_seed(derived_seed(job.seed, job.key, -1))  # the same initial weights fresh or resumed
     model = job.make_model(state is None).to(job.device)
     if job.channels_last:
         model = model.to(memory_format=torch.channels_last)  # before the optimizer: its state follows the weights
+    if topo.distributed:
+        model = distributed.synchronised_batch_norm(model, job.device)  # the global batch's statistics
     optimizer = job.make_optimizer(model)
     epoch, batch_in_epoch, losses, history = 0, 0, [], []
     best_score, best_epoch = -math.inf, 0
@@ -318,23 +377,42 @@ def run(job: TrainingJob) -> TrainingResult:
         epoch, batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
         losses, history = [float(v) for v in state["epoch_losses"]], [dict(h) for h in state["history"]]
         best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        saved_rng = state["rng"]["torch"]
+        if topo.distributed:
+            saved_rng = _rank_rng(job, topo.rank, epoch, state["rng"])
         if batch_in_epoch:
-            rng_after_loader = state["rng"]["torch"]
+            rng_after_loader = saved_rng
         else:
-            torch.set_rng_state(state["rng"]["torch"])
+            torch.set_rng_state(saved_rng)
         if epoch < job.epochs:
             where = f"epoch {epoch} of {job.epochs}" + (f", step {batch_in_epoch}" if batch_in_epoch else "")
             job.log(f"{job.name}: resuming from {job.last_path} (after {where})")
 
+    elif topo.distributed:
+        torch.set_rng_state(_rank_rng(job, topo.rank, -1, None))  # dropout: one stream per rank
+
     n = len(job.train_data)
     first_epoch = epoch
+    rank_batch = distributed.rank_batch(job.batch_size, topo.world_size)
     persistent, epoch_batches = _batch_source(job)
     device_type = torch.device(job.device).type
+    net = _ModelWithLoss(model, job.loss)
+    if topo.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = torch.device(job.device)
+        # static_graph: the parameters a step uses are the same every step; DDP learns in the first
+        # which ones (a head the loss does not use) instead of searching the graph at every step
+        net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None,
+                                      static_graph=True)
 
     def snapshot() -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if topo.distributed:
+            rng["ranks"] = distributed.gather_to_all(rng["torch"])  # every rank calls snapshot at the same step
         return {"arch": job.arch, "config": job.config, **job.extra, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "epoch_losses": list(losses), "rng": {"torch": torch.get_rng_state()}, "best_score": best_score,
+                "epoch_losses": list(losses), "rng": rng, "best_score": best_score,
                 "best_epoch": best_epoch, "history": history, "fingerprint": job.fingerprint}
 
     while epoch < job.epochs:
@@ -344,18 +422,20 @@ def run(job: TrainingJob) -> TrainingResult:
             raise StageError(f"{job.name}: no training samples")
         epoch_seed = derived_seed(job.seed, job.key, epoch)
         remaining = order[batch_in_epoch * job.batch_size:]
+        if topo.distributed:
+            remaining = distributed.shard_batches(remaining, job.batch_size, topo)
         model.train()
         bar = tqdm(total=batches, initial=batch_in_epoch, desc=f"{job.name} epoch {epoch + 1}/{job.epochs}",
                    unit="batch", leave=False, disable=not job.progress)
         if persistent is not None:
-            epoch_batches.set_epoch(epoch_seed, remaining, job.batch_size)
+            epoch_batches.set_epoch(epoch_seed, remaining, rank_batch)
             rng = torch.get_rng_state()
             batch_iter = iter(persistent)  # draws a base seed the first time only: keep the RNG as it was
             torch.set_rng_state(rng if rng_after_loader is None else rng_after_loader)
             rng_after_loader = None
         else:
             job.train_data.reseed(epoch_seed)
-            loader = DataLoader(job.train_data, batch_size=job.batch_size, sampler=remaining,
+            loader = DataLoader(job.train_data, batch_size=rank_batch, sampler=remaining,
                                 num_workers=job.workers, drop_last=False)
             batch_iter = iter(loader)  # draws the loader's base seed from the torch RNG
             if rng_after_loader is not None:
@@ -368,11 +448,20 @@ def run(job: TrainingJob) -> TrainingResult:
                 group["lr"] = lr
             images, masks = _on_device(batch["image"], job), _on_device(batch["mask"], job)
             with torch.autocast(device_type, dtype=job.autocast or torch.bfloat16, enabled=job.autocast is not None):
-                loss = job.loss(model, images, masks)
+                loss = net(images, masks)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = loss.item()
+            if topo.distributed:
+                global_n = min(job.batch_size, len(order) - batch_in_epoch * job.batch_size)
+                share = len(images) / global_n  # DDP averages over ranks: weight each by its images
+                (loss * (share * topo.world_size)).backward()
+                optimizer.step()
+                reported = loss.detach().float() * share
+                torch.distributed.all_reduce(reported)  # the global batch's mean loss, on every rank
+                value = reported.item()
+            else:
+                loss.backward()
+                optimizer.step()
+                value = loss.item()
             if not math.isfinite(value):
                 bar.close()
                 raise StageError(f"{job.name} epoch {epoch + 1}, step {batch_in_epoch + 1}: training loss is not "
@@ -386,7 +475,9 @@ def run(job: TrainingJob) -> TrainingResult:
                 _save(job.last_path, snapshot())
         bar.close()
 
-        score = job.validate(model) if job.validate is not None else float("nan")
+        score = job.validate(model) if job.validate is not None and topo.main else float("nan")
+        if topo.distributed:
+            score = distributed.broadcast_from_main(score)  # rank 0 validates; every rank keeps the same history
         improved = math.isnan(score) or score > best_score
         if improved:
             best_score, best_epoch = (score if not math.isnan(score) else best_score), epoch + 1
@@ -405,8 +496,10 @@ def run(job: TrainingJob) -> TrainingResult:
     if state is None:
         raise StageError(f"{job.name}: nothing trained and no checkpoint")
     best = None
-    if job.keep_best and job.best_path.is_file():
+    if job.keep_best and topo.main and job.best_path.is_file():
         chosen = load_checkpoint(job.best_path, expected_arch=job.arch)
         if chosen.get("fingerprint") == job.fingerprint:
             best = chosen
+    if topo.distributed:
+        best = distributed.broadcast_from_main(best)  # the next stage starts from it on every rank
     return TrainingResult(model=model, last=state, best=best, history=history, trained_epochs=epoch - first_epoch)

@@ -24,6 +24,10 @@ takes, of the annotated types; each trained architecture (``archs``, or ``--arch
 entry, builds with it (on the meta device) and runs at ``input_size`` on a batch of
 ``batch_size`` images.
 
+Under ``torchrun`` (``torchrun --standalone --nproc-per-node 2 -m pipeline.cli train ...``) every
+process trains its share of each global batch of ``batch_size`` images (which must divide by
+the number of processes) through the same loop, and rank 0 alone writes (``pipeline.distributed``).
+
 Reads ``paths.train_set``. Writes ``<paths.models>/<arch>/model.pt`` (the exported epoch),
 ``<paths.models>/<arch>/checkpoints/stage<k>_{last,best}.pt``,
 ``<paths.metrics>/train/<arch>.json`` and ``<paths.plots>/train/<arch>.csv`` (per epoch).
@@ -49,6 +53,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.atomic import write_csv, write_json
 from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.data import (CachedSamples, ManifestDataset, SeededAugmentation, cache_short_side, eval_transform,
@@ -479,7 +484,8 @@ def _body(args: argparse.Namespace) -> int:
     params = load_section(TrainParams, "train", args.params)
     settings = params.settings
     archs = archs_to_train(params, args.arch)
-    device = resolve_device(settings.device)
+    device = distributed.local_device(resolve_device(settings.device))
+    distributed.rank_batch(settings.batch_size)  # under torchrun: refused before any data is read
     if settings.threads:
         torch.set_num_threads(settings.threads)
     try:
@@ -488,26 +494,33 @@ def _body(args: argparse.Namespace) -> int:
         raise StageError(str(exc)) from None
     train_rows, val_rows = split_train_val(frame, settings)
     digest = sha256_file(Path(paths.train_set) / MANIFEST_NAME)
-    for arch in archs:
-        kwargs = dict(params.model_kwargs[arch])
-        threads = settings.threads or torch.get_num_threads()
-        train_data = seeded_training_data(paths.train_set, train_rows, settings.input_size, settings.seed,
-                                          settings.cache_resized, not args.quiet, threads)
-        val_data = validation_data(paths.train_set, val_rows, settings.input_size, settings.cache_resized,
-                                   not args.quiet, threads)
-        plot_path = Path(paths.plots) / "train" / f"{arch}.csv"
-        ctx = TrainContext(train_data, val_data, paths.model_dir(arch),
-                           fingerprint(settings, arch, kwargs, digest, code_digest(code_modules(plan_stages(arch)))),
-                           device=device, on_epoch=lambda h, p=plot_path: write_csv(p, history_frame(h)),
-                           log=lambda m: tqdm.write(m), progress=not args.quiet)
-        print(f"train {arch}: {len(train_data)} training / {len(val_rows)} validation images, device {device}")
-        result = train_architecture(arch, settings, kwargs, ctx)
-        save_checkpoint(paths.model_dir(arch) / "model.pt", result["model"])
-        write_csv(plot_path, history_frame(result["history"]))
-        write_json(paths.metrics_file("train", f"{arch}.json"), result["summary"])
-        s = result["summary"]
-        print(f"train {arch}: best val mIoU {s['best_val_miou']} (epoch {s['exported_epoch']} exported), "
-              f"{s['seconds']} s")
+    with distributed.session(device) as topo:
+        show = not args.quiet and topo.main
+        for arch in archs:
+            kwargs = dict(params.model_kwargs[arch])
+            threads = settings.threads or torch.get_num_threads()
+            train_data = seeded_training_data(paths.train_set, train_rows, settings.input_size, settings.seed,
+                                              settings.cache_resized, show, threads)
+            val_data = (validation_data(paths.train_set, val_rows, settings.input_size, settings.cache_resized,
+                                        show, threads) if topo.main else None)  # rank 0 validates
+            plot_path = Path(paths.plots) / "train" / f"{arch}.csv"
+            ctx = TrainContext(train_data, val_data, paths.model_dir(arch),
+                               fingerprint(settings, arch, kwargs, digest,
+                                           code_digest(code_modules(plan_stages(arch)))),
+                               device=device, on_epoch=lambda h, p=plot_path: write_csv(p, history_frame(h)),
+                               log=lambda m: tqdm.write(m), progress=not args.quiet)
+            where = f"device {device}" + (f", {topo.world_size} processes" if topo.distributed else "")
+            if topo.main:
+                print(f"train {arch}: {len(train_data)} training / {len(val_rows)} validation images, {where}")
+            result = train_architecture(arch, settings, kwargs, ctx)
+            if not topo.main:
+                continue
+            save_checkpoint(paths.model_dir(arch) / "model.pt", result["model"])
+            write_csv(plot_path, history_frame(result["history"]))
+            write_json(paths.metrics_file("train", f"{arch}.json"), result["summary"])
+            s = result["summary"]
+            print(f"train {arch}: best val mIoU {s['best_val_miou']} (epoch {s['exported_epoch']} exported), "
+                  f"{s['seconds']} s")
     return 0
 
 

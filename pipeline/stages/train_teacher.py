@@ -12,6 +12,10 @@ at each epoch's end, and a rerun with the same settings continues from it (``epo
 grow between runs). ``teacher.checkpoint`` skips training and adopts an existing teacher
 after checking that it fits the configured architecture.
 
+Under ``torchrun`` (``torchrun --standalone --nproc-per-node 2 -m pipeline.cli train-teacher``)
+each process trains its share of every global batch of ``batch_size`` images (which must
+divide by the number of processes); rank 0 alone validates and writes (``pipeline.distributed``).
+
 Reads the rows ``train_data``/``val_data`` select (``dataset: prepared`` is
 ``paths.prepared``, ``crops`` is ``paths.crops``). Writes the teacher ``paths.teacher``,
 its resume checkpoint ``<paths.teacher_resume>/last.pt``, ``<paths.metrics>/teacher/train.json``
@@ -30,6 +34,7 @@ import pandas as pd
 import torch
 from pydantic import ConfigDict, Field
 
+from pipeline import distributed
 from pipeline.atomic import atomic_path, write_csv, write_json
 from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.data import SeededAugmentation, eval_transform, manifest_datasets, train_transform
@@ -191,6 +196,8 @@ def _body(args) -> int:
     metrics_path, log_path = paths.metrics_file("teacher", METRICS_NAME), paths.metrics_file("teacher", LOG_NAME)
     started = time.time()
     if settings.checkpoint:
+        if not distributed.is_main():
+            return 0  # adopting copies one file: rank 0's work
         summary = adopt_checkpoint(settings, paths.teacher, project)
         history = summary.pop("history")
         write_csv(log_path, pd.DataFrame(history, columns=HISTORY_COLUMNS))
@@ -201,8 +208,10 @@ def _body(args) -> int:
     notes: list[str] = []
     skipped: list[dict] = []
     train_rows, val_rows = training_rows(settings, paths, notes, skipped, project)
-    device = resolve_device(settings.device)
-    for note in notes:
+    device = distributed.local_device(resolve_device(settings.device))
+    distributed.rank_batch(settings.batch_size)  # under torchrun: refused before any process waits for another
+    main_rank = distributed.is_main()
+    for note in notes if main_rank else []:
         print(f"note: {note}")
     train_ids = sorted(train_rows["id"].tolist())
     augment = train_transform(settings.input_size)
@@ -212,7 +221,10 @@ def _body(args) -> int:
     job = teacher_job(settings, train_set, val_set, Path(paths.teacher_resume),
                       run_fingerprint(settings, train_ids, code_digest(CODE_MODULES)), device=device,
                       progress=not args.quiet)
-    result = run(job)
+    with distributed.session(device):
+        result = run(job)
+    if not main_rank:
+        return 0
     history = history_rows(result.history)
     model = result.model.cpu()
     save_checkpoint(paths.teacher, {
