@@ -101,13 +101,18 @@ def _open_fully(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
         data = path.read_bytes()
     except OSError as exc:
         raise BadImageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    return _decode_fully(data, str(path), max_pixels)
+
+
+def _decode_fully(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
+    """Decode encoded bytes completely; every way it can fail is a BadImageError naming ``name``."""
     if not data:
-        raise BadImageError(f"{path}: empty file")
+        raise BadImageError(f"{name}: empty file")
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size
         if max_pixels is not None and width * height > max_pixels:
-            raise BadImageError(f"{path}: image too large: {width * height} pixels ({width}x{height}), "
+            raise BadImageError(f"{name}: image too large: {width * height} pixels ({width}x{height}), "
                                 f"limit {max_pixels}")
         img.load()  # forces a full decode: truncated files fail here, not later
     except BadImageError:
@@ -117,13 +122,13 @@ def _open_fully(path: Path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
         pixels = _bomb_pixels(exc)
         over_ours = max_pixels is not None and pixels.isdigit() and int(pixels) > max_pixels
         limit = max_pixels if over_ours else f"{Image.MAX_IMAGE_PIXELS} (PIL's Image.MAX_IMAGE_PIXELS)"
-        raise BadImageError(f"{path}: image too large: {pixels} pixels, limit {limit}") from None
+        raise BadImageError(f"{name}: image too large: {pixels} pixels, limit {limit}") from None
     except UnidentifiedImageError as exc:
-        raise BadImageError(f"{path}: not an image file (unknown format or corrupt header)") from exc
+        raise BadImageError(f"{name}: not an image file (unknown format or corrupt header)") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise BadImageError(f"{path}: corrupt or truncated image ({exc})") from exc
+        raise BadImageError(f"{name}: corrupt or truncated image ({exc})") from exc
     except Exception as exc:  # PIL's parsers also fail with struct.error, IndexError, ...
-        raise BadImageError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from exc
+        raise BadImageError(f"{name}: cannot decode ({type(exc).__name__}: {exc})") from exc
     return img
 
 
@@ -160,13 +165,21 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_IMA
     Images of more than ``max_pixels`` pixels are refused before they are decoded.
     """
     path = Path(path)
-    img = _open_fully(path, max_pixels)
+    return _upright_or_refused(_open_fully(path, max_pixels), str(path))
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> LoadedImage:
+    """``load_image`` for an encoded image already in memory (read from any filesystem); ``name`` goes in errors."""
+    return _upright_or_refused(_decode_fully(data, name, max_pixels), name)
+
+
+def _upright_or_refused(img: Image.Image, name: str) -> LoadedImage:
     try:
         return upright_rgb(img)
     except BadImageError:
         raise
     except Exception as exc:  # a decodable file whose pixels still cannot be converted
-        raise BadImageError(f"{path}: cannot convert to RGB ({type(exc).__name__}: {exc})") from exc
+        raise BadImageError(f"{name}: cannot convert to RGB ({type(exc).__name__}: {exc})") from exc
 
 
 def upright_rgb(img: Image.Image) -> LoadedImage:

@@ -8,14 +8,18 @@ way. Listing: every file below the location whose suffix is an image suffix, sor
 
 from __future__ import annotations
 
-import io
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_image
+from pipeline.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    BadImageError,
+    decode_image_bytes,
+    load_image,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -58,29 +62,7 @@ def list_images(location: str) -> list[str]:
 
 def decode_rgb(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Upright RGB of an encoded image held in memory, refused as ``load_image`` refuses a file."""
-    from PIL import Image, UnidentifiedImageError
-
-    from pipeline import images
-
-    if not data:
-        raise BadImageError(f"{name}: empty file")
-    try:
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise BadImageError(f"{name}: image too large: {width * height} pixels ({width}x{height}), "
-                                f"limit {max_pixels}")
-        img.load()
-    except BadImageError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise BadImageError(f"{name}: not an image file (unknown format or corrupt header)") from exc
-    except Exception as exc:  # PIL fails in many ways on corrupt data
-        raise BadImageError(f"{name}: corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
-    try:
-        return images.upright_rgb(img).rgb
-    except Exception as exc:
-        raise BadImageError(f"{name}: cannot convert to RGB ({type(exc).__name__}: {exc})") from exc
+    return decode_image_bytes(data, name, max_pixels).rgb
 
 
 @dataclass(frozen=True)
