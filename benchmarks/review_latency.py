@@ -13,6 +13,13 @@ the key press to:
 
 Then a few plain ArrowRight presses (no decision) give the App's own floor.
 
+The same App then opens the prefetching review view (key r, ``review_view.js``) and times, per
+decision, key press (the browser's event time) to the next mask painted (first animation frame
+whose canvas differs), the view's own swap (JS work in the key handler) and saved (the server's
+answer: journal fsync'd, database updated). Last, triage pages (key t) of confident masks: one
+key per page plus a click per damaged mask, so it prints key presses per accepted label, and the
+same counting the masks the score auto-accepted (``--auto-above``; they need no press at all).
+
     .venv/bin/python benchmarks/review_latency.py --count 300 --decisions 60
 
 Needs chromium + playwright (see tests/test_review_browser.py). Figures are wall-clock on
@@ -63,14 +70,144 @@ def summarize(name: str, values: list[float]) -> str:
             f"worst {max(values):6.0f} ms   (n={len(values)})")
 
 
+VIEW_WATCH_JS = """(sig) => {
+  // The view stops the key event (capture phase, first listener), so the press time is the
+  // event's own timeStamp the view logs; painted = first animation frame showing a new canvas.
+  const S = window.__portraitReviewView;
+  const signature = %s;
+  const before = signature();
+  const logged = S.log.length;
+  window.__bench = { pressedAt: null, paintedAt: null };
+  const frame = () => {
+    if (S.log.length > logged) {
+      const s = signature();
+      if (s !== null && s !== before) { window.__bench.pressedAt = S.log[logged].pressedAt;
+        window.__bench.paintedAt = performance.now(); return; }
+    }
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+}"""
+
+
 def build_pool(out: Path, count: int, size: int) -> str:
     from review_standin import SHARED_EG1800, eg1800_samples, synthetic_sample, write_pool
 
     if SHARED_EG1800.is_dir():
         write_pool(out, eg1800_samples(count, size), failure_fraction=0.2, seed=0)
-        return f"{count} EG1800 photos resized to {size} px wide"
-    write_pool(out, ((f"{i:05d}", *synthetic_sample(i, size)) for i in range(count)), seed=0)
-    return f"{count} synthetic pictures, {size} px wide"
+        what = f"{count} EG1800 photos resized to {size} px wide"
+    else:
+        write_pool(out, ((f"{i:05d}", *synthetic_sample(i, size)) for i in range(count)), seed=0)
+        what = f"{count} synthetic pictures, {size} px wide"
+    write_disagreement(out)
+    return what
+
+
+def write_disagreement(pool: Path) -> None:
+    """Stand-in teacher-disagreement maps (a band beside each mask's edge), so the view draws
+    the same layers it would for a real pool."""
+    import numpy as np
+
+    from pipeline.images import mask_to_png_bytes, read_mask_png
+
+    for mask_path in sorted((pool / "masks").rglob("*.png")):
+        mask = read_mask_png(mask_path)
+        target = pool / "disagreement" / mask_path.relative_to(pool / "masks")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(mask_to_png_bytes(mask ^ np.roll(mask, 4, axis=1)))
+
+
+def write_auto_accept(work: Path, auto_above: float) -> tuple[int, set]:
+    """score_pool's outputs with P(good) = the stand-in score; masks scoring above ``auto_above``
+    auto-accepted (they leave the queue). Returns (auto-accepted count, ids of damaged masks)."""
+    from review_standin import write_quality
+
+    from pipeline.review.pool import read_pool
+
+    items, _ = read_pool(work / "pseudo")
+    p_good = {i.id: min(max(i.score, 0.0), 1.0) for i in items}
+    routes = {i.id: "auto" for i in items if p_good[i.id] > auto_above}
+    write_quality(work / "quality", items, routes, p_good)
+    return len(routes), {i.id for i in items if "damaged" in i.notes}
+
+
+def screenshot(page, folder: str, name: str) -> None:
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / name))
+
+
+def bench_view(page, decisions: int, dwell: float, shots: str = "") -> dict:
+    import review_browser as rb
+
+    canvas_js = rb.CANVAS_SIGNATURE_JS.replace("[data-cy=modal] canvas", "#prv-canvas")
+    rb.open_review_view(page, None, "r")
+    page.wait_for_function("(n) => window.__portraitReviewView.queue.filter(i => i.layers).length >= n",
+                           arg=3, timeout=60_000)
+    painted, swap, saved = [], [], []
+    watch = VIEW_WATCH_JS % canvas_js
+    for index in range(decisions):
+        rb.wait_view_shown_for(page, dwell * 1000)
+        page.evaluate(watch, None)
+        page.keyboard.press("d" if index % 5 == 4 else "a")
+        page.wait_for_function("() => window.__bench.paintedAt !== null", timeout=30_000)
+        bench = page.evaluate("() => window.__bench")
+        painted.append(bench["paintedAt"] - bench["pressedAt"])
+        if index == 3:
+            rb.wait_view_shown_for(page, 300)
+            screenshot(page, shots, "bench_review_view.png")
+    rb.wait_view_saved(page)
+    log = page.evaluate("() => window.__portraitReviewView.log.filter(e => !e.undo && !e.page)")
+    bad = [e for e in log if not e.get("ok")]
+    if bad:
+        raise RuntimeError(f"decision(s) not saved: {bad[:2]}")
+    fsync, mirror = [], []
+    for entry in log:
+        swap.append(entry["nextDrawnAt"] - entry["handledAt"])
+        saved.append(entry["savedAt"] - entry["pressedAt"])
+        fsync.append((entry.get("timings") or {}).get("journal_ms", float("nan")))
+        mirror.append((entry.get("timings") or {}).get("mirrored_ms", float("nan")))
+    header = page.inner_text("#prv-progress")
+    page.keyboard.press("Escape")
+    return {"painted": painted, "swap": swap, "saved": saved, "header": header, "fsync": fsync, "mirror": mirror}
+
+
+def bench_triage(page, pages: int, damaged: set, dwell: float, shots: str = "") -> dict:
+    import review_browser as rb
+
+    rb.open_review_view(page, None, "t")
+    painted, saved, sizes, keys, clicks, accepted, tile = [], [], [], 0, 0, 0, None
+    for _ in range(pages):
+        if not page.evaluate("() => !!(window.__portraitReviewView.page && window.__portraitReviewView.page.items.length)"):
+            break
+        rb.wait_view_shown_for(page, dwell * 1000)
+        ids = page.evaluate("() => window.__portraitReviewView.page.items.map(i => i.pc_id)")
+        for n, pc_id in enumerate(ids):
+            if pc_id in damaged:
+                page.locator("#prv-grid .prv-tile").nth(n).click()
+                clicks += 1
+        if not sizes:
+            screenshot(page, shots, "bench_triage.png")
+            tile = page.evaluate("() => { const t = document.querySelector('#prv-grid .prv-tile canvas'); "
+                                 "return t ? [t.width, t.height] : null; }")
+        sizes.append(len(ids))
+        accepted += sum(1 for pc_id in ids if pc_id not in damaged)
+        page.keyboard.press("a")
+        keys += 1
+        page.wait_for_function("() => { const e = window.__portraitReviewView.log.slice(-1)[0]; "
+                               "return e.nextShownAt !== undefined || (e.nextPage === null) || "
+                               "window.__portraitReviewView.exhausted; }", timeout=30_000)
+        rb.wait_view_saved(page)
+        entry = page.evaluate("() => { const e = window.__portraitReviewView.log.slice(-1)[0]; "
+                              "return {ok: e.ok, pressedAt: e.pressedAt, savedAt: e.savedAt, nextShownAt: e.nextShownAt}; }")
+        if not entry.get("ok"):
+            raise RuntimeError(f"triage page not saved: {entry}")
+        saved.append(entry["savedAt"] - entry["pressedAt"])
+        if entry.get("nextShownAt") is not None:
+            painted.append(entry["nextShownAt"] - entry["pressedAt"])
+    page.keyboard.press("Escape")
+    return {"painted": painted, "saved": saved, "sizes": sizes, "keys": keys, "clicks": clicks,
+            "accepted": accepted, "tile": tile}
 
 
 def main(argv=None) -> int:
@@ -81,6 +218,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dwell", type=float, default=0.4, help="seconds each image stays before the press")
     parser.add_argument("--floor", type=int, default=10, help="plain ArrowRight presses to time")
     parser.add_argument("--screenshot", default=str(REPO / "tmp" / "review" / "benchmark.png"))
+    parser.add_argument("--view-decisions", type=int, default=60, help="decisions to time in the review view")
+    parser.add_argument("--triage-pages", type=int, default=5, help="triage pages to decide")
+    parser.add_argument("--triage-min", type=float, default=0.85, help="review.triage_min_score")
+    parser.add_argument("--auto-above", type=float, default=0.97,
+                        help="masks scoring above this are auto-accepted (score_pool's rule, simulated)")
+    parser.add_argument("--shots", default="/tmp/review_shots", help="folder for the views' screenshots")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="pc-review-bench-"))
@@ -100,11 +243,14 @@ def main(argv=None) -> int:
         print("review_latency: skipped, chromium not found (apt-get install -y chromium)")
         return 0
     what = build_pool(work / "pseudo", args.count, args.size)
+    auto_count, damaged = write_auto_accept(work, args.auto_above)
     port = rb.free_port()
     # the quick profile with the throw-away work folder as the project
     params = write_params(work / "params.yaml", {
-        "paths": {"pseudo": "pseudo", "journal": "journal", "decisions": "decisions.csv"},
-        "review": {"dataset_name": f"bench-{uuid.uuid4().hex[:8]}", "port": port}})
+        "paths": {"pseudo": "pseudo", "journal": "journal", "decisions": "decisions.csv", "quality": "quality"},
+        "review": {"dataset_name": f"bench-{uuid.uuid4().hex[:8]}", "port": port,
+                   "triage_min_score": args.triage_min}})
+    view = triage = None
     started = time.monotonic()
     process = rb.start_review_app(params, port, "bench", work / "app.log", cwd=work)
     url, painted, seen, saved, floor = [], [], [], [], []
@@ -145,6 +291,12 @@ def main(argv=None) -> int:
                     Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
                     page.screenshot(path=args.screenshot)
             print(page.inner_text("#portrait-review-progress"))
+            page.keyboard.press("Escape")  # back to the grid, where r / t open the review view
+            page.wait_for_function("() => !document.querySelector('[data-cy=modal]')", timeout=30_000)
+            if args.view_decisions:
+                view = bench_view(page, args.view_decisions, args.dwell, args.shots)
+            if args.triage_pages:
+                triage = bench_triage(page, args.triage_pages, damaged, args.dwell, args.shots)
             context.close()
             shutil.rmtree(profile, ignore_errors=True)
     finally:
@@ -153,6 +305,27 @@ def main(argv=None) -> int:
     for name, values in (("url", url), ("painted", painted), ("seen", seen), ("saved", saved)):
         print(summarize(name, values))
     print(summarize("floor", floor) + "  <- plain ArrowRight, no decision: press to painted")
+    if view:
+        print(f"\nreview view (prefetching), per decision from the key press: {view['header']}")
+        print(summarize("painted", view["painted"]) + "  <- next mask on screen (no server round trip)")
+        print(summarize("swap", view["swap"]) + "  <- the view's own JS work in the key handler")
+        print(summarize("saved", view["saved"]) + "  <- the server's answer: journal fsync'd + database updated")
+        print(summarize("fsync", view["fsync"]) + "  <- inside the server: request start to journal line fsync'd")
+        print(summarize("mirror", view["mirror"]) + "  <- inside the server: ... to database updated")
+    if triage:
+        print(f"\ntriage pages of {triage['sizes']} masks (score >= {args.triage_min}), tiles {triage['tile']} px:")
+        print(summarize("painted", triage["painted"]) + "  <- key press to the next page painted")
+        print(summarize("saved", triage["saved"]) + "  <- the whole page journalled (one fsync)")
+        presses = triage["keys"] + triage["clicks"]
+        judged = sum(triage["sizes"])
+        if triage["accepted"]:
+            print(f"key presses + clicks per accepted label, triage: {presses}/{triage['accepted']} = "
+                  f"{presses / triage['accepted']:.3f} ({triage['keys']} keys, {triage['clicks']} clicks, "
+                  f"{judged} masks judged)")
+        if triage["accepted"] + auto_count:
+            print(f"  with auto-accept on ({auto_count} of {args.count} masks scored above {args.auto_above} and "
+                  f"needed no press): {presses}/{triage['accepted'] + auto_count} = "
+                  f"{presses / (triage['accepted'] + auto_count):.3f}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

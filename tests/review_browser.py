@@ -52,13 +52,88 @@ def free_port() -> int:
 
 
 def start_review_app(params_path: str | os.PathLike, port: int, reviewer: str, log_path: str | os.PathLike,
-                     cwd: str | os.PathLike | None = None) -> subprocess.Popen:
-    """``portrait-curation review`` in its own process group (so it and its App server stop together)."""
+                     cwd: str | os.PathLike | None = None, env: dict | None = None) -> subprocess.Popen:
+    """``portrait-curation review`` in its own process group (so it and its App server stop together).
+
+    ``env`` adds to the environment (a value of None removes the variable), e.g. the URI of
+    ``start_own_mongod``."""
     log = open(log_path, "w")
+    merged = {**os.environ, "FIFTYONE_DO_NOT_TRACK": "true", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", "review", "--params", str(params_path),
                              "--port", str(port), "--reviewer", reviewer],
                             stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
-                            env={**os.environ, "FIFTYONE_DO_NOT_TRACK": "true"})
+                            env={k: v for k, v in merged.items() if v is not None})
+
+
+def start_own_mongod(database_dir: str | os.PathLike, timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """A mongod of this test's own (FiftyOne's binary) and its URI.
+
+    FiftyOne's own database service is shared by every FiftyOne process on the machine (a new
+    one attaches to any running one), so a test that kills "the App's database" starts its own
+    and passes it as FIFTYONE_DATABASE_URI: killing it touches nobody else."""
+    from fiftyone.core.service import DatabaseService
+
+    database_dir = Path(database_dir)
+    database_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen([DatabaseService.find_mongod(), "--dbpath", str(database_dir), "--port", str(port),
+                                "--bind_ip", "127.0.0.1", "--nounixsocket", "--logpath",
+                                str(database_dir / "mongod.log")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"mongod exited with status {process.returncode} (see {database_dir}/mongod.log)")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, f"mongodb://127.0.0.1:{port}/"
+        except OSError:
+            time.sleep(0.25)
+    process.kill()
+    raise TimeoutError(f"mongod did not listen on port {port} within {timeout:.0f} s")
+
+
+def kill_browser_processes() -> int:
+    """SIGKILL every Chromium this test process started (its descendants): a browser crash."""
+    import psutil
+
+    killed = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" in child.name().lower():
+                child.kill()
+                killed += 1
+        except psutil.NoSuchProcess:
+            continue
+    return killed
+
+
+def open_review_view(page, url: str | None, key: str = "r", timeout_ms: int = 120_000) -> None:
+    """Load the App, wait for the grid, press ``key`` (r: review view, t: triage) and wait for
+    the first mask (or page) to be painted."""
+    if url is not None:
+        page.goto(url, wait_until="domcontentloaded", timeout=timeout_ms)
+    page.wait_for_selector("[data-cy=looker]", timeout=timeout_ms)
+    page.wait_for_function("() => !!window.__portraitReviewView", timeout=timeout_ms)
+    page.wait_for_function("() => !document.querySelector('[data-cy=modal]')", timeout=timeout_ms)
+    page.keyboard.press(key)
+    page.wait_for_function("() => window.__portraitReviewView.shownAt !== null", timeout=timeout_ms)
+
+
+def view_state(page, expression: str):
+    """Evaluate ``expression`` with ``S`` bound to the view's state."""
+    return page.evaluate(f"() => {{ const S = window.__portraitReviewView; return {expression}; }}")
+
+
+def wait_view_shown_for(page, milliseconds: float, timeout_ms: int = 30_000) -> None:
+    page.wait_for_function("(ms) => { const S = window.__portraitReviewView; "
+                           "return S.shownAt !== null && performance.now() - S.shownAt >= ms; }",
+                           arg=milliseconds, timeout=timeout_ms)
+
+
+def wait_view_saved(page, timeout_ms: int = 60_000) -> None:
+    """Until the view has no decision left that is not acknowledged."""
+    page.wait_for_function("() => window.__portraitReviewView.unsaved.length === 0", timeout=timeout_ms)
 
 
 def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 180.0) -> float:

@@ -30,6 +30,7 @@ ENV_MIN_SEEN_MS = "PORTRAIT_REVIEW_MIN_SEEN_MS"
 # The same values on the dataset (``dataset.info``), for an App server started without them.
 INFO_JOURNAL_DIR = "review_journal_dir"
 INFO_MIN_SEEN_MS = "review_min_seen_ms"
+INFO_VIEW_SETTINGS = "review_view_settings"  # the view's params (prefetch, triage), a dict
 
 
 def default_reviewer() -> str:
@@ -67,3 +68,9 @@ class ReviewParams(Section):
     # A key press sooner than this after the image is painted is ignored (a double press, or
     # a decision on an image not yet seen).
     min_seen_ms: int = Field(ge=0, le=5000)
+    # The prefetching review view (docs/review.md): masks held in the browser ahead of the one
+    # shown; triage pages show masks scoring at least triage_min_score, each tile at least
+    # triage_tile_px CSS pixels tall (an outline error of ~1 % of the height is then ~3-4 px).
+    prefetch: int = Field(ge=1, le=64)
+    triage_min_score: float = Field(ge=0, le=1)
+    triage_tile_px: int = Field(ge=120, le=2000)

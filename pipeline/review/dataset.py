@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Iterable
 
 from pipeline.hashing import sha256_file
 from pipeline.review import journal as jr
 from pipeline.review.pool import PoolItem, current_hashes, order_keys, queue_items, queue_order
+from pipeline.review.view import view_item
 
 MASK_FIELD = "pseudo_mask"
 QUEUE_VIEW = "queue"
 DECISION_FIELDS = ("review_decision", "review_reviewer", "review_decided_at", "review_seconds", "review_event_id")
 MASK_COLOR = "#ff2bd6"  # magenta: visible on skin, hair and most backgrounds
 SAMPLE_FIELDS = ("filepath", "source", "origin", "notes", "score", "score_low_part", "score_components",
-                 "score_contributions", "mask_sha256")
+                 "score_contributions", "mask_sha256", "disagreement_path")
 
 
 class ReviewError(RuntimeError):
@@ -65,6 +67,7 @@ def sample_fields(item: PoolItem) -> dict:
         "score_components": dict(item.components),
         "score_contributions": {k: round(float(v), 4) for k, v in item.contributions.items()},
         "mask_sha256": item.mask_sha256,
+        "disagreement_path": item.disagreement_path or None,
     }
 
 
@@ -151,10 +154,9 @@ def dataset_progress(dataset) -> jr.Progress:
                           seconds, total=len(dataset))
 
 
-def record_decision(dataset, sample_id: str, decision: str, reviewer: str, journal_dir: str | os.PathLike,
-                    seconds_on_screen: float | None = None, via: str = "") -> tuple[jr.ReviewEvent, jr.Progress]:
-    """Journal the decision on FiftyOne sample ``sample_id`` (fsync), then mirror it in the
-    database. Refuses when the mask on disk is no longer the one the queue was built with."""
+def _checked_sample(dataset, sample_id: str, expected_sha256: str | None = None):
+    """The sample, refused when its mask is missing, changed on disk since the queue was
+    loaded, or is not the mask the reviewer was shown (``expected_sha256``)."""
     try:
         sample = dataset[sample_id]
     except (KeyError, ValueError):
@@ -166,19 +168,94 @@ def record_decision(dataset, sample_id: str, decision: str, reviewer: str, journ
     if sha256_file(mask_path) != recorded_hash:
         raise ReviewError(f"{sample['pc_id']}: the mask changed on disk since the queue was loaded "
                           "(pseudo_label re-ran?); restart `portrait-curation review` to reload it")
-    event = jr.make_decision(sample["pc_id"], decision, recorded_hash, reviewer, seconds_on_screen, via)
-    _append(jr.journal_path(journal_dir, reviewer), event)
-    for name, value in _decision_values(event).items():
-        sample[name] = value
-    sample.save()
-    return event, dataset_progress(dataset)
+    if expected_sha256 and expected_sha256 != recorded_hash:
+        raise ReviewError(f"{sample['pc_id']}: the mask shown ({expected_sha256[:12]}) is not the queue's "
+                          f"({recorded_hash[:12]}); reload the page")
+    return sample
 
 
-def _append(path: Path, event: jr.ReviewEvent) -> None:
+def record_decision(dataset, sample_id: str, decision: str, reviewer: str, journal_dir: str | os.PathLike,
+                    seconds_on_screen: float | None = None, via: str = "", expected_sha256: str | None = None,
+                    with_progress: bool = True) -> tuple[jr.ReviewEvent, jr.Progress | None]:
+    """Journal the decision on FiftyOne sample ``sample_id`` (fsync), then mirror it in the
+    database. Refuses when the mask on disk is no longer the one the queue was built with."""
+    events, progress = record_decisions(dataset, [(sample_id, decision, expected_sha256, seconds_on_screen)],
+                                        reviewer, journal_dir, via=via, with_progress=with_progress)
+    return events[0], progress
+
+
+def record_decisions(dataset, requests, reviewer: str, journal_dir: str | os.PathLike, via: str = "",
+                     extra: dict | None = None, with_progress: bool = True, timings: dict | None = None
+                     ) -> tuple[list[jr.ReviewEvent], jr.Progress | None]:
+    """Journal several decisions with one fsync (a triage page), then mirror them.
+
+    ``requests``: (sample id, decision, mask sha256 shown or None, seconds on screen). All are
+    checked before any is written: one bad request refuses the whole page, so a page is
+    either journalled whole or not at all (as far as a crash allows, see ``append_events``).
+    ``with_progress=False`` skips counting the whole dataset (the review view counts itself).
+    ``timings``, if given, gets milliseconds since the call when the checks, the fsync and the
+    database mirror were done (for benchmarks/review_latency.py).
+    """
+    started = time.perf_counter()
+
+    def mark(name: str) -> None:
+        if timings is not None:
+            timings[name] = round((time.perf_counter() - started) * 1000, 2)
+
+    checked = []
+    for sample_id, decision, expected, seconds in requests:
+        if decision not in jr.DECISIONS:
+            raise ReviewError(f"decision must be accept or reject, got {decision!r}")
+        sample = _checked_sample(dataset, sample_id, expected)
+        checked.append((sample, jr.make_decision(sample["pc_id"], decision, sample["mask_sha256"], reviewer,
+                                                 seconds, via, extra=extra)))
+    if not checked:
+        raise ReviewError("no decisions to record")
+    mark("checked_ms")
+    _append(jr.journal_path(journal_dir, reviewer), [event for _, event in checked])
+    mark("journal_ms")
+    for sample, event in checked:
+        for name, value in _decision_values(event).items():
+            sample[name] = value
+        sample.save()
+    mark("mirrored_ms")
+    return [event for _, event in checked], dataset_progress(dataset) if with_progress else None
+
+
+VIEW_VALUES = ("id", "pc_id", "filepath", f"{MASK_FIELD}.mask_path", "mask_sha256", "score", "score_low_part",
+               "score_contributions", "score_components", "disagreement_path", "queue_rank")
+
+
+def view_batch(dataset, mode: str, count: int, exclude_ids=(), min_score: float = 0.0) -> list[dict]:
+    """The next ``count`` undecided samples the review view prefetches, skipping those it holds.
+
+    ``queue``: in queue order (likely failures first). ``triage``: masks scoring at least
+    ``min_score``, highest first (the confident ones, judged a page at a time).
+    """
+    import fiftyone as fo
+
+    field = fo.ViewField
+    view = dataset.match(~field("review_decision").exists())
+    exclude_ids = [i for i in exclude_ids if isinstance(i, str) and len(i) == 24]
+    if exclude_ids:
+        view = view.exclude(exclude_ids)
+    if mode == "triage":
+        view = view.match(field("score") >= float(min_score)).sort_by("score", reverse=True)
+    elif mode == "queue":
+        view = view.sort_by("queue_rank")
+    else:
+        raise ReviewError(f"unknown view mode {mode!r} (queue or triage)")
+    rows = view.limit(max(0, int(count))).values(list(VIEW_VALUES))
+    return [view_item(dict(zip(VIEW_VALUES, values))) for values in zip(*rows)] if rows and rows[0] else []
+
+
+def _append(path: Path, events: jr.ReviewEvent | list[jr.ReviewEvent]) -> None:
+    events = events if isinstance(events, list) else [events]
     try:
-        jr.append_event(path, event)
+        jr.append_events(path, events)
     except OSError as exc:  # disk full, read-only folder: the App must say "not saved"
-        raise ReviewError(f"{event.id}: not saved, cannot write {path}: {exc.strerror or exc}") from None
+        names = ", ".join(e.id for e in events[:3]) + (" ..." if len(events) > 3 else "")
+        raise ReviewError(f"{names}: not saved, cannot write {path}: {exc.strerror or exc}") from None
 
 
 def undo_last(dataset, reviewer: str, journal_dir: str | os.PathLike) -> tuple[jr.ReviewEvent | None, str | None, jr.Progress]:

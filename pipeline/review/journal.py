@@ -182,13 +182,23 @@ def journal_path(journal_dir: str | os.PathLike, reviewer: str) -> Path:
 
 def append_event(path: str | os.PathLike, event: ReviewEvent) -> None:
     """Append one line and fsync it: when this returns, the event survives a crash."""
+    append_events(path, [event])
+
+
+def append_events(path: str | os.PathLike, events: Iterable[ReviewEvent]) -> None:
+    """Append several lines with one fsync (a triage page): all of them survive a crash once
+    this returns; a crash before that may leave some or none (never half a line: see
+    ``_repair_torn_tail``)."""
+    events = list(events)
+    if not events:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = event.to_json_line().encode("utf-8")
+    data = b"".join(event.to_json_line().encode("utf-8") for event in events)
     with _write_lock:
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # two App servers of one reviewer: whole lines only
+            fcntl.flock(fd, fcntl.LOCK_EX)
             _write_all(fd, _repair_torn_tail(fd, where=str(path)) + data)
             os.fsync(fd)
         finally:

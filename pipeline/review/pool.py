@@ -47,6 +47,7 @@ class PoolItem:
     contributions: dict = field(default_factory=dict)  # each feature's push on the logit of P(good)
     route: str = "review"  # score_pool's: auto (accepted, leaves the queue), audit (accepted, shown), review
     review_rank: float = math.nan  # score_pool's place in the queue (nan: order by score)
+    disagreement_path: str = ""  # absolute; where the teachers disagree (white), if pseudo_label wrote it
 
     @property
     def leaves_queue(self) -> bool:
@@ -89,16 +90,30 @@ def read_pool(pseudo_dir: str | os.PathLike, quality_dir: str | os.PathLike | No
         score = _as_float(score_row.get("score"))
         components = {k: v for k, v in ((k, _as_float(v)) for k, v in score_row.items() if k not in _NOT_COMPONENTS)
                       if not math.isnan(v)}
+        disagreement = disagreement_path_for(root, row["mask"])
         items.append(PoolItem(id=row["id"], image_path=str(image_path), mask_path=str(mask_path),
                               mask_sha256=digest, score=score, source=str(row.get("source", "")),
                               origin=str(row.get("origin", "")), notes=str(row.get("notes", "")),
-                              components=components))
+                              components=components,
+                              disagreement_path=str(disagreement.resolve()) if disagreement.is_file() else ""))
     unscored = sum(1 for i in items if math.isnan(i.score))
     if unscored and scores:
         warnings.append(f"{unscored} pool sample(s) have no score in {SCORES_NAME}: reviewed after the scored ones")
     if quality_dir is not None:
         items = with_calibrated_scores(items, read_calibrated_scores(quality_dir), warnings)
     return items, warnings
+
+
+DISAGREEMENT_DIR = "disagreement"
+
+
+def disagreement_path_for(pool_root: str | os.PathLike, mask_rel: str) -> Path:
+    """Where a mask's teacher-disagreement map lives: ``masks/<source>/<key>.png`` ->
+    ``disagreement/<source>/<key>.png`` in the same pool (a 0/255 PNG, white where the
+    teachers' masks differ). Optional: pseudo_label with one teacher has none."""
+    parts = Path(mask_rel).parts
+    rest = parts[1:] if parts and parts[0] == "masks" else parts
+    return Path(pool_root) / DISAGREEMENT_DIR / Path(*rest)
 
 
 def with_calibrated_scores(items: list[PoolItem], calibrated: Mapping[str, CalibratedScore],

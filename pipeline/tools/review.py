@@ -1,19 +1,24 @@
 """review: open the pseudo-label accept/reject queue in the FiftyOne App.
 
-Why one key per image in the sample modal (and not grid triage): the paper's labelling
-is a yes/no look at one image, about 1.25 s each. Whether a pseudo-mask misses a hand or
-a strand of hair shows only at full size, not in a thumbnail, and the queue puts likely
-failures first, so early grid pages would be mostly failures to click one by one. In the
-modal the reviewer keeps one hand on a/d, the App shows the next image about 0.1-0.3 s
-after the press (benchmarks/review_latency.py), and nothing waits on the database.
+Three ways to decide, one journal (docs/review.md):
 
-Keys (in the sample modal): a = accept, d = reject (both move to the next sample),
-u = undo my last decision (and go back to it). A bar at the bottom left has the same three
-as buttons, shows the last saved decision and the progress. The modal's action menu also
-has Accept/Reject/Undo buttons that work without the key script.
+- the review view (key r on the grid, the launcher bottom left, or the App's "new panel" menu):
+  one mask at a time, likely failures first, from masks the browser has already prefetched, so
+  a key press shows the next one at once (about 10-20 ms, benchmarks/review_latency.py). The
+  mask's outline on the photo, its fill (f), where the teachers disagree (g), the score and the
+  part that pulls it down; progress, rate and time left; which decisions are not yet saved.
+  Keys a = accept, d = reject, u = undo, Esc = close.
+- triage pages (key t): the confident masks (score >= review.triage_min_score), tiles at least
+  review.triage_tile_px tall; click the bad ones, then one key (a or Enter) decides the page,
+  every mask on it journalled; u reopens the last page.
+- the App's own sample modal: a = accept, d = reject (both move to the next sample), u = undo
+  my last decision (and go back to it). A bar at the bottom left has the same three as buttons,
+  shows the last saved decision and the progress; the modal's action menu has Accept/Reject/Undo
+  buttons that work without the key script.
 
 Decisions: each is appended to ``<paths.journal>/<reviewer>.jsonl`` (fsync'd) before the App
-says "saved", then mirrored on the FiftyOne sample. Each names the mask_sha256 it judged;
+says "saved" (only then is it acknowledged: a crash loses only what is still listed as not
+saved), then mirrored on the FiftyOne sample. Each names the mask_sha256 it judged;
 on every start the dataset is rebuilt from the pool and the journals, undecided samples
 first (likely failures first), so a killed App or database loses nothing, and a sample whose
 mask changed since it was judged is back in the queue (the old decision stays in the
@@ -44,7 +49,9 @@ from pipeline.params import load_params, parse_section
 from pipeline.paths import ProjectPaths
 from pipeline.review import journal as jr
 from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS,
-                                    PLUGINS_DIR, ReviewParams, check_database_uri, default_reviewer)
+                                    INFO_VIEW_SETTINGS, PLUGINS_DIR, ReviewParams, check_database_uri,
+                                    default_reviewer)
+from pipeline.review.view import ViewSettings
 from pipeline.review.database import connect_fiftyone, redact_uri
 from pipeline.review.pool import current_hashes, queue_items, read_pool
 from pipeline.quality.outputs import AUTO_PREFIX, check_people, merge_decisions, read_auto_journal
@@ -130,8 +137,14 @@ def load_queue(params: ReviewParams, journal_dir: str | os.PathLike, items, even
     dataset, view, summary = sync_dataset(params.dataset_name, items, events)
     dataset.info[INFO_JOURNAL_DIR] = str(Path(journal_dir).resolve())
     dataset.info[INFO_MIN_SEEN_MS] = params.min_seen_ms
+    dataset.info[INFO_VIEW_SETTINGS] = view_settings(params).as_dict()
     dataset.save()
     return dataset, view, summary
+
+
+def view_settings(params: ReviewParams) -> ViewSettings:
+    return ViewSettings(min_seen_ms=params.min_seen_ms, prefetch=params.prefetch,
+                        triage_min_score=params.triage_min_score, triage_tile_px=params.triage_tile_px)
 
 
 def main(argv=None) -> int:
@@ -176,8 +189,8 @@ def main(argv=None) -> int:
         import fiftyone as fo
 
         session = fo.launch_app(view=view, remote=True, address=params.address, port=port)
-        print(f"\nreviewer {reviewer!r}: open http://{params.address}:{port}/ (it opens on the first "
-              "image of the queue): a = accept, d = reject, u = undo. Decisions go to "
+        print(f"\nreviewer {reviewer!r}: open http://{params.address}:{port}/: r = review view, "
+              "t = triage pages, or open a sample (a = accept, d = reject, u = undo). Decisions go to "
               f"{jr.journal_path(paths.journal, reviewer)}. Ctrl+C stops the App.", flush=True)
         session.wait(-1)
         return 0

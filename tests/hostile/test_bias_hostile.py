@@ -46,7 +46,7 @@ def _checkout(proj: Path) -> Path:
 
 
 def _section(**changes) -> dict:
-    return {"architectures": ["net_a", "net_b"], "min_group_size": 1, "bootstrap_resamples": 100, **changes}
+    return {"architectures": ["net_a", "net_b"], "min_group_size": 1, "bootstrap_resamples": 100, "peers": [], **changes}
 
 
 def _paths(**changes) -> dict:

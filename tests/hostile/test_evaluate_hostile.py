@@ -279,7 +279,7 @@ def test_compare_text_outputs_carry_no_absolute_path(project, capsys):
     (project / "metrics" / "complexity.json").write_text(json.dumps({"extremec3net": figures}))
     (project / "metrics" / "eval" / "extremec3net.json").write_text(json.dumps({"miou": 90.0}))
     write_quick_params(project / "params.yaml", {"paths": {"metrics": str(project / "metrics")},
-                                                 "compare": {"architectures": ["extremec3net"]}})
+                                                 "compare": {"architectures": ["extremec3net"], "peers": []}})
     assert compare_main(["--params", "params.yaml"]) == 0
     for path in ((project / "reports" / "compare").glob("*.*")):
         if path.suffix in (".csv", ".md"):

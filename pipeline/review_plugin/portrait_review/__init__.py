@@ -1,4 +1,5 @@
-"""FiftyOne operators of the review queue; the keys live in ``review_keys.js``.
+"""FiftyOne operators of the review queue; the keys live in ``review_keys.js`` (the App's
+modal) and ``review_view.js`` (the prefetching review view and triage pages, keys r / t).
 
 ``decide`` and ``undo_decision`` are what the key script (and its on-screen buttons) call,
 with the sample id taken from the App's URL, so a decision can never land on the sample
@@ -17,8 +18,9 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from pipeline.review import dataset as review_dataset
+from pipeline.review import view as review_view
 from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS,
-                                    default_reviewer)
+                                    INFO_VIEW_SETTINGS, default_reviewer)
 
 
 def _reviewer() -> str:
@@ -69,14 +71,18 @@ class Decide(foo.Operator):
         sample_id = ctx.params.get("sample_id") or ctx.current_sample
         if decision not in ("accept", "reject") or not sample_id:
             return _result(False, f"bad request: decision={decision!r} sample_id={sample_id!r}")
+        timings: dict = {}
         try:
-            event, progress = review_dataset.record_decision(
-                ctx.dataset, sample_id, decision, _reviewer(), _journal_dir(ctx),
-                seconds_on_screen=_seconds(ctx.params.get("seconds_on_screen")), via=ctx.params.get("via", "key"))
+            events, progress = review_dataset.record_decisions(
+                ctx.dataset, [(sample_id, decision, ctx.params.get("mask_sha256") or None,
+                               _seconds(ctx.params.get("seconds_on_screen")))],
+                _reviewer(), _journal_dir(ctx), via=ctx.params.get("via", "key"),
+                with_progress=ctx.params.get("progress", True) is not False, timings=timings)
         except review_dataset.ReviewError as exc:
             return _result(False, str(exc))
+        event = events[0]
         return _result(True, f"{decision}ed {event.id}", progress, id=event.id, decision=decision,
-                       sample_id=sample_id)
+                       sample_id=sample_id, timings=timings)
 
 
 class UndoDecision(foo.Operator):
@@ -89,18 +95,29 @@ class UndoDecision(foo.Operator):
                                types.Button(label="Undo last decision (u)", icon="undo", prompt=False))
 
     def execute(self, ctx):
+        count = ctx.params.get("count", 1)  # a triage page is undone whole
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= review_view.MAX_PAGE:
+            return _result(False, f"bad request: count={count!r}")
+        undone = []
         try:
-            undo, sample_id, progress = review_dataset.undo_last(ctx.dataset, _reviewer(), _journal_dir(ctx))
+            for _ in range(count):
+                undo, sample_id, progress = review_dataset.undo_last(ctx.dataset, _reviewer(), _journal_dir(ctx))
+                if undo is None:
+                    break
+                undone.append((undo, sample_id))
         except review_dataset.ReviewError as exc:
             if not ctx.params.get("quiet"):
                 ctx.ops.notify(str(exc), variant="error")
-            return _result(False, str(exc))
-        if undo is None:
+            return _result(False, str(exc), ids=[u.id for u, _ in undone])
+        if not undone:
             return _result(False, "nothing to undo", progress)
-        message = f"undid the decision on {undo.id}"
+        undo, sample_id = undone[0]
+        message = f"undid the decision on {undo.id}" if count == 1 else \
+            f"undid {len(undone)} decision(s): {', '.join(u.id for u, _ in undone)}"
         if not ctx.params.get("quiet"):
             ctx.ops.notify(f"{message} · {progress.describe()}")
-        return _result(True, message, progress, id=undo.id, sample_id=sample_id)
+        return _result(True, message, progress, id=undo.id, sample_id=sample_id,
+                       ids=[u.id for u, _ in undone], sample_ids=[s for _, s in undone])
 
 
 class _DecideShown(foo.Operator):
@@ -169,6 +186,60 @@ class CloseSample(foo.Operator):
         return {"ok": True}
 
 
+def _view_settings(ctx) -> dict:
+    stored = (ctx.dataset.info or {}).get(INFO_VIEW_SETTINGS) or {}
+    settings = review_view.ViewSettings(**{k: v for k, v in stored.items()
+                                           if k in review_view.ViewSettings.__dataclass_fields__})
+    min_seen_ms = _min_seen_ms(ctx)
+    out = settings.as_dict()
+    if min_seen_ms is not None:
+        out["min_seen_ms"] = min_seen_ms
+    return out
+
+
+class ViewBatch(foo.Operator):
+    """The next masks the review view prefetches (queue order, or the triage page's)."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="view_batch", label="Review: next masks for the review view", unlisted=True)
+
+    def execute(self, ctx):
+        settings = _view_settings(ctx)
+        try:
+            mode, count, exclude = review_view.batch_request(ctx.params)
+            items = review_dataset.view_batch(ctx.dataset, mode, count, exclude,
+                                              min_score=settings["triage_min_score"])
+        except (review_view.RequestError, review_dataset.ReviewError) as exc:
+            return _result(False, str(exc))
+        progress = review_dataset.dataset_progress(ctx.dataset)
+        return _result(True, f"{len(items)} item(s)", progress, items=items, settings=settings,
+                       reviewer=_reviewer())
+
+
+class DecidePage(foo.Operator):
+    """A triage page: every mask on it journalled (one fsync), the clicked ones rejected."""
+
+    @property
+    def config(self):
+        return foo.OperatorConfig(name="decide_page", label="Review: decide a triage page", unlisted=True)
+
+    def execute(self, ctx):
+        timings: dict = {}
+        try:
+            requests = review_view.page_request(ctx.params.get("decisions"))
+            events, progress = review_dataset.record_decisions(
+                ctx.dataset, requests, _reviewer(), _journal_dir(ctx), via=ctx.params.get("via", "triage"),
+                extra={"page_size": len(requests)}, with_progress=ctx.params.get("progress", True) is not False,
+                timings=timings)
+        except (review_view.RequestError, review_dataset.ReviewError) as exc:
+            return _result(False, str(exc))
+        rejected = sum(e.decision == "reject" for e in events)
+        return _result(True, f"page of {len(events)}: {len(events) - rejected} accepted, {rejected} rejected",
+                       progress, ids=[e.id for e in events], timings=timings)
+
+
 def register(plugin):
-    for operator in (Decide, UndoDecision, AcceptShown, RejectShown, ReviewProgress, CloseSample):
+    for operator in (Decide, UndoDecision, AcceptShown, RejectShown, ReviewProgress, CloseSample, ViewBatch,
+                     DecidePage):
         plugin.register(operator)

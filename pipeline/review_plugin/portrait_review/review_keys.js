@@ -15,6 +15,9 @@
  * is measured from then, and a press before it, or less than min_seen_ms after it (a double
  * press, a held key), is ignored, so nothing is judged before it could be seen.
  *
+ * It also loads review_view.js, the prefetching review view (keys r / t on the grid); while
+ * that view is open these keys are its own.
+ *
  * Relies on undocumented App behaviour (URL ?id=, ArrowRight navigation, the
  * /operators/execute route): the fiftyone version is pinned and the browser test covers it.
  */
@@ -228,6 +231,7 @@
   window.addEventListener(
     "keydown",
     function (event) {
+      if (window.__portraitReviewView && window.__portraitReviewView.open) return; // review_view.js has the keys
       var action = KEYS[event.key];
       if (!action || event.ctrlKey || event.metaKey || event.altKey || typing(event.target)) return;
       checkUrl();
@@ -320,4 +324,12 @@
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", checkUrl);
   else checkUrl();
+
+  // The prefetching review view lives beside this file (the App loads one js_bundle per plugin).
+  var me = document.currentScript && document.currentScript.src;
+  var viewScript = document.createElement("script");
+  viewScript.src = me ? me.replace(/review_keys\.js(\?.*)?$/, "review_view.js$1")
+    : routePrefix() + "/plugins/portrait_review/review_view.js";
+  viewScript.async = true;
+  document.head.appendChild(viewScript);
 })();
