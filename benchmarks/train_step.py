@@ -1,5 +1,6 @@
 """Time one training step (forward, loss, backward, Adam) per architecture on today's plain path
-and on the fast-path variants (``train.settings``: fused_loss, channels_last, bf16),
+and on the fast-path variants (``train.settings``: fused_loss, channels_last, bf16; and
+``torch.compile`` of the network, which the training loop does not use),
 A/B interleaved in one process; and the losses alone.
 
 Usage: python benchmarks/train_step.py [--archs extremec3net portraitnet] [--batch 32] [--size 224]
@@ -20,13 +21,15 @@ import time
 
 import torch
 
-VARIANTS = {  # name -> (fused loss, channels_last, bf16 autocast)
-    "plain": (False, False, False),
-    "fused": (True, False, False),
-    "cl": (False, True, False),
-    "fused+cl": (True, True, False),
-    "fused+bf16": (True, False, True),
-    "fused+cl+bf16": (True, True, True),
+VARIANTS = {  # name -> (fused loss, channels_last, bf16 autocast, torch.compile of the network)
+    "plain": (False, False, False, False),
+    "fused": (True, False, False, False),
+    "cl": (False, True, False, False),
+    "fused+cl": (True, True, False, False),
+    "fused+bf16": (True, False, True, False),
+    "fused+cl+bf16": (True, True, True, False),
+    "fused+compile": (True, False, False, True),
+    "fused+cl+compile": (True, True, False, True),
 }
 
 
@@ -45,13 +48,15 @@ def make_step(arch: str, variant: str, images: torch.Tensor, masks: torch.Tensor
     from pipeline.losses import SegmentationLoss
     from pipeline.models import build_model
 
-    fused, channels_last, bf16 = VARIANTS[variant]
+    fused, channels_last, bf16, compiled = VARIANTS[variant]
     torch.manual_seed(0)
     model = build_model(arch).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if compiled:  # the first call (the warm-up) compiles; its time is printed apart
+        model = torch.compile(model)
     loss_fn = SegmentationLoss("lovasz", 0.5, 7, fused=fused)
 
     def step():
@@ -101,8 +106,12 @@ def main() -> None:
 
     for arch in args.archs:
         steps = {v: make_step(arch, v, images, masks) for v in variants}
-        for step in steps.values():
-            step()  # warm-up
+        for variant, step in steps.items():
+            start = time.perf_counter()
+            step()  # warm-up (and compilation)
+            step()
+            if VARIANTS[variant][3]:
+                print(f"{arch:22s} {variant:16s} compile + 2 steps: {time.perf_counter() - start:.1f} s")
         times: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.repeats):  # interleaved: each round times every variant once
             for variant, step in steps.items():
