@@ -94,3 +94,21 @@ def snapshot(folder: Path) -> dict[str, str]:
 
     return {p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
             for p in sorted(folder.rglob("*"))}
+
+
+class DrawnTeacher:
+    """A stand-in teacher with a known mask: the bright pixels, or the left ``share`` of the frame."""
+
+    def __init__(self, name: str, share: float | None):
+        self.name, self.share, self.seen_ids = name, share, frozenset()
+
+    def probabilities(self, images):
+        out = []
+        for image in images:
+            if self.share is None:
+                mask = image.mean(axis=2) > 128
+            else:
+                mask = np.zeros(image.shape[:2], bool)
+                mask[:, : int(image.shape[1] * self.share)] = True
+            out.append(np.where(mask, 0.9, 0.1).astype(np.float32))
+        return out

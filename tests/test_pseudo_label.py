@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,11 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.images import read_mask_png, read_rgb
 from pipeline.manifest import read_manifest
 from pipeline.metrics import failure_auc, roc_auc
-from pipeline.stages.pseudo_label import ScoreParams, combine_score, score_components
+from pipeline.review.pool import disagreement_path_for, read_pool
+from pipeline.stages.pseudo_label import ScoreParams, combine_score, score_components, teacher_disagreement
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
 from params_helpers import quick_section, write_params
-from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical
+from teacher_helpers import BrightnessTeacher, DrawnTeacher, rectangle_image, write_canonical
 
 SCORE = ScoreParams(**quick_section("pseudo_label")["score"])
 
@@ -166,6 +168,7 @@ def test_stage_writes_aligned_masks_scores_and_skips(tmp_path, stand_in_teacher)
     assert per_image["deeplab_iou"].tolist() == per_image["iou"].tolist()  # one teacher: fused = alone
     assert per_image["teacher_agreement"].isna().all()  # NaN with one teacher (the contract with score_pool)
     assert (scores["deeplab_mask_fraction"] == scores["mask_fraction"]).all()
+    assert not (out / "disagreement").exists()  # one teacher: no disagreement map (the view says so)
 
 
 def test_stage_respects_max_images_and_no_tta(tmp_path, stand_in_teacher):
@@ -229,3 +232,84 @@ def test_quiet_turns_the_progress_bars_off(tmp_path, stand_in_teacher, capsys):
     assert "pseudo-label" in capsys.readouterr().err  # tqdm writes to stderr
     assert pl.main(["--params", params, "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------- teacher-disagreement maps
+
+
+def test_teacher_disagreement_marks_pixels_where_not_all_teachers_agree():
+    a = np.array([[1, 1, 0, 0]], bool)
+    b = np.array([[1, 0, 1, 0]], bool)
+    c = np.array([[1, 1, 1, 0]], bool)
+    assert teacher_disagreement([a]) is None
+    assert teacher_disagreement([a, b]).tolist() == [[False, True, True, False]]
+    assert teacher_disagreement([a, a]).tolist() == [[False] * 4]
+    assert teacher_disagreement([a, b, c]).tolist() == [[False, True, True, False]]
+    assert teacher_disagreement([a, c, c]).tolist() == [[False, False, True, False]]  # one dissenter is enough
+
+
+@pytest.fixture
+def two_drawn_teachers(monkeypatch, tmp_path):
+    """``deeplab`` = the bright rectangle, ``mediapipe`` = the left half; returns the batch sizes labelled."""
+    monkeypatch.chdir(tmp_path)
+    calls: list[int] = []
+
+    def fake_load_teachers(settings, paths, teacher_settings, device):
+        teachers = {"deeplab": DrawnTeacher("deeplab", None), "mediapipe": DrawnTeacher("mediapipe", 0.5)}
+        return [teachers[n] for n in settings.teachers], {n: {"trained_on": 0} for n in settings.teachers}
+
+    monkeypatch.setattr(pl, "load_teachers", fake_load_teachers)
+    predict = pl.FusedTeachers.predict
+
+    def counting(self, images):
+        calls.append(len(images))
+        return predict(self, images)
+
+    monkeypatch.setattr(pl.FusedTeachers, "predict", counting)
+    return calls
+
+
+def test_two_teachers_write_a_disagreement_map_beside_each_mask(tmp_path, two_drawn_teachers):
+    boxes = {"pool/a": (40, 60, (10, 5, 50, 30)), "pool/b": (50, 30, (2, 10, 12, 45))}
+    pool_root = tmp_path / "prepared"
+    write_canonical(pool_root, [{"id": i, "split": "unlabelled", "image": rectangle_image(h, w, box)[0]}
+                                for i, (h, w, box) in boxes.items()])
+    params = str(stage_params(tmp_path, pool_root, validate=False, teachers=["deeplab", "mediapipe"],
+                              flip_tta=False, work_dir=str(tmp_path / "work")))
+    assert pl.main(["--params", params, "--quiet"]) == 0
+    out = tmp_path / "data" / "pseudo"
+    manifest = read_manifest(out)
+    assert sorted(manifest["origin"]) == sorted(boxes)
+    maps = {}
+    for row in manifest.to_dict("records"):
+        h, w, box = boxes[row["origin"]]
+        _, bright = rectangle_image(h, w, box)
+        left = np.zeros((h, w), bool)
+        left[:, : w // 2] = True
+        path = disagreement_path_for(out, row["mask"])  # where the review view looks
+        assert path == out / "disagreement" / "pseudo" / Path(row["mask"]).name
+        pixels = np.asarray(Image.open(path))
+        assert pixels.shape == read_mask_png(out / row["mask"]).shape == (h, w)
+        assert set(np.unique(pixels)) == {0, 255}
+        assert np.array_equal(pixels == 255, bright ^ left)
+        maps[row["id"]] = path.read_bytes()
+    items, _ = read_pool(out)  # what the review view is handed
+    assert {i.id: Path(i.disagreement_path).read_bytes() for i in items} == maps
+
+    # a torn map in the work folder: that item is redone, and the outputs come out the same
+    torn = sorted((tmp_path / "work").glob("*/items/*/*/*.disagreement.png"))
+    assert len(torn) == 2
+    torn[0].write_bytes(torn[0].read_bytes()[:10])
+    two_drawn_teachers.clear()
+    assert pl.main(["--params", params, "--quiet"]) == 0
+    assert sum(two_drawn_teachers) == 1
+    manifest = read_manifest(out)
+    assert {r["id"]: disagreement_path_for(out, r["mask"]).read_bytes() for r in manifest.to_dict("records")} == maps
+
+    # one teacher: the same pool gets no map at all
+    one = str(stage_params(tmp_path, pool_root, validate=False, teachers=["deeplab"], flip_tta=False,
+                           work_dir=str(tmp_path / "work")))
+    assert pl.main(["--params", one, "--quiet"]) == 0
+    assert len(read_manifest(out)) == 2 and not (out / "disagreement").exists()
+    assert [i.disagreement_path for i in read_pool(out)[0]] == ["", ""]
+    assert not list((tmp_path / "work").glob("*/items/*/*/*.disagreement.png"))  # old work pruned

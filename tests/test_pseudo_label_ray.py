@@ -6,6 +6,7 @@ and do not start it.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,15 +17,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from params_helpers import write_params
+from PIL import Image
 from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical
 
 import pipeline.stages.pseudo_label as pl
 from pipeline.errors import StageError
 from pipeline.images import read_mask_png
-from pipeline.labelling.pool_files import list_images
+from pipeline.labelling.local import run_local
+from pipeline.labelling.pool_files import PoolReader, list_images
 from pipeline.labelling.ray_data import RaySettings, connect, run_ray
 from pipeline.labelling.work import ItemResult, SampleResult, WorkFolder, WorkItem
 from pipeline.manifest import read_manifest
+from pipeline.params import load_params, parse_section
+from pipeline.review.pool import disagreement_path_for
 
 TESTS = Path(__file__).resolve().parent
 
@@ -75,6 +80,12 @@ def outputs(folder: Path) -> tuple[pd.DataFrame, dict[str, bytes]]:
     manifest = read_manifest(folder)
     return pd.read_csv(folder / "scores.csv"), {r["id"]: (folder / r["mask"]).read_bytes()
                                                 for r in manifest.to_dict("records")}
+
+
+def disagreement_maps(folder: Path) -> dict[str, bytes]:
+    """Every sample's teacher-disagreement PNG bytes by sample id, where the review view reads them."""
+    return {r["id"]: disagreement_path_for(folder, r["mask"]).read_bytes()
+            for r in read_manifest(folder).to_dict("records")}
 
 
 def item_records(work_root: Path) -> list[Path]:
@@ -254,6 +265,12 @@ def test_ray_gives_the_local_engines_masks_and_scores(tmp_path, ray_cluster, mon
     assert (local_scores["mask_sha256"] == ray_scores["mask_sha256"]).all()
     local_manifest = read_manifest(tmp_path / "data" / "local")
     pd.testing.assert_frame_equal(local_manifest, read_manifest(tmp_path / "data" / "ray"))
+    # two teachers: a teacher-disagreement map beside every mask, the same bytes from both engines
+    local_maps, ray_maps = disagreement_maps(tmp_path / "data" / "local"), disagreement_maps(tmp_path / "data" / "ray")
+    assert sorted(local_maps) == sorted(local_masks) and local_maps == ray_maps
+    for row in local_manifest.to_dict("records"):
+        pixels = np.asarray(Image.open(disagreement_path_for(tmp_path / "data" / "local", row["mask"])))
+        assert pixels.shape == (row["height"], row["width"]) and set(np.unique(pixels)) <= {0, 255}
     metrics = json.loads((tmp_path / "metrics_ray" / "pseudo_label.json").read_text())["pool"]
     assert metrics["engine"] == "ray" and metrics["labelled_this_run"] == 6
 
@@ -290,3 +307,42 @@ def test_a_killed_ray_worker_is_survived_or_reported_in_one_line(tmp_path, ray_c
     message = str(caught.value)
     assert "ActorDiedError" in message and "re-run" in message and len(message.splitlines()) == 1
     assert doomed.missing(items) == items  # nothing taken as done
+
+
+class DrawnLabeller:
+    """A picklable labeller factory with two teachers that disagree (bright pixels vs the left half of the frame)."""
+
+    def __init__(self, settings: pl.PseudoLabelParams, location: str):
+        self.settings, self.location = settings, location
+
+    def __call__(self):
+        # importable in the workers too (PYTHONPATH has tests/)
+        from teacher_helpers import DrawnTeacher
+
+        runner = pl.FusedTeachers([DrawnTeacher("deeplab", None), DrawnTeacher("mediapipe", 0.5)], "mean", {}, False)
+        return pl.Labeller(runner, self.settings, PoolReader(self.location))
+
+
+def test_ray_gives_the_local_engines_disagreement_maps(tmp_path, ray_cluster):
+    """Teachers that disagree, in 2 Ray actors vs this process: the same disagreement PNG bytes in the dataset."""
+    pool_root = tmp_path / "prepared"
+    write_canonical(pool_root, noisy_pool(5, seed=2))
+    params = params_for(tmp_path, "x", teachers=["deeplab", "mediapipe"], flip_tta=False)
+    settings = parse_section(pl.PseudoLabelParams, load_params(params), "pseudo_label", params)
+    pool = read_manifest(pool_root)
+    items = [WorkItem(r["id"].replace("/", "_"), r["id"], r["image"]) for r in pool.to_dict("records")]
+    factory = DrawnLabeller(settings, str(pool_root))
+    ray_settings = RaySettings(address=None, num_actors=2, num_cpus_per_actor=1, num_gpus_per_actor=0, batch_size=2,
+                               max_restarts=0, max_task_retries=0)
+    local, ray = WorkFolder(tmp_path / "work_local", "2" * 16), WorkFolder(tmp_path / "work_ray", "2" * 16)
+    assert run_local(factory, items, local, batch_size=2, progress=False) == 5
+    assert run_ray(factory, items, ray, ray_settings, progress=False) == 5
+    maps = {}
+    for name, work in (("local", local), ("ray", ray)):
+        out = tmp_path / "data" / name
+        manifest, _, _ = pl.assemble_dataset(work, items, pool, settings, out, out, pool_root)
+        maps[name] = {r["id"]: disagreement_path_for(out, r["mask"]).read_bytes() for r in manifest.to_dict("records")}
+    assert len(maps["local"]) == 5 and maps["local"] == maps["ray"]
+    for data in maps["local"].values():  # neither all-agree nor all-disagree: the maps carry pixels
+        pixels = np.asarray(Image.open(io.BytesIO(data)))
+        assert set(np.unique(pixels)) == {0, 255}

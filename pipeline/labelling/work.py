@@ -3,7 +3,8 @@
 A run writes each image's result (mask PNGs, crop images, a JSON record of features) as soon
 as it has it, under ``<work_dir>/<fingerprint>/``; the fingerprint hashes every setting that
 changes a result, so changed settings start a fresh folder and never reuse stale work. The
-record is written last and lists the sha256 of every file it owns: an item whose record is
+record is written last and lists the sha256 of every file it owns (mask, copied image or
+crop, and with two or more teachers the teacher-disagreement map): an item whose record is
 missing, unreadable, or whose files are missing or differ (a job killed mid-item) is not
 complete and is redone. The final dataset is assembled from complete records only.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pipeline.atomic import write_bytes, write_text
 
-WORK_FORMAT = 1  # bump when a record's meaning changes: old folders then stop matching
+WORK_FORMAT = 2  # bump when a record's meaning changes: old folders then stop matching (2: disagreement maps)
 RECORD_NAME = "record.json"
 
 
@@ -44,6 +45,7 @@ class SampleResult:
     mask_png: bytes = b""
     image_bytes: bytes | None = None  # the crop (or the copied pool file) to write beside the mask
     image_suffix: str = ""  # ".jpg" for crops, the pool file's own suffix for copies
+    disagreement_png: bytes = b""  # 0/255 PNG, white where the teachers' masks differ; empty with one teacher
 
 
 @dataclass
@@ -92,7 +94,11 @@ class WorkFolder:
                 files["image"] = f"{sample.key}.image{sample.image_suffix}"
                 write_bytes(folder / files["image"], sample.image_bytes)
                 sums["image"] = _sha(sample.image_bytes)
-            meta = {k: v for k, v in asdict(sample).items() if k not in ("mask_png", "image_bytes")}
+            if sample.disagreement_png:
+                files["disagreement"] = f"{sample.key}.disagreement.png"
+                write_bytes(folder / files["disagreement"], sample.disagreement_png)
+                sums["disagreement"] = _sha(sample.disagreement_png)
+            meta = {k: v for k, v in asdict(sample).items() if k not in ("mask_png", "image_bytes", "disagreement_png")}
             samples.append({**meta, "size": list(sample.size), "files": files, "sha256": sums})
         record = {"key": result.key, "id": result.id, "image": result.image, "skip_reason": result.skip_reason,
                   "fingerprint": self.fingerprint, "samples": samples}
@@ -120,7 +126,8 @@ class WorkFolder:
                 samples.append(SampleResult(
                     key=entry["key"], size=tuple(entry["size"]), features=entry["features"], stats=entry["stats"],
                     notes=entry["notes"], mask_png=blobs["mask"] if with_files else b"",
-                    image_bytes=(blobs.get("image") if with_files else None), image_suffix=entry["image_suffix"]))
+                    image_bytes=(blobs.get("image") if with_files else None), image_suffix=entry["image_suffix"],
+                    disagreement_png=blobs.get("disagreement", b"") if with_files else b""))
         except (OSError, KeyError, TypeError, ValueError):
             return None
         return ItemResult(item.key, item.id, item.image, samples, record.get("skip_reason") or "")

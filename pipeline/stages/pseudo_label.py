@@ -52,7 +52,10 @@ the labelled rows of ``validation.data``. Writes ``paths.pseudo`` in the canonic
 (split ``train``, origin = pool id; images point into the pool's folder, or are the crops
 written beside the masks) with ``scores.csv`` (one row per sample; ``mask_sha256`` = sha256
 of the mask PNG's bytes: review decisions are tied to it) and ``skipped.csv`` (unreadable
-images, photos without a usable face, and why); ``<paths.metrics>/pseudo_label.json`` and
+images, photos without a usable face, and why); with two or more teachers also
+``disagreement/<source>/<key>.png`` beside each ``masks/<source>/<key>.png`` (same size, 0/255,
+white where the teachers' thresholded masks are not all equal), which the review view shows
+(``pipeline.review.pool.disagreement_path_for``); ``<paths.metrics>/pseudo_label.json`` and
 ``pseudo_label_validation.csv`` (per image).
 """
 
@@ -99,6 +102,7 @@ from pipeline.selection import DataSource, SplitName, gather_rows
 COMPONENTS = ("confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence")
 METRICS_NAME = "pseudo_label.json"  # in paths.metrics
 VALIDATION_NAME = "pseudo_label_validation.csv"  # in paths.metrics: per-image IoU and score
+DISAGREEMENT_DIR = "disagreement"  # in paths.pseudo, mirrors masks/ (the review view's pipeline.review.pool)
 
 
 ComponentName = Literal["confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence"]
@@ -322,6 +326,17 @@ def mask_features(prediction: Prediction, settings: ScoreParams) -> dict[str, fl
     return features
 
 
+def teacher_disagreement(masks: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Where the teachers' masks are not all equal (True), for the review view; None with fewer than two."""
+    if len(masks) < 2:
+        return None
+    first = np.asarray(masks[0], dtype=bool)
+    differs = np.zeros(first.shape, dtype=bool)
+    for other in masks[1:]:
+        differs |= first != np.asarray(other, dtype=bool)
+    return differs
+
+
 def feature_columns(teacher_names: Sequence[str]) -> list[str]:
     return [*COMPONENTS, "uncertain_ratio", "components", "mask_fraction", "teacher_agreement",
             *PROBABILITY_FEATURES, *(f"{name}_mask_fraction" for name in teacher_names)]
@@ -403,9 +418,11 @@ class Labeller:
     def sample(self, key: str, prediction: Prediction, size: tuple[int, int], notes: str,
                image_bytes: bytes | None = None, image_suffix: str = "") -> SampleResult:
         mask = prediction.mask
+        differs = teacher_disagreement(list(prediction.teacher_masks().values()))
         return SampleResult(key=key, size=(int(size[0]), int(size[1])), features=mask_features(prediction, self.settings.score),
                             stats=mask_statistics(mask), notes=notes, mask_png=mask_to_png_bytes(mask),
-                            image_bytes=image_bytes, image_suffix=image_suffix)
+                            image_bytes=image_bytes, image_suffix=image_suffix,
+                            disagreement_png=b"" if differs is None else mask_to_png_bytes(differs))
 
     def __call__(self, items: Sequence[WorkItem]) -> list[ItemResult]:
         results = [ItemResult(item.key, item.id, item.image) for item in items]
@@ -467,7 +484,8 @@ def assemble_dataset(work: WorkFolder, items: Sequence[WorkItem], pool: pd.DataF
                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Write the finished work of ``items`` into ``out_dir``, in pool order; return (manifest, scores, skipped).
 
-    Every item must be complete (an engine ran first). A sample without its own image points
+    Every item must be complete (an engine ran first). A sample's teacher-disagreement map, when
+    its work has one, goes to ``disagreement/<source>/<key>.png``. A sample without its own image points
     back into the pool (``pool_root``), relative to ``final_dir`` (where ``out_dir`` is renamed
     to), computed lexically; with ``anchors`` (see ``pipeline.paths.portable_relpath``) a pool
     image outside them is skipped with the reason.
@@ -498,6 +516,8 @@ def assemble_dataset(work: WorkFolder, items: Sequence[WorkItem], pool: pd.DataF
                     continue
             mask_rel = f"masks/{source}/{sample.key}.png"
             write_bytes(out_dir / mask_rel, sample.mask_png)
+            if sample.disagreement_png:
+                write_bytes(out_dir / DISAGREEMENT_DIR / source / f"{sample.key}.png", sample.disagreement_png)
             notes = sample.notes if settings.pool_crop == "faces" else notes_of.get(item.id)
             notes = notes if isinstance(notes, str) else ""
             rows.append(ManifestRow(
