@@ -16,7 +16,9 @@ Then a few plain ArrowRight presses (no decision) give the App's own floor.
 The same App then opens the prefetching review view (key r, ``review_view.js``) and times, per
 decision, key press (the browser's event time) to the next mask painted (first animation frame
 whose canvas differs), the view's own swap (JS work in the key handler) and saved (the server's
-answer: journal fsync'd, database updated). Last, triage pages (key t) of confident masks: one
+answer: journal fsync'd, database updated); every other decision there goes through the App's
+operators instead of the direct decision route (interleaved A/B on the same load; ``--no-ab``
+sends all the usual way, and PORTRAIT_REVIEW_ROUTE_OFF=1 starts the App without the route). Last, triage pages (key t) of confident masks: one
 key per page plus a click per damaged mask, so it prints key presses per accepted label, and the
 same counting the masks the score auto-accepted (``--auto-above``; they need no press at all).
 
@@ -137,7 +139,9 @@ def screenshot(page, folder: str, name: str) -> None:
         page.screenshot(path=str(Path(folder) / name))
 
 
-def bench_view(page, decisions: int, dwell: float, shots: str = "") -> dict:
+def bench_view(page, decisions: int, dwell: float, shots: str = "", ab: bool = True) -> dict:
+    """``ab``: every other decision goes through the App's operators instead of the direct
+    decision route (the view's fallback), so both are timed interleaved on the same load."""
     import review_browser as rb
 
     canvas_js = rb.CANVAS_SIGNATURE_JS.replace("[data-cy=modal] canvas", "#prv-canvas")
@@ -147,6 +151,9 @@ def bench_view(page, decisions: int, dwell: float, shots: str = "") -> dict:
     painted, swap, saved = [], [], []
     watch = VIEW_WATCH_JS % canvas_js
     for index in range(decisions):
+        if ab:  # the previous write answered first, so this one takes the path set here
+            rb.wait_view_saved(page)
+            page.evaluate("(off) => { window.__portraitReviewView.routeDown = off; }", index % 2 == 1)
         rb.wait_view_shown_for(page, dwell * 1000)
         page.evaluate(watch, None)
         page.keyboard.press("d" if index % 5 == 4 else "a")
@@ -157,19 +164,23 @@ def bench_view(page, decisions: int, dwell: float, shots: str = "") -> dict:
             rb.wait_view_shown_for(page, 300)
             screenshot(page, shots, "bench_review_view.png")
     rb.wait_view_saved(page)
+    if ab:
+        page.evaluate("() => { window.__portraitReviewView.routeDown = false; }")
     log = page.evaluate("() => window.__portraitReviewView.log.filter(e => !e.undo && !e.page)")
     bad = [e for e in log if not e.get("ok")]
     if bad:
         raise RuntimeError(f"decision(s) not saved: {bad[:2]}")
-    fsync, mirror = [], []
+    fsync, mirror, saved_by_path = [], [], {}
     for entry in log:
         swap.append(entry["nextDrawnAt"] - entry["handledAt"])
         saved.append(entry["savedAt"] - entry["pressedAt"])
+        saved_by_path.setdefault(entry.get("path") or "?", []).append(entry["savedAt"] - entry["pressedAt"])
         fsync.append((entry.get("timings") or {}).get("journal_ms", float("nan")))
         mirror.append((entry.get("timings") or {}).get("mirrored_ms", float("nan")))
     header = page.inner_text("#prv-progress")
     page.keyboard.press("Escape")
-    return {"painted": painted, "swap": swap, "saved": saved, "header": header, "fsync": fsync, "mirror": mirror}
+    return {"painted": painted, "swap": swap, "saved": saved, "header": header, "fsync": fsync, "mirror": mirror,
+            "saved_by_path": saved_by_path}
 
 
 def bench_triage(page, pages: int, damaged: set, dwell: float, shots: str = "") -> dict:
@@ -223,6 +234,9 @@ def main(argv=None) -> int:
     parser.add_argument("--triage-min", type=float, default=0.85, help="review.triage_min_score")
     parser.add_argument("--auto-above", type=float, default=0.97,
                         help="masks scoring above this are auto-accepted (score_pool's rule, simulated)")
+    parser.add_argument("--no-ab", action="store_true",
+                        help="review view: send every decision the view's usual way (the direct route when up) "
+                             "instead of alternating route / operators")
     parser.add_argument("--shots", default="/tmp/review_shots", help="folder for the views' screenshots")
     args = parser.parse_args(argv)
 
@@ -294,7 +308,7 @@ def main(argv=None) -> int:
             page.keyboard.press("Escape")  # back to the grid, where r / t open the review view
             page.wait_for_function("() => !document.querySelector('[data-cy=modal]')", timeout=30_000)
             if args.view_decisions:
-                view = bench_view(page, args.view_decisions, args.dwell, args.shots)
+                view = bench_view(page, args.view_decisions, args.dwell, args.shots, ab=not args.no_ab)
             if args.triage_pages:
                 triage = bench_triage(page, args.triage_pages, damaged, args.dwell, args.shots)
             context.close()
@@ -310,6 +324,9 @@ def main(argv=None) -> int:
         print(summarize("painted", view["painted"]) + "  <- next mask on screen (no server round trip)")
         print(summarize("swap", view["swap"]) + "  <- the view's own JS work in the key handler")
         print(summarize("saved", view["saved"]) + "  <- the server's answer: journal fsync'd + database updated")
+        for path, values in sorted(view["saved_by_path"].items()):
+            how = "direct decision route (review/route.py)" if path == "route" else "the App's /operators/execute"
+            print(summarize("saved", values) + f"  <- of those, through {how}")
         print(summarize("fsync", view["fsync"]) + "  <- inside the server: request start to journal line fsync'd")
         print(summarize("mirror", view["mirror"]) + "  <- inside the server: ... to database updated")
     if triage:

@@ -120,6 +120,7 @@ def test_review_view_keys_swap_at_once_and_journal_each_decision(app):
                 rb.wait_view_saved(page)
                 entry = rb.view_state(page, "S.log[S.log.length - 1]")
                 assert entry["ok"] is True and entry["sampleId"] == shown["sample_id"]
+                assert entry["path"] == "route"  # the review process's own route, not the App's operators
                 events = _events(root)
                 assert len(events) == before + 1
                 last = events[-1]
@@ -130,6 +131,7 @@ def test_review_view_keys_swap_at_once_and_journal_each_decision(app):
             header = page.inner_text("#prv-progress")
             assert "reviewed 3/12" in header and "images/min" in header and "time left" in header
             assert "all decisions saved" in page.inner_text("#prv-unsaved")
+            assert "via direct route" in page.inner_text("#prv-unsaved")
 
             # A double press judges the mask on screen once, never the next one unseen.
             shown = rb.view_state(page, "S.current.sample_id")
@@ -156,6 +158,19 @@ def test_review_view_keys_swap_at_once_and_journal_each_decision(app):
             events = _events(root)
             assert events[-1].event == "undo" and events[-1].id == decided[-1]
             decided.pop()
+
+            # The route is unreachable (nothing listens there): the App's operators decide instead.
+            page.evaluate("(port) => { window.__portraitReviewView.settings.route_url = "
+                          "'http://127.0.0.1:' + port; }", rb.free_port())
+            shown = rb.view_state(page, "S.current")
+            rb.wait_view_shown_for(page, MIN_SEEN_MS + 80)
+            page.keyboard.press("a")
+            rb.wait_view_saved(page)
+            entry = rb.view_state(page, "S.log[S.log.length - 1]")
+            assert entry["ok"] is True and entry["path"] == "operators"
+            assert (_events(root)[-1].id, _events(root)[-1].decision) == (shown["pc_id"], "accept")
+            assert "via operators (route unreachable)" in page.inner_text("#prv-unsaved")
+            decided.append(shown["pc_id"])
 
             # The mask of the next one changes on disk (pseudo_label re-ran): refused, not saved.
             upcoming = rb.view_state(page, "S.queue[0]")

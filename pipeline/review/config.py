@@ -27,6 +27,12 @@ PLUGIN_NAME = "@portrait-curation/review"
 ENV_JOURNAL_DIR = "PORTRAIT_REVIEW_JOURNAL_DIR"
 ENV_REVIEWER = "PORTRAIT_REVIEW_REVIEWER"
 ENV_MIN_SEEN_MS = "PORTRAIT_REVIEW_MIN_SEEN_MS"
+# The review view's direct decision route (``route.py``), served by the ``review`` process:
+# its URL and per-session token, handed to the view with its settings; ENV_ROUTE_OFF=1 starts
+# none (the view then decides through the App's operators, as it does when the route is down).
+ENV_ROUTE_URL = "PORTRAIT_REVIEW_ROUTE_URL"
+ENV_ROUTE_TOKEN = "PORTRAIT_REVIEW_ROUTE_TOKEN"
+ENV_ROUTE_OFF = "PORTRAIT_REVIEW_ROUTE_OFF"
 # The same values on the dataset (``dataset.info``), for an App server started without them.
 INFO_JOURNAL_DIR = "review_journal_dir"
 INFO_MIN_SEEN_MS = "review_min_seen_ms"

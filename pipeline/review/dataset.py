@@ -161,6 +161,11 @@ def _checked_sample(dataset, sample_id: str, expected_sha256: str | None = None)
         sample = dataset[sample_id]
     except (KeyError, ValueError):
         raise ReviewError(f"no sample {sample_id!r} in dataset {dataset.name!r}") from None
+    # FiftyOne hands back the sample object this process already holds, with the values it last
+    # saw; another process (the App server vs the review command's route, another reviewer's
+    # App) may have changed them since, and a value set to what the stale copy already holds is
+    # never saved. Reloading keeps the mirror right.
+    sample.reload()
     recorded_hash = sample["mask_sha256"]
     mask_path = sample[MASK_FIELD].mask_path
     if not recorded_hash or not mask_path or not Path(mask_path).is_file():
@@ -276,6 +281,7 @@ def undo_last(dataset, reviewer: str, journal_dir: str | os.PathLike) -> tuple[j
     sample_id = None
     if len(matches):
         sample = matches.first()
+        sample.reload()  # see _checked_sample: the values another process saved, not a stale copy
         sample_id = sample.id
         still = jr.resolve_decisions(events + [undo], {target.id: sample["mask_sha256"]}).get(target.id)
         for name, value in _decision_values(still).items():

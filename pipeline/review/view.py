@@ -45,6 +45,12 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def seconds_value(value: Any) -> float | None:
+    """Seconds on screen as sent by the view: a finite number >= 0, else unknown (None)."""
+    seconds = _number(value)
+    return None if seconds is None or seconds < 0 else seconds
+
+
 def score_parts(contributions: Mapping[str, Any] | None, components: Mapping[str, Any] | None) -> list[dict]:
     """Each score part with its push on the logit (most negative first: why the score is low)
     and the feature's own value; parts without a push keep their value only, after the rest."""
@@ -108,6 +114,5 @@ def page_request(decisions: Iterable[Any]) -> list[tuple[str, str, str | None, f
         if not isinstance(sha, str) or not sha:
             raise RequestError(f"{sample_id}: the mask_sha256 shown is required (decisions are tied to the mask)")
         seen.add(sample_id)
-        seconds = _number(entry.get("seconds_on_screen"))
-        out.append((sample_id, decision, sha, None if seconds is None or seconds < 0 else seconds))
+        out.append((sample_id, decision, sha, seconds_value(entry.get("seconds_on_screen"))))
     return out

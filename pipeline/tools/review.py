@@ -16,7 +16,10 @@ Three ways to decide, one journal (docs/review.md):
   shows the last saved decision and the progress; the modal's action menu has Accept/Reject/Undo
   buttons that work without the key script.
 
-Decisions: each is appended to ``<paths.journal>/<reviewer>.jsonl`` (fsync'd) before the App
+Decisions from the review view and triage pages go to a small HTTP route this command serves
+on 127.0.0.1 (a free port, a per-session token, the App's origin only; review/route.py), the
+App's operators being the fallback when the browser cannot reach it; PORTRAIT_REVIEW_ROUTE_OFF=1
+starts none. Decisions: each is appended to ``<paths.journal>/<reviewer>.jsonl`` (fsync'd) before the App
 says "saved" (only then is it acknowledged: a crash loses only what is still listed as not
 saved), then mirrored on the FiftyOne sample. Each names the mask_sha256 it judged;
 on every start the dataset is rebuilt from the pool and the journals, undecided samples
@@ -48,9 +51,9 @@ from pathlib import Path
 from pipeline.params import load_params, parse_section
 from pipeline.paths import ProjectPaths
 from pipeline.review import journal as jr
-from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS,
-                                    INFO_VIEW_SETTINGS, PLUGINS_DIR, ReviewParams, check_database_uri,
-                                    default_reviewer)
+from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, ENV_REVIEWER, ENV_ROUTE_OFF, ENV_ROUTE_TOKEN,
+                                    ENV_ROUTE_URL, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS, INFO_VIEW_SETTINGS,
+                                    PLUGINS_DIR, ReviewParams, check_database_uri, default_reviewer)
 from pipeline.review.view import ViewSettings
 from pipeline.review.database import connect_fiftyone, redact_uri
 from pipeline.review.pool import current_hashes, queue_items, read_pool
@@ -142,6 +145,30 @@ def load_queue(params: ReviewParams, journal_dir: str | os.PathLike, items, even
     return dataset, view, summary
 
 
+def start_decision_route(dataset, params: ReviewParams, port: int, reviewer: str, journal_dir):
+    """Serve the view's direct decision route from this process (``review/route.py``) and hand
+    its URL and token to the App server through the environment; None when ENV_ROUTE_OFF is
+    set or the route cannot start (the view then decides through the App's operators)."""
+    from pipeline.review import route
+
+    os.environ.pop(ENV_ROUTE_URL, None)
+    os.environ.pop(ENV_ROUTE_TOKEN, None)
+    if os.environ.get(ENV_ROUTE_OFF, "").strip() not in ("", "0"):
+        print(f"decision route off ({ENV_ROUTE_OFF}): the review view decides through the App's operators")
+        return None
+    token = route.new_token()
+    decisions = route.dataset_route(dataset, reviewer, Path(journal_dir).resolve(),
+                                    route.app_origins(params.address, port), token)
+    try:
+        server = route.start_route(decisions)
+    except OSError as exc:
+        print(f"warning: no decision route ({exc.strerror or exc}): the review view decides through the App")
+        return None
+    os.environ[ENV_ROUTE_URL] = route.route_url(server)
+    os.environ[ENV_ROUTE_TOKEN] = token
+    return server
+
+
 def view_settings(params: ReviewParams) -> ViewSettings:
     return ViewSettings(min_seen_ms=params.min_seen_ms, prefetch=params.prefetch,
                         triage_min_score=params.triage_min_score, triage_tile_px=params.triage_tile_px)
@@ -188,6 +215,7 @@ def main(argv=None) -> int:
             return 0
         import fiftyone as fo
 
+        start_decision_route(dataset, params, port, reviewer, paths.journal)  # before the App server starts
         session = fo.launch_app(view=view, remote=True, address=params.address, port=port)
         print(f"\nreviewer {reviewer!r}: open http://{params.address}:{port}/: r = review view, "
               "t = triage pages, or open a sample (a = accept, d = reject, u = undo). Decisions go to "

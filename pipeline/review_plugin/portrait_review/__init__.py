@@ -15,12 +15,21 @@ from __future__ import annotations
 import os
 
 import fiftyone.operators as foo
-import fiftyone.operators.types as types
+from fiftyone.operators import types
 
 from pipeline.review import dataset as review_dataset
+from pipeline.review import route as review_route
 from pipeline.review import view as review_view
-from pipeline.review.config import (ENV_JOURNAL_DIR, ENV_MIN_SEEN_MS, INFO_JOURNAL_DIR, INFO_MIN_SEEN_MS,
-                                    INFO_VIEW_SETTINGS, default_reviewer)
+from pipeline.review.config import (
+    ENV_JOURNAL_DIR,
+    ENV_MIN_SEEN_MS,
+    ENV_ROUTE_TOKEN,
+    ENV_ROUTE_URL,
+    INFO_JOURNAL_DIR,
+    INFO_MIN_SEEN_MS,
+    INFO_VIEW_SETTINGS,
+    default_reviewer,
+)
 
 
 def _reviewer() -> str:
@@ -194,6 +203,8 @@ def _view_settings(ctx) -> dict:
     out = settings.as_dict()
     if min_seen_ms is not None:
         out["min_seen_ms"] = min_seen_ms
+    # the review process's direct decision route (review/route.py), when it serves one
+    out.update(review_route.as_settings(os.environ.get(ENV_ROUTE_URL), os.environ.get(ENV_ROUTE_TOKEN)))
     return out
 
 

@@ -53,6 +53,9 @@
     fill: false,
     disagreement: true,
     root: null,
+    path: null, // which path answered the last write: "direct route" or "operators"
+    routeDown: false, // the route could not be reached: the operators decide for this page
+    routeError: null,
   };
   window.__portraitReviewView = S;
 
@@ -83,10 +86,47 @@
     });
   }
 
+  // Writes go to the review process's direct decision route when it serves one (settings
+  // route_url / route_token, review/route.py): the same journal, checks and order, without the
+  // App's operator machinery. A route that cannot be reached (network error) is given up for
+  // this page and the App's operators decide instead; an answer from the route (even a refusal)
+  // is final, so a decision is never sent twice on purpose. S.path says which one answered.
+  var ROUTE_PATHS = { decide: "/decide", decide_page: "/decide_page", undo_decision: "/undo" };
+
+  function viaOperators(operator, params) {
+    return execute(operator, params).then(function (result) {
+      S.path = S.routeDown ? "operators (route unreachable)" : "operators";
+      result.path = result.path || "operators";
+      return result;
+    });
+  }
+
+  function write(operator, params) {
+    var url = S.settings.route_url, token = S.settings.route_token;
+    if (!url || !token || S.routeDown || !ROUTE_PATHS[operator]) return viaOperators(operator, params);
+    var body = JSON.stringify(Object.assign({ token: token }, params));
+    return fetch(url + ROUTE_PATHS[operator], {
+      method: "POST", headers: { "Content-Type": "text/plain" }, body: body, mode: "cors",
+      credentials: "omit", cache: "no-store",
+    }).then(function (response) {
+      return response.json().then(function (json) {
+        S.path = "direct route";
+        json.path = "route";
+        return json;
+      }, function () {
+        return { ok: false, message: "the decision route answered " + response.status + " without JSON", path: "route" };
+      });
+    }, function (err) {
+      S.routeDown = true;
+      S.routeError = err.message;
+      return viaOperators(operator, params);
+    });
+  }
+
   // Requests that write go one after the other, so the journal holds them in the order pressed
   // and an undo always cancels what the reviewer last saw decided.
   function enqueue(operator, params) {
-    var run = S.chain.then(function () { return execute(operator, params); });
+    var run = S.chain.then(function () { return write(operator, params); });
     S.chain = run.catch(function () {});
     return run;
   }
@@ -328,6 +368,7 @@
     entry.ok = !!result.ok;
     entry.message = result.message;
     entry.timings = result.timings; // the server's: checks, fsync, database mirror (ms into the request)
+    entry.path = result.path;
     S.unsaved = S.unsaved.filter(function (e) { return e !== entry; });
     if (entry.ok) { S.delta += entry.page ? entry.sampleIds.length : 1; S.acked++; }
     if (!entry.ok) {
@@ -362,6 +403,7 @@
       entry.savedAt = performance.now();
       entry.ok = !!result.ok;
       entry.ids = result.ids || [];
+      entry.path = result.path;
       S.unsaved = S.unsaved.filter(function (e) { return e !== entry; });
       S.acked++;
       if (result.progress) { S.progress = result.progress; S.delta = 0; }
@@ -565,6 +607,7 @@
       box.style.color = "#7ee787";
       box.textContent = "all decisions saved (journal fsync'd)";
     }
+    if (S.path) box.textContent += " · via " + S.path;
   }
 
   function status(text, kind) {
