@@ -4,7 +4,7 @@ What it does: runs the two pretrained MediaPipe teachers (``general`` and ``land
 ``pipeline.teachers.mediapipe``; neither saw CCP or EG1800) with flip TTA on every
 labelled photo of ``../shared/datasets`` (CCP's 600 full-body photos, EG1800's portraits)
 and on CCP's 500 unlabelled photos (the pool), fuses them by the mean probability and
-computes pseudo_label's features per mask (``pseudo_label.score_components``, the
+computes pseudo_label's features per mask (``pipeline.labelling.prediction.score_components``, the
 teachers' agreement and ``pipeline.quality.features.probability_features``) and, on
 labelled photos, the IoU with the truth twice: CCP carried items (bags) as non-person,
 prepare's default, and as person (the teachers see a carried bag as part of the person),
@@ -95,7 +95,7 @@ def features_of(images, models, score_settings) -> list[dict]:
     """pseudo_label's features of the fused, flip-TTA'd masks of the two teachers."""
     from pipeline.metrics import iou
     from pipeline.quality.features import probability_features
-    from pipeline.stages.pseudo_label import score_components
+    from pipeline.labelling.prediction import score_components
 
     mirrored_images = [np.ascontiguousarray(image[:, ::-1]) for image in images]
     plain = {name: m.predict(images, batch_size=8) for name, m in models.items()}

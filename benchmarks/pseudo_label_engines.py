@@ -112,8 +112,10 @@ def main(argv=None) -> int:
     import torch
 
     from pipeline.images import mask_to_png_bytes
+    from pipeline.labelling.labeller import LabellerFactory
     from pipeline.labelling.local import run_local
     from pipeline.labelling.pool_files import PoolReader
+    from pipeline.labelling.prediction import combine_score, mask_features
     from pipeline.labelling.ray_data import RaySettings, run_ray
     from pipeline.params import load_params, parse_section
     from pipeline.paths import ProjectPaths
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
     reader = PoolReader(str(ccp / "photos"))
     items = [WorkItem(f"ccp_{Path(p).stem}", f"ccp/{Path(p).stem}", p) for p in photos]
     crop_parts = pl.load_crop_parts(raw, "params.yaml") if args.crop == "faces" else None
-    factory = pl.LabellerFactory(*pl.absolute_inputs(settings, paths), teacher_settings, crop_parts, reader, False)
+    factory = LabellerFactory(*pl.absolute_inputs(settings, paths), teacher_settings, crop_parts, reader, False,
+                              pl.load_teachers, pl.make_cropper)
     print(f"pool: {len(items)} unlabelled CCP photos, teachers {settings.teachers}, flip_tta {settings.flip_tta}, "
           f"pool_crop {args.crop}; machine shared with other jobs: timings are indicative", flush=True)
 
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         (prediction,) = labeller.runner.predict([image])
         t2 = time.perf_counter()
-        pl.mask_features(prediction, settings.score)
+        mask_features(prediction, settings.score)
         mask_to_png_bytes(prediction.mask)
         t3 = time.perf_counter()
         read_s.append(t1 - t0), teach_s.append(t2 - t1), feature_s.append(t3 - t2)
@@ -195,8 +198,8 @@ def main(argv=None) -> int:
                     for sa, sb in zip(a.samples, b.samples):
                         worst["mask_mismatch"] += sa.mask_png != sb.mask_png
                         values = [(sa.features[k], sb.features[k]) for k in sa.features]
-                        values.append((pl.combine_score(sa.features, settings.score.weights),
-                                       pl.combine_score(sb.features, settings.score.weights)))
+                        values.append((combine_score(sa.features, settings.score.weights),
+                                       combine_score(sb.features, settings.score.weights)))
                         for x, y in values:
                             if not (math.isnan(x) and math.isnan(y)):
                                 worst["score_diff"] = max(worst["score_diff"], abs(float(x) - float(y)))

@@ -143,7 +143,7 @@ def crops(args) -> None:
     from pipeline.crops.pool import build_pool_cropper, cut_map
     from pipeline.images import read_rgb
     from pipeline.metrics import iou
-    from pipeline.stages.pseudo_label import FusedTeachers
+    from pipeline.labelling.prediction import FusedTeachers
     from pipeline.teachers.registry import MediaPipeTeacher
 
     torch.set_num_threads(args.threads)
@@ -190,7 +190,7 @@ def throughput(args) -> None:
     from pipeline.images import read_rgb
     from pipeline.sources.base import LoaderReport
     from pipeline.sources.ccp import iter_ccp
-    from pipeline.stages.pseudo_label import FusedTeachers, ScoreParams, mask_features
+    from pipeline.labelling.prediction import FusedTeachers, ScoreParams, mask_features
     from pipeline.teacher import build_teacher, teacher_config
     from pipeline.teachers.registry import DeepLabTeacher, MediaPipeTeacher
     from params_helpers import quick_section  # tests/ helper: the quick profile's values

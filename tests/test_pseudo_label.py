@@ -15,10 +15,11 @@ from PIL import Image
 import pipeline.stages.pseudo_label as pl
 from pipeline.checkpoint import save_checkpoint
 from pipeline.images import read_mask_png, read_rgb
+from pipeline.labelling.prediction import (FusedTeachers, ScoreParams, combine_score, score_components,
+                                           teacher_disagreement)
 from pipeline.manifest import read_manifest
 from pipeline.metrics import failure_auc, roc_auc
 from pipeline.review.pool import disagreement_path_for, read_pool
-from pipeline.stages.pseudo_label import ScoreParams, combine_score, score_components, teacher_disagreement
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
 from params_helpers import quick_section, write_params
 from teacher_helpers import BrightnessTeacher, DrawnTeacher, rectangle_image, write_canonical
@@ -259,13 +260,13 @@ def two_drawn_teachers(monkeypatch, tmp_path):
         return [teachers[n] for n in settings.teachers], {n: {"trained_on": 0} for n in settings.teachers}
 
     monkeypatch.setattr(pl, "load_teachers", fake_load_teachers)
-    predict = pl.FusedTeachers.predict
+    predict = FusedTeachers.predict
 
     def counting(self, images):
         calls.append(len(images))
         return predict(self, images)
 
-    monkeypatch.setattr(pl.FusedTeachers, "predict", counting)
+    monkeypatch.setattr(FusedTeachers, "predict", counting)
     return calls
 
 

@@ -23,8 +23,10 @@ from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical
 import pipeline.stages.pseudo_label as pl
 from pipeline.errors import StageError
 from pipeline.images import read_mask_png
+from pipeline.labelling.labeller import Labeller
 from pipeline.labelling.local import run_local
 from pipeline.labelling.pool_files import PoolReader, list_images
+from pipeline.labelling.prediction import FusedTeachers
 from pipeline.labelling.ray_data import RaySettings, connect, run_ray
 from pipeline.labelling.work import ItemResult, SampleResult, WorkFolder, WorkItem
 from pipeline.manifest import read_manifest
@@ -65,13 +67,13 @@ def counted_teacher(monkeypatch, tmp_path):
     monkeypatch.setattr(pl, "load_teacher", lambda path, expected_config=None: (BrightnessTeacher().eval(),
                                                                                 {"input_size": 64, "train_ids": []}))
     calls: list[int] = []
-    predict = pl.FusedTeachers.predict
+    predict = FusedTeachers.predict
 
     def counting(self, images):
         calls.append(len(images))
         return predict(self, images)
 
-    monkeypatch.setattr(pl.FusedTeachers, "predict", counting)
+    monkeypatch.setattr(FusedTeachers, "predict", counting)
     return calls
 
 
@@ -98,7 +100,7 @@ def item_records(work_root: Path) -> list[Path]:
 def test_a_killed_run_resumes_with_only_the_missing_images(tmp_path, counted_teacher, monkeypatch):
     write_canonical(tmp_path / "prepared", noisy_pool(6))
     params = params_for(tmp_path, "pseudo")
-    predict = pl.FusedTeachers.predict
+    predict = FusedTeachers.predict
 
     def dies_on_third_batch(self, images):
         if len(counted_teacher) == 2:
@@ -106,11 +108,11 @@ def test_a_killed_run_resumes_with_only_the_missing_images(tmp_path, counted_tea
             raise KeyboardInterrupt  # what a killed job looks like from inside
         return predict(self, images)
 
-    monkeypatch.setattr(pl.FusedTeachers, "predict", dies_on_third_batch)
+    monkeypatch.setattr(FusedTeachers, "predict", dies_on_third_batch)
     assert pl.main(["--params", params, "--quiet"]) == 130
     assert not (tmp_path / "data" / "pseudo").exists()  # nothing partial is taken as complete
     assert len(item_records(tmp_path / "work_pseudo")) == 4
-    monkeypatch.setattr(pl.FusedTeachers, "predict", predict)  # the counting one of the fixture
+    monkeypatch.setattr(FusedTeachers, "predict", predict)  # the counting one of the fixture
     counted_teacher.clear()
     assert pl.main(["--params", params, "--quiet"]) == 0
     assert sum(counted_teacher) == 2  # only the two images the killed run did not finish
@@ -319,8 +321,8 @@ class DrawnLabeller:
         # importable in the workers too (PYTHONPATH has tests/)
         from teacher_helpers import DrawnTeacher
 
-        runner = pl.FusedTeachers([DrawnTeacher("deeplab", None), DrawnTeacher("mediapipe", 0.5)], "mean", {}, False)
-        return pl.Labeller(runner, self.settings, PoolReader(self.location))
+        runner = FusedTeachers([DrawnTeacher("deeplab", None), DrawnTeacher("mediapipe", 0.5)], "mean", {}, False)
+        return Labeller(runner, self.settings, PoolReader(self.location))
 
 
 def test_ray_gives_the_local_engines_disagreement_maps(tmp_path, ray_cluster):

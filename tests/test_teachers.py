@@ -11,6 +11,7 @@ import pytest
 import pipeline.stages.pseudo_label as pl
 from pipeline.errors import StageError
 from pipeline.images import read_mask_png, read_rgb
+from pipeline.labelling.prediction import FusedTeachers, ScoreParams, feature_columns, mask_features
 from pipeline.manifest import read_manifest
 from pipeline.metrics import iou
 from pipeline.teachers.base import predict_views
@@ -19,7 +20,7 @@ from pipeline.teachers.registry import DeepLabTeacher, MediaPipeTeacher
 from params_helpers import quick_section, write_params
 from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical
 
-SCORE = pl.ScoreParams(**quick_section("pseudo_label")["score"])
+SCORE = ScoreParams(**quick_section("pseudo_label")["score"])
 
 
 class FixedTeacher:
@@ -99,18 +100,18 @@ def test_teacher_agreement_is_the_mean_pairwise_iou_and_nan_for_one_teacher():
 def test_fused_teachers_give_the_mean_mask_agreement_and_one_mask_fraction_per_teacher():
     narrow = FixedTeacher("mediapipe", left_columns(4, 0.9))
     wide = FixedTeacher("mediapipe_landscape", left_columns(8, 0.7))
-    runner = pl.FusedTeachers([narrow, wide], "mean", {}, flip_tta=False)
+    runner = FusedTeachers([narrow, wide], "mean", {}, flip_tta=False)
     (prediction,) = runner.predict([np.zeros((10, 10, 3), np.uint8)])
     # (0.9 + 0.7) / 2, (0.1 + 0.7) / 2, (0.1 + 0.3) / 2: only the narrow teacher's columns stay person
     assert np.allclose(prediction.probability[:, :4], 0.8) and np.allclose(prediction.probability[:, 4:8], 0.4)
     assert np.allclose(prediction.probability[:, 8:], 0.2)
     assert prediction.mask[:, :4].all() and not prediction.mask[:, 4:].any()
-    features = pl.mask_features(prediction, SCORE)
+    features = mask_features(prediction, SCORE)
     assert features["teacher_agreement"] == pytest.approx(0.5)
     assert features["mediapipe_mask_fraction"] == pytest.approx(0.4)
     assert features["mediapipe_landscape_mask_fraction"] == pytest.approx(0.8)
     assert features["mask_fraction"] == pytest.approx(0.4) and math.isnan(features["flip_agreement"])
-    assert set(pl.feature_columns(runner.names)) <= set(features)
+    assert set(feature_columns(runner.names)) <= set(features)
 
 
 def test_the_deeplab_adapter_answers_at_the_images_own_size():

@@ -39,7 +39,7 @@ class SampleResult:
 
     key: str  # the sample's file-safe key (the photo's key, or ``<key>_f<face>``)
     size: tuple[int, int]  # (width, height)
-    features: dict  # every per-mask feature (``pseudo_label.mask_features``)
+    features: dict  # every per-mask feature (``pipeline.labelling.prediction.mask_features``)
     stats: dict  # manifest mask statistics (``pipeline.manifest.mask_statistics``)
     notes: str
     mask_png: bytes = b""

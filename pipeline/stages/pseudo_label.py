@@ -62,67 +62,46 @@ white where the teachers' thresholded masks are not all equal), which the review
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
-import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_bytes, write_csv, write_json
 from pipeline.checkpoint import CheckpointError
 from pipeline.crops.params import DetectorParams, GeometryParams, QualityParams
-from pipeline.crops.planning import placement_notes
-from pipeline.crops.pool import PoolCropper, build_pool_cropper, cut_map, no_crop_reason
+from pipeline.crops.pool import PoolCropper, build_pool_cropper
 from pipeline.data import UNREADABLE_SAMPLE
 from pipeline.devices import Device, resolve_device
 from pipeline.hashing import sha256_file
+from pipeline.labelling.labeller import Labeller, LabellerFactory
 from pipeline.labelling.local import run_local
 from pipeline.labelling.pool_files import PoolReader, list_images
-from pipeline.labelling.work import ItemResult, SampleResult, WorkFolder, WorkItem, fingerprint
+from pipeline.labelling.prediction import (COMPONENTS, FusedTeachers, ScoreParams, combine_score, feature_columns,
+                                           mask_features, predict_rows)
+from pipeline.labelling.work import WorkFolder, WorkItem, fingerprint
 from pipeline.metrics import failure_auc, iou
 from pipeline.paths import ProjectPaths, is_within, portable_relpath
-from pipeline.images import mask_to_png_bytes, read_mask_png, read_rgb, strip_root
-from pipeline.manifest import MANIFEST_NAME, ManifestRow, mask_statistics, read_manifest, safe_key, to_frame
+from pipeline.images import read_mask_png, strip_root
+from pipeline.manifest import MANIFEST_NAME, ManifestRow, read_manifest, safe_key, to_frame
 from pipeline.params import InputPath, Section, load_params, parse_section, path_rules
-from pipeline.quality.features import PROBABILITY_FEATURES, probability_features
 from pipeline.stage import StageError, make_parser, run_main
 from pipeline.teacher import OUTPUT_STRIDE, TeacherArchitecture, checked_input_size, load_teacher, native_bfloat16
-from pipeline.teachers.base import Teacher, predict_views
-from pipeline.teachers.fusion import FusionMethod, fuse, fusion_weights, teacher_agreement
+from pipeline.teachers.base import Teacher
+from pipeline.teachers.fusion import FusionMethod, fusion_weights
 from pipeline.teachers.registry import MEDIAPIPE_VARIANTS, DeepLabTeacher, MediaPipeTeacher, TeacherName
 from pipeline.selection import DataSource, SplitName, gather_rows
 
-COMPONENTS = ("confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence")
 METRICS_NAME = "pseudo_label.json"  # in paths.metrics
 VALIDATION_NAME = "pseudo_label_validation.csv"  # in paths.metrics: per-image IoU and score
 DISAGREEMENT_DIR = "disagreement"  # in paths.pseudo, mirrors masks/ (the review view's pipeline.review.pool)
 
 
-ComponentName = Literal["confidence", "boundary_certainty", "flip_agreement", "largest_component_share", "presence"]
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # becomes a folder name and the prefix of every id
-
-
-class ScoreParams(Section):
-    uncertain_band: float = Field(gt=0, lt=0.5)  # p in (band, 1 - band) counts as uncertain
-    min_mask_fraction: float = Field(gt=0, le=1)  # smaller masks: "no person found"
-    weights: dict[ComponentName, float]  # a component left out has weight 0
-
-    @field_validator("weights")
-    @classmethod
-    def _usable_weights(cls, weights: dict[str, float]) -> dict[str, float]:
-        bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
-        if bad:
-            raise ValueError(f"weights must be finite and >= 0 (got {bad})")
-        if not any(v > 0 for v in weights.values()):
-            raise ValueError("at least one weight must be > 0, else every score is undefined")
-        return weights
 
 
 class ValidationParams(Section):
@@ -227,152 +206,6 @@ def check_output_paths(paths: ProjectPaths, work_dir: str | None = None) -> None
 # ---------------------------------------------------------------------------- pure cores
 
 
-def score_components(probability: np.ndarray, flip_iou: float, settings: ScoreParams) -> dict[str, float]:
-    """Quality components of one soft pseudo-mask (HxW person probabilities)."""
-    from scipy import ndimage
-
-    prob = np.asarray(probability, dtype=np.float32)
-    mask = prob > 0.5
-    area = int(mask.sum())
-    certainty = np.abs(2.0 * prob - 1.0)
-    uncertain = int(((prob > settings.uncertain_band) & (prob < 1 - settings.uncertain_band)).sum())
-    labels, count = ndimage.label(mask)
-    largest = int(np.bincount(labels.ravel())[1:].max()) if count else 0
-    fraction = area / mask.size if mask.size else 0.0
-    return {
-        "confidence": float(certainty.mean()),
-        "boundary_certainty": 1.0 / (1.0 + uncertain / max(area, 1)),
-        "flip_agreement": float(flip_iou),
-        "largest_component_share": largest / area if area else 0.0,
-        "presence": float(min(1.0, fraction / settings.min_mask_fraction)),
-        "uncertain_ratio": uncertain / max(area, 1),
-        "components": int(count),
-        "mask_fraction": float(fraction),
-    }
-
-
-def combine_score(components: dict[str, float], weights: dict[str, float]) -> float:
-    """Weighted geometric mean of the [0, 1] components; nan components (no TTA) are left out."""
-    total, weight_sum = 0.0, 0.0
-    for name, weight in weights.items():
-        value = components.get(name, float("nan"))
-        if weight <= 0 or value is None or math.isnan(value):
-            continue
-        total += weight * math.log(max(float(value), 1e-6))
-        weight_sum += weight
-    return math.exp(total / weight_sum) if weight_sum else float("nan")
-
-
-# ---------------------------------------------------------------------------- running the teachers
-
-
-@dataclass
-class Prediction:
-    """The fused teachers' output on one image, at the image's own size."""
-
-    probability: np.ndarray  # HxW float32 in [0, 1]: fused (and TTA-merged) person probability
-    flip_iou: float  # IoU of the fused plain and the fused mirrored mask (nan without TTA)
-    teacher_probabilities: dict[str, np.ndarray]  # each teacher's own TTA-merged probability
-
-    @property
-    def mask(self) -> np.ndarray:
-        return self.probability > 0.5
-
-    def teacher_masks(self) -> dict[str, np.ndarray]:
-        return {name: p > 0.5 for name, p in self.teacher_probabilities.items()}
-
-
-class FusedTeachers:
-    """Several teachers run on the same batch and fused into one prediction per image."""
-
-    def __init__(self, teachers: Sequence[Teacher], fusion: str, weights: dict[str, float], flip_tta: bool):
-        self.teachers = list(teachers)
-        self.names = [t.name for t in self.teachers]
-        self.fusion = fusion
-        self.weights = fusion_weights(self.names, fusion, weights)
-        self.flip_tta = flip_tta
-
-    @property
-    def seen_ids(self) -> set[str]:
-        return set().union(*(t.seen_ids for t in self.teachers))
-
-    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        views = [predict_views(t, images, self.flip_tta) for t in self.teachers]  # [teacher][image]
-        out = []
-        for i in range(len(images)):
-            mine = [v[i] for v in views]
-            plain = fuse([v.plain for v in mine], self.fusion, self.weights)
-            mirrored = fuse([v.mirrored for v in mine], self.fusion, self.weights) if self.flip_tta else None
-            out.append(with_views(plain, mirrored, {n: v.probability for n, v in zip(self.names, mine)}))
-        return out
-
-
-def with_views(plain: np.ndarray, mirrored: np.ndarray | None, teachers: dict[str, np.ndarray]) -> Prediction:
-    """The prediction of fused views: their mean, and their IoU as the flip agreement."""
-    if mirrored is None:
-        return Prediction(plain.astype(np.float32), float("nan"), teachers)
-    return Prediction((0.5 * (plain + mirrored)).astype(np.float32), iou(plain > 0.5, mirrored > 0.5), teachers)
-
-
-def mask_features(prediction: Prediction, settings: ScoreParams) -> dict[str, float]:
-    """Every per-mask feature of ``scores.csv``: the score's components plus the teachers' agreement."""
-    features = score_components(prediction.probability, prediction.flip_iou, settings)
-    masks = prediction.teacher_masks()
-    features["teacher_agreement"] = teacher_agreement(list(masks.values()))
-    features.update(probability_features(prediction.probability, prediction.teacher_probabilities,
-                                         settings.uncertain_band))
-    for name, mask in masks.items():
-        features[f"{name}_mask_fraction"] = float(mask.mean()) if mask.size else 0.0
-    return features
-
-
-def teacher_disagreement(masks: Sequence[np.ndarray]) -> np.ndarray | None:
-    """Where the teachers' masks are not all equal (True), for the review view; None with fewer than two."""
-    if len(masks) < 2:
-        return None
-    first = np.asarray(masks[0], dtype=bool)
-    differs = np.zeros(first.shape, dtype=bool)
-    for other in masks[1:]:
-        differs |= first != np.asarray(other, dtype=bool)
-    return differs
-
-
-def feature_columns(teacher_names: Sequence[str]) -> list[str]:
-    return [*COMPONENTS, "uncertain_ratio", "components", "mask_fraction", "teacher_agreement",
-            *PROBABILITY_FEATURES, *(f"{name}_mask_fraction" for name in teacher_names)]
-
-
-def predict_rows(runner: FusedTeachers, root: Path, rows: pd.DataFrame, batch_size: int, desc: str,
-                 progress: bool = True) -> Iterator[tuple[dict, np.ndarray | None, Prediction | None, str]]:
-    """Yield (row, image, prediction, "") per readable row, (row, None, None, reason) otherwise.
-
-    The reason names the file relative to ``root``, so skip lists are the same on every checkout.
-    """
-    pending: list[tuple[dict, np.ndarray]] = []
-    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress)
-
-    def flush():
-        predictions = runner.predict([image for _, image in pending])
-        for (row, image), prediction in zip(pending, predictions):
-            yield row, image, prediction, ""
-        bar.update(len(pending))
-        pending.clear()
-
-    for row in rows.to_dict("records"):
-        try:
-            image = read_rgb(root / row["image"])
-        except UNREADABLE_SAMPLE as exc:
-            bar.update(1)
-            yield row, None, None, strip_root(str(exc), root)
-            continue
-        pending.append((row, image))
-        if len(pending) >= batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
-    bar.close()
-
-
 def pseudo_keys(pool: pd.DataFrame) -> dict[str, str]:
     """Pool id -> the file-safe key of its pseudo-label; two ids sharing a key is an error naming both.
 
@@ -390,92 +223,6 @@ def pseudo_keys(pool: pd.DataFrame) -> dict[str, str]:
         owner[key] = row
         keys[row["id"]] = key
     return keys
-
-
-def jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """A crop encoded exactly as ``pipeline.images.write_image`` writes a ``.jpg``."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(buf, format="JPEG", quality=quality,
-                                                                               subsampling=0)
-    return buf.getvalue()
-
-
-class Labeller:
-    """Labels work items (pool images) into ``ItemResult``s: the per-image half of the stage, run by an engine.
-
-    Without a cropper a pool photo is one sample (with ``copy_images`` its file's bytes go into
-    the output, for pools that are not in the project); with one, each usable face of a photo
-    is one sample ``<photo key>_f<face>`` whose crop is labelled again by the teachers.
-    """
-
-    def __init__(self, runner: FusedTeachers, settings: PseudoLabelParams, reader: PoolReader,
-                 cropper: PoolCropper | None = None, copy_images: bool = False):
-        self.runner, self.settings, self.reader = runner, settings, reader
-        self.cropper, self.copy_images = cropper, copy_images
-
-    def sample(self, key: str, prediction: Prediction, size: tuple[int, int], notes: str,
-               image_bytes: bytes | None = None, image_suffix: str = "") -> SampleResult:
-        mask = prediction.mask
-        differs = teacher_disagreement(list(prediction.teacher_masks().values()))
-        return SampleResult(key=key, size=(int(size[0]), int(size[1])), features=mask_features(prediction, self.settings.score),
-                            stats=mask_statistics(mask), notes=notes, mask_png=mask_to_png_bytes(mask),
-                            image_bytes=image_bytes, image_suffix=image_suffix,
-                            disagreement_png=b"" if differs is None else mask_to_png_bytes(differs))
-
-    def __call__(self, items: Sequence[WorkItem]) -> list[ItemResult]:
-        results = [ItemResult(item.key, item.id, item.image) for item in items]
-        readable = []  # (result, image, file bytes)
-        for result in results:
-            try:
-                image, data = self.reader.load(result.image, keep_bytes=self.copy_images and self.cropper is None)
-            except UNREADABLE_SAMPLE as exc:  # named relative to the pool, so skip lists match on every checkout
-                location = self.reader.location
-                result.skip_reason = (str(exc).replace(location.rstrip("/") + "/", "") if "://" in location
-                                      else strip_root(str(exc), location))
-                continue
-            readable.append((result, image, data))
-        predictions = self.runner.predict([image for _, image, _ in readable])
-        for (result, image, data), prediction in zip(readable, predictions):
-            if self.cropper is None:
-                suffix = Path(result.image).suffix.lower() if data is not None else ""
-                result.samples.append(self.sample(result.key, prediction, (image.shape[1], image.shape[0]), "",
-                                                  data, suffix))
-                continue
-            plans, dropped = self.cropper.plan(result.id, image, prediction.mask)
-            if not plans:
-                result.skip_reason = no_crop_reason(dropped)
-                continue
-            crops = [cut_map(image, plan.placement.box, self.cropper.size) for plan in plans]
-            # The teachers label each crop again: 95.4 mIoU on CCP's labelled crops against 93.7 for
-            # the photo's masks cut with it (benchmarks/teacher_fusion.py --crops).
-            for plan, crop, crop_label in zip(plans, crops, self.runner.predict(crops)):
-                result.samples.append(self.sample(f"{result.key}_f{plan.face_index}", crop_label, self.cropper.size,
-                                                  placement_notes(plan.placement), jpeg_bytes(crop), ".jpg"))
-        return results
-
-
-@dataclass
-class LabellerFactory:
-    """Builds a ``Labeller`` where it runs (a Ray actor): loads the teachers and the face detector there.
-
-    Picklable: settings and absolute paths only, so an actor on another machine loads the same files.
-    """
-
-    settings: PseudoLabelParams
-    paths: ProjectPaths
-    teacher_settings: TeacherArchitecture
-    crop_parts: dict | None  # geometry / quality / detector of crop_portraits, for pool_crop faces
-    reader: PoolReader
-    copy_images: bool
-
-    def __call__(self) -> Labeller:
-        device = resolve_device(self.settings.device)
-        teachers, _ = load_teachers(self.settings, self.paths, self.teacher_settings, device)
-        runner = FusedTeachers(teachers, self.settings.fusion, self.settings.fusion_weights, self.settings.flip_tta)
-        cropper = None if self.crop_parts is None else make_cropper(self.crop_parts)
-        return Labeller(runner, self.settings, self.reader, cropper, self.copy_images)
 
 
 def assemble_dataset(work: WorkFolder, items: Sequence[WorkItem], pool: pd.DataFrame, settings: PseudoLabelParams,
@@ -790,7 +537,8 @@ def _body(args) -> int:
     if settings.engine == "ray":
         from pipeline.labelling.ray_data import RaySettings, run_ray
 
-        factory = LabellerFactory(*absolute_inputs(settings, paths), teacher_settings, crop_parts, reader, copy_images)
+        factory = LabellerFactory(*absolute_inputs(settings, paths), teacher_settings, crop_parts, reader, copy_images,
+                                  load_teachers, make_cropper)
         run_ray(factory, pending, work, RaySettings(**settings.ray.model_dump()), progress)
     else:
         labeller = Labeller(runner, settings, reader, cropper, copy_images)

@@ -18,6 +18,7 @@ import torch
 
 import pipeline.stages.pseudo_label as pl
 from pipeline.checkpoint import save_checkpoint
+from pipeline.labelling.prediction import COMPONENTS
 from pipeline.params import ParamsError, parse_section
 from pipeline.stages.pseudo_label import PseudoLabelParams
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
@@ -25,7 +26,7 @@ from params_helpers import quick_params, quick_section, write_params
 from teacher_helpers import BrightnessTeacher, bomb_png, rectangle_image, snapshot, write_canonical
 
 TEACHER = {"encoder_name": "mobilenet_v2", "decoder_channels": 16}
-NO_WEIGHT = {c: 0.0 for c in pl.COMPONENTS}  # weights merge key by key into the quick profile's
+NO_WEIGHT = {c: 0.0 for c in COMPONENTS}  # weights merge key by key into the quick profile's
 TEXT_OUTPUTS = ("data/pseudo/manifest.csv", "data/pseudo/scores.csv", "data/pseudo/skipped.csv",
                 "metrics/pseudo_label.json", "metrics/pseudo_label_validation.csv")
 
