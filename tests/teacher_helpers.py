@@ -112,3 +112,18 @@ class DrawnTeacher:
                 mask[:, : int(image.shape[1] * self.share)] = True
             out.append(np.where(mask, 0.9, 0.1).astype(np.float32))
         return out
+
+
+def count_teacher_calls(monkeypatch) -> list[int]:
+    """Record the batch size of every call of the fused teachers (what a resumed run must not redo)."""
+    from pipeline.labelling.prediction import FusedTeachers
+
+    calls: list[int] = []
+    predict = FusedTeachers.predict
+
+    def counting(self, images):
+        calls.append(len(images))
+        return predict(self, images)
+
+    monkeypatch.setattr(FusedTeachers, "predict", counting)
+    return calls

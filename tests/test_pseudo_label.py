@@ -15,14 +15,14 @@ from PIL import Image
 import pipeline.stages.pseudo_label as pl
 from pipeline.checkpoint import save_checkpoint
 from pipeline.images import read_mask_png, read_rgb
-from pipeline.labelling.prediction import (FusedTeachers, ScoreParams, combine_score, score_components,
+from pipeline.labelling.prediction import (ScoreParams, combine_score, score_components,
                                            teacher_disagreement)
 from pipeline.manifest import read_manifest
 from pipeline.metrics import failure_auc, roc_auc
 from pipeline.review.pool import disagreement_path_for, read_pool
 from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
 from params_helpers import quick_section, write_params
-from teacher_helpers import BrightnessTeacher, DrawnTeacher, rectangle_image, write_canonical
+from teacher_helpers import BrightnessTeacher, DrawnTeacher, count_teacher_calls, rectangle_image, write_canonical
 
 SCORE = ScoreParams(**quick_section("pseudo_label")["score"])
 
@@ -253,21 +253,13 @@ def test_teacher_disagreement_marks_pixels_where_not_all_teachers_agree():
 def two_drawn_teachers(monkeypatch, tmp_path):
     """``deeplab`` = the bright rectangle, ``mediapipe`` = the left half; returns the batch sizes labelled."""
     monkeypatch.chdir(tmp_path)
-    calls: list[int] = []
 
     def fake_load_teachers(settings, paths, teacher_settings, device):
         teachers = {"deeplab": DrawnTeacher("deeplab", None), "mediapipe": DrawnTeacher("mediapipe", 0.5)}
         return [teachers[n] for n in settings.teachers], {n: {"trained_on": 0} for n in settings.teachers}
 
     monkeypatch.setattr(pl, "load_teachers", fake_load_teachers)
-    predict = FusedTeachers.predict
-
-    def counting(self, images):
-        calls.append(len(images))
-        return predict(self, images)
-
-    monkeypatch.setattr(FusedTeachers, "predict", counting)
-    return calls
+    return count_teacher_calls(monkeypatch)
 
 
 def test_two_teachers_write_a_disagreement_map_beside_each_mask(tmp_path, two_drawn_teachers):

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from params_helpers import write_params
 from PIL import Image
-from teacher_helpers import BrightnessTeacher, rectangle_image, write_canonical
+from teacher_helpers import BrightnessTeacher, count_teacher_calls, rectangle_image, write_canonical
 
 import pipeline.stages.pseudo_label as pl
 from pipeline.errors import StageError
@@ -66,15 +66,7 @@ def counted_teacher(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(pl, "load_teacher", lambda path, expected_config=None: (BrightnessTeacher().eval(),
                                                                                 {"input_size": 64, "train_ids": []}))
-    calls: list[int] = []
-    predict = FusedTeachers.predict
-
-    def counting(self, images):
-        calls.append(len(images))
-        return predict(self, images)
-
-    monkeypatch.setattr(FusedTeachers, "predict", counting)
-    return calls
+    return count_teacher_calls(monkeypatch)
 
 
 def outputs(folder: Path) -> tuple[pd.DataFrame, dict[str, bytes]]:

@@ -133,12 +133,14 @@
   window.addEventListener("popstate", checkUrl);
   setInterval(checkUrl, 100);
 
-  function execute(operator, params) {
+  // One operator call through the App's route; currentSample is the modal's sample (none for
+  // the review view, which shares this through window.__portraitReviewApp).
+  function executeOperator(operator, params, currentSample) {
     var body = {
       dataset_name: datasetName(),
       operator_uri: PLUGIN + "/" + operator,
       params: params,
-      current_sample: state.currentId,
+      current_sample: currentSample,
       view: [],
     };
     return fetch(routePrefix() + "/operators/execute", {
@@ -152,6 +154,13 @@
       });
     });
   }
+
+  function execute(operator, params) {
+    return executeOperator(operator, params, state.currentId);
+  }
+
+  // What review_view.js (loaded below) shares with this file.
+  window.__portraitReviewApp = { routePrefix: routePrefix, datasetName: datasetName, executeOperator: executeOperator };
 
   function navigate(key) {
     var event = new KeyboardEvent("keydown", { key: key, code: key, bubbles: true, cancelable: true });

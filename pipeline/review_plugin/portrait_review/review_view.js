@@ -59,31 +59,17 @@
   };
   window.__portraitReviewView = S;
 
-  function routePrefix() {
-    var path = window.location.pathname;
-    var at = path.indexOf("/datasets/");
-    return at >= 0 ? path.slice(0, at) : "";
+  // The App's URL and its operator route, shared with review_keys.js (which loads this file).
+  var app = window.__portraitReviewApp;
+  if (!app) {
+    console.error("portrait-curation review view: load review_keys.js first (it loads this file)");
+    return;
   }
-
-  function datasetName() {
-    var path = window.location.pathname;
-    var at = path.indexOf("/datasets/");
-    if (at < 0) return null;
-    return decodeURIComponent(path.slice(at + "/datasets/".length).split("/")[0]);
-  }
+  var routePrefix = app.routePrefix;
+  var datasetName = app.datasetName;
 
   function execute(operator, params) {
-    var body = { dataset_name: datasetName(), operator_uri: PLUGIN + "/" + operator, params: params, view: [] };
-    return fetch(routePrefix() + "/operators/execute", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body),
-    }).then(function (response) {
-      return response.json().then(function (json) {
-        if (!response.ok || json.error) throw new Error(json.error_message || json.error || response.statusText);
-        return json.result || {};
-      });
-    });
+    return app.executeOperator(operator, params);
   }
 
   // Writes go to the review process's direct decision route when it serves one (settings
