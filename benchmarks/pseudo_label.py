@@ -58,7 +58,7 @@ ROWS = [
 def _model(which: str):
     import torch
 
-    from pipeline.teacher import build_teacher, teacher_config
+    from pipeline.teachers.deeplab import build_teacher, teacher_config
 
     spec = PAPER if which == "paper" else QUICK
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def _images(n: int, size: int):
 def measure_row(index: int, runs: int) -> dict:
     import torch
 
-    from pipeline.teacher import TeacherRunner, images_to_batch
+    from pipeline.teachers.deeplab import TeacherRunner, images_to_batch
 
     torch.set_num_threads(2)
     label, which, batch, tta, bf16, run_size = ROWS[index]
@@ -112,7 +112,7 @@ def interleaved(rounds: int) -> None:
     import numpy as np
     import torch
 
-    from pipeline.teacher import TeacherRunner, images_to_batch
+    from pipeline.teachers.deeplab import TeacherRunner, images_to_batch
 
     torch.set_num_threads(2)
     model, _ = _model("paper")

@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     from pipeline.params import load_params, parse_section
     from pipeline.paths import ProjectPaths
     from pipeline.stages import pseudo_label as pl
-    from pipeline.teacher import TeacherArchitecture
+    from pipeline.teachers.deeplab import TeacherArchitecture
 
     torch.set_num_threads(args.threads)
     raw = load_params(REPO / "params.yaml")

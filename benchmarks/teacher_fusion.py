@@ -184,14 +184,13 @@ def crops(args) -> None:
 
 
 def throughput(args) -> None:
-    import numpy as np
     import torch
 
     from pipeline.images import read_rgb
     from pipeline.sources.base import LoaderReport
     from pipeline.sources.ccp import iter_ccp
     from pipeline.labelling.prediction import FusedTeachers, ScoreParams, mask_features
-    from pipeline.teacher import build_teacher, teacher_config
+    from pipeline.teachers.deeplab import build_teacher, teacher_config
     from pipeline.teachers.registry import DeepLabTeacher, MediaPipeTeacher
     from params_helpers import quick_section  # tests/ helper: the quick profile's values
 

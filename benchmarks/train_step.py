@@ -86,6 +86,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = args.variants
+    if native_bf16("cpu"):  # see pipeline.stages.train.autocast_dtype: the stage never trains this way
+        hung = [v for v in variants if VARIANTS[v][1] and VARIANTS[v][2]]
+        for variant in hung:
+            print(f"{variant}: skipped (bf16 with channels_last on this CPU: a step never finished; "
+                  "the train stage trains such settings in float32 channels_last)")
+        variants = [v for v in variants if v not in hung]
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size)
     masks = torch.zeros(args.batch, args.size, args.size)

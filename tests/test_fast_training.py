@@ -223,5 +223,12 @@ def test_bf16_falls_back_to_float32_with_a_line_where_the_cpu_has_no_native_bf16
     assert autocast_dtype(fast_settings(bf16=True), "cpu")[0] is None
     assert "no native bfloat16" in autocast_dtype(fast_settings(bf16=True), "cpu")[1]
     monkeypatch.setattr(train_stage, "native_bf16", lambda device: True)
-    assert autocast_dtype(fast_settings(bf16=True), "cpu") == (torch.bfloat16, None)
+    assert autocast_dtype(fast_settings(bf16=True, channels_last=False), "cpu") == (torch.bfloat16, None)
     assert autocast_dtype(fast_settings(bf16=False), "cuda") == (None, None)
+
+
+def test_bf16_with_channels_last_on_cpu_trains_in_float32_with_a_line(monkeypatch):
+    monkeypatch.setattr(train_stage, "native_bf16", lambda device: True)
+    dtype, line = autocast_dtype(fast_settings(bf16=True, channels_last=True), "cpu")
+    assert dtype is None and "channels_last" in line and "float32" in line
+    assert autocast_dtype(fast_settings(bf16=True, channels_last=True), "cuda") == (torch.bfloat16, None)

@@ -20,7 +20,7 @@ from pipeline.labelling.prediction import (ScoreParams, combine_score, score_com
 from pipeline.manifest import read_manifest
 from pipeline.metrics import failure_auc, roc_auc
 from pipeline.review.pool import disagreement_path_for, read_pool
-from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
+from pipeline.teachers.deeplab import TEACHER_ARCH, build_teacher, teacher_config
 from params_helpers import quick_section, write_params
 from teacher_helpers import BrightnessTeacher, DrawnTeacher, count_teacher_calls, rectangle_image, write_canonical
 

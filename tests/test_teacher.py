@@ -19,7 +19,7 @@ from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.data import SeededAugmentation
 from pipeline.losses import cross_entropy_dice
 from pipeline.metrics import iou
-from pipeline.teacher import (TEACHER_ARCH, TeacherRunner, build_teacher, load_teacher, merge_flip,
+from pipeline.teachers.deeplab import (TEACHER_ARCH, TeacherRunner, build_teacher, load_teacher, merge_flip,
                               teacher_config)
 from pipeline.selection import drop_leaks
 from pipeline.stages.train_teacher import TeacherParams, main, teacher_job

@@ -23,7 +23,7 @@ from pipeline.labelling.prediction import FusedTeachers, Prediction, mask_featur
 from pipeline.labelling.work import ItemResult, SampleResult, WorkItem
 from pipeline.manifest import mask_statistics
 from pipeline.paths import ProjectPaths
-from pipeline.teacher import TeacherArchitecture
+from pipeline.teachers.deeplab import TeacherArchitecture
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = 95) -> bytes:

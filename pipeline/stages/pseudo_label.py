@@ -90,7 +90,7 @@ from pipeline.images import read_mask_png, strip_root
 from pipeline.manifest import MANIFEST_NAME, ManifestRow, read_manifest, safe_key, to_frame
 from pipeline.params import InputPath, Section, load_params, parse_section, path_rules
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.teacher import OUTPUT_STRIDE, TeacherArchitecture, checked_input_size, load_teacher, native_bfloat16
+from pipeline.teachers.deeplab import OUTPUT_STRIDE, TeacherArchitecture, checked_input_size, load_teacher, native_bfloat16
 from pipeline.teachers.base import Teacher
 from pipeline.teachers.fusion import FusionMethod, fusion_weights
 from pipeline.teachers.registry import MEDIAPIPE_VARIANTS, DeepLabTeacher, MediaPipeTeacher, TeacherName

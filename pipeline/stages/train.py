@@ -379,6 +379,12 @@ def autocast_dtype(settings: TrainSettings, device: str) -> tuple[torch.dtype | 
     if not settings.bf16:
         return None, None
     if native_bf16(device):
+        if settings.channels_last and str(device).startswith("cpu"):
+            # torch 2.13's oneDNN on a CPU with native bf16: a depth-wise 1x15 conv in bf16 NHWC (ExtremeC3Net's
+            # dilation-8 branches) gave no result in 15 s for one 8x112x112 map, against 2 ms for 1x13;
+            # one ExtremeC3Net step never finished. NCHW bf16 (3.15 s/step) gains nothing over NHWC fp32 (2.89).
+            return None, ("train.settings.bf16 with channels_last on CPU trains many times slower than either "
+                          "alone; training in float32 channels_last (set bf16: false to silence this)")
         return torch.bfloat16, None
     return None, (f"train.settings.bf16: {device} has no native bfloat16 (a CUDA GPU, or a CPU with AVX512-BF16 or "
                   "AMX); training in float32")

@@ -46,7 +46,7 @@ from pipeline.params import InputPath, load_section
 from pipeline.paths import ProjectPaths, shown_path
 from pipeline.selection import DataSource, drop_leaks, gather_rows, keep_readable, subsample
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.teacher import TEACHER_ARCH, TeacherArchitecture, build_teacher, checked_input_size, load_teacher
+from pipeline.teachers.deeplab import TEACHER_ARCH, TeacherArchitecture, build_teacher, checked_input_size, load_teacher
 from pipeline.training import (TrainingJob, code_digest, cosine_lr, fingerprint as hash_settings, run,
                                validation_iou)
 
@@ -81,7 +81,7 @@ class TeacherParams(TeacherArchitecture):
 
 # Settings that may change between a crash and the rerun without invalidating the run.
 _RESUME_FREE = {"epochs", "checkpoint_every_steps", "num_workers", "device", "checkpoint", "allow_empty_validation"}
-CODE_MODULES = {__name__, "pipeline.training", "pipeline.losses", "pipeline.data", "pipeline.teacher"}
+CODE_MODULES = {__name__, "pipeline.training", "pipeline.losses", "pipeline.data", "pipeline.teachers.deeplab"}
 
 
 def run_fingerprint(settings: TeacherParams, train_ids: list[str], code: str = "") -> str:

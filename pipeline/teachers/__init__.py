@@ -4,9 +4,6 @@
 - ``registry``: the teachers ``pseudo_label`` runs by name (``deeplab``, ``mediapipe``,
   ``mediapipe_landscape``);
 - ``fusion``: fusing several teachers' probabilities and their agreement;
+- ``deeplab``: the paper's DeepLabv3+ teacher (trained in-pipeline by ``train_teacher``) and its batched runner;
 - ``mediapipe`` / ``tflite``: MediaPipe's pretrained selfie segmenter in PyTorch, no download.
 """
-
-from pipeline.teachers.mediapipe import MediaPipeSelfieSegmenter
-
-__all__ = ["MediaPipeSelfieSegmenter"]

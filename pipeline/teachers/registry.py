@@ -1,6 +1,6 @@
 """The teachers ``pseudo_label`` can run, by name, and how each is built from its params.
 
-- ``deeplab``: the paper's DeepLabv3+ (``pipeline.teacher``), trained in-pipeline by
+- ``deeplab``: the paper's DeepLabv3+ (``pipeline.teachers.deeplab``), trained in-pipeline by
   ``train_teacher`` and read from ``paths.teacher``; it trained on some labelled photos
   (the checkpoint's ``train_ids``), which validation leaves out.
 - ``mediapipe`` / ``mediapipe_landscape``: MediaPipe's pretrained selfie segmenter, variant
@@ -17,7 +17,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from pipeline.teacher import TeacherRunner
+from pipeline.teachers.deeplab import TeacherRunner
 
 TeacherName = Literal["deeplab", "mediapipe", "mediapipe_landscape"]
 MEDIAPIPE_VARIANTS = {"mediapipe": "general", "mediapipe_landscape": "landscape"}

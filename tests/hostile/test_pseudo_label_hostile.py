@@ -21,7 +21,7 @@ from pipeline.checkpoint import save_checkpoint
 from pipeline.labelling.prediction import COMPONENTS
 from pipeline.params import ParamsError, parse_section
 from pipeline.stages.pseudo_label import PseudoLabelParams
-from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
+from pipeline.teachers.deeplab import TEACHER_ARCH, build_teacher, teacher_config
 from params_helpers import quick_params, quick_section, write_params
 from teacher_helpers import BrightnessTeacher, bomb_png, rectangle_image, snapshot, write_canonical
 

@@ -18,7 +18,7 @@ import torch
 from params_helpers import quick_section
 from pipeline.checkpoint import save_checkpoint
 from pipeline.params import ParamsError, parse_section
-from pipeline.teacher import TEACHER_ARCH, build_teacher, teacher_config
+from pipeline.teachers.deeplab import TEACHER_ARCH, build_teacher, teacher_config
 from pipeline.stages.train_teacher import TeacherParams, main
 from teacher_helpers import bomb_png, rectangle_image, write_canonical, write_params
 
