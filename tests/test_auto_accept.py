@@ -31,36 +31,63 @@ def ranked(p_bad_pairs):
 
 
 def test_threshold_rule_on_a_case_computed_by_hand():
-    # 40 masks, P(good) 0.999, 0.998, ...; candidates = top 20 and top 40; Bonferroni level
-    # 1 - 0.10 / 2 = 0.95 each. No error: top 20 bounds at 1 - 0.05^(1/20) = 13.9% > 10%,
-    # top 40 at 1 - 0.05^(1/40) = 7.2% <= 10%: the threshold is the 40th value.
+    # 40 masks, P(good) 0.999, 0.998, ...; candidates = top 20 and top 40, each bound at the full
+    # 90%. No error: 22 accepted are the fewest that could pass (1 - 0.1^(1/n) <= 0.1 from n = 22:
+    # ln 0.1 / ln 0.9 = 21.9), so top 20 is left out; top 40 bounds at 1 - 0.1^(1/40) = 5.6%.
     probability = 0.999 - 0.001 * np.arange(40)
     good = np.ones(40, dtype=bool)
     choice = aa.choose_threshold(probability, good, target=0.10, confidence=0.90, candidates=2)
-    assert choice.level == pytest.approx(0.95)
+    assert choice.level == pytest.approx(0.90) and choice.min_accepted == 22
     assert choice.threshold == pytest.approx(probability[39]) and choice.accepted == 40 and choice.errors == 0
-    assert choice.upper_bound == pytest.approx(1 - 0.05 ** (1 / 40)) and choice.coverage == 1.0
-    # One bad mask at the bottom: top 40 bounds at 11.3% (1 of 40) > 10%, top 20 still fails:
+    assert choice.upper_bound == pytest.approx(1 - 0.1 ** (1 / 40)) and choice.coverage == 1.0
+    # Three bad masks at the bottom: 3 of 40 bounds at 15.9% > 10%, the only candidate tested:
     # nothing passes, nothing is accepted, and the reason says so.
-    good[39] = False
+    good[[37, 38, 39]] = False
     choice = aa.choose_threshold(probability, good, target=0.10, confidence=0.90, candidates=2)
     assert choice.threshold is None and choice.accepted == 0
-    assert "no candidate threshold" in choice.reason and "1 bad of 40" in choice.reason
-    # 60 masks, 3 candidates (20, 40, 60) at level 1 - 0.1/3: top 40 clean bounds at
-    # 1 - (0.1/3)^(1/40) = 8.2% <= 10%; all 60 with 3 bad at 13.3%: the rule takes the top 40.
+    assert "no candidate threshold" in choice.reason and "3 bad of 40" in choice.reason
+    # 60 masks, 3 candidates (20, 40, 60): 20 < 22 is left out; top 40 clean bounds at
+    # 1 - 0.1^(1/40) = 5.6% <= 10%; all 60 with 3 bad at 10.8% fails and ends the sequence.
     probability = 0.999 - 0.001 * np.arange(60)
     good = np.ones(60, dtype=bool)
     good[[45, 50, 55]] = False
     choice = aa.choose_threshold(probability, good, target=0.10, confidence=0.90, candidates=3)
     assert choice.accepted == 40 and choice.threshold == pytest.approx(probability[39])
-    assert choice.upper_bound == pytest.approx(1 - (0.1 / 3) ** (1 / 40))
+    assert choice.upper_bound == pytest.approx(1 - 0.1 ** (1 / 40))
+    assert "3 bad of 60" in choice.reason
+
+
+def test_the_sequence_ends_at_its_first_failure_even_when_a_later_candidate_would_pass():
+    # 4 candidates of 100 masks (25, 50, 75, 100), target 10% at 90%. Top 25 clean: 8.8%, passes.
+    # Masks 26-30 bad: top 50 has 5 of 50, bound 17.8%, fails. Top 100 (5 of 100, 9.1%) would
+    # pass on its own, but testing it after a failure would spend error the rule does not have.
+    probability = 0.999 - 0.001 * np.arange(100)
+    good = np.ones(100, dtype=bool)
+    good[25:30] = False
+    assert aa.clopper_pearson_upper(5, 100, 0.90) <= 0.10 < aa.clopper_pearson_upper(5, 50, 0.90)
+    choice = aa.choose_threshold(probability, good, target=0.10, confidence=0.90, candidates=4)
+    assert choice.accepted == 25 and choice.errors == 0
+    assert choice.upper_bound == pytest.approx(1 - 0.1 ** (1 / 25))
+
+
+def test_the_rule_keeps_its_error_rate_when_nothing_is_good_enough():
+    # Evidence whose true error rate is 4% everywhere (above the 2% target): over 300 seeded draws the
+    # rule, at 90% confidence, may accept in at most about 10% of them (it is a level-10% test).
+    rng = np.random.default_rng(0)
+    accepted_runs = 0
+    for _ in range(300):
+        probability = rng.random(800)
+        good = rng.random(800) >= 0.04
+        choice = aa.choose_threshold(probability, good, target=0.02, confidence=0.90, candidates=20)
+        accepted_runs += choice.threshold is not None
+    assert accepted_runs / 300 <= 0.10 + 3 * math.sqrt(0.1 * 0.9 / 300)
 
 
 def test_too_little_evidence_accepts_nothing_and_says_how_much_is_needed():
     choice = aa.choose_threshold(np.full(45, 0.99), np.ones(45, bool), target=0.02, confidence=0.95, candidates=20)
     assert choice.threshold is None and choice.accepted == 0
-    assert choice.reason.startswith("too little evidence") and "at least 297" in choice.reason
-    assert choice.as_dict()["threshold"] is None and choice.min_accepted == 297
+    assert choice.reason.startswith("too little evidence") and "at least 149" in choice.reason
+    assert choice.as_dict()["threshold"] is None and choice.min_accepted == 149
 
 
 def test_masks_tied_at_the_threshold_are_all_accepted():
@@ -114,7 +141,7 @@ def test_auto_decisions_are_journalled_with_reviewer_threshold_and_evidence():
     assert first.extra["threshold"] == round(choice.threshold, 6) and first.extra["p_good"] == 0.999
     assert first.extra["audit"] is True and second.extra["audit"] is False
     evidence = first.extra["evidence"]
-    assert evidence == {"rule": "clopper-pearson, bonferroni over coverage grid", "model": "m0", "target": 0.02,
+    assert evidence == {"rule": "clopper-pearson, fixed-sequence over coverage grid", "model": "m0", "target": 0.02,
                         "confidence": 0.95, "candidates": 4, "evidence": 400, "accepted": choice.accepted,
                         "errors": 0, "upper_bound": round(choice.upper_bound, 6)}
     again = aa.auto_events(accepted, choice, model="m0", decided_at=aa.NO_HUMAN_TIME)

@@ -12,8 +12,8 @@ with an error bound that evidence backs and a blind audit that keeps checking it
 - ``calibration``: logistic regression of P(good) (good = IoU >= a threshold, or a
   person's accept), cross-fitted out of fold with folds grouped by parent photo, and its
   reliability (predicted vs observed), Brier score and failure ROC AUC;
-- ``auto_accept``: the threshold rule (exact Clopper-Pearson bound, Bonferroni over a fixed
-  grid of candidate thresholds), the seeded audit draw and the auto journal's lines;
+- ``auto_accept``: the threshold rule (exact Clopper-Pearson bound, fixed-sequence testing over a
+  fixed grid of candidate thresholds), the seeded audit draw and the auto journal's lines;
 - ``groups``: IoU and auto-accept rate per race, gender and age where attributes exist;
 - ``outputs``: the names of the files the ``score_pool`` stage writes into
   ``paths.quality`` and the readers the review queue, ``export_reviews`` and ``assemble`` use.
