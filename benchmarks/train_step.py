@@ -86,18 +86,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = args.variants
-    if native_bf16("cpu"):  # see pipeline.stages.train.autocast_dtype: the stage never trains this way
-        hung = [v for v in variants if VARIANTS[v][1] and VARIANTS[v][2]]
-        for variant in hung:
-            print(f"{variant}: skipped (bf16 with channels_last on this CPU: a step never finished; "
-                  "the train stage trains such settings in float32 channels_last)")
-        variants = [v for v in variants if v not in hung]
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size)
     masks = torch.zeros(args.batch, args.size, args.size)
     masks[:, args.size // 4:, args.size // 5: -args.size // 5] = 1
     print(f"batch {args.batch} x {args.size}px, {torch.get_num_threads()} threads, repeats {args.repeats}, "
           f"native bf16 {native_bf16('cpu')}, torch {torch.__version__}")
+    if native_bf16("cpu"):  # see pipeline.stages.train.autocast_dtype: the stage never trains this way
+        hung = [v for v in variants if VARIANTS[v][1] and VARIANTS[v][2]]
+        for variant in hung:
+            print(f"{variant}: skipped (bf16 with channels_last on this CPU: a step never finished; "
+                  "the train stage trains such settings in float32 channels_last)")
+        variants = [v for v in variants if v not in hung]
 
     if not args.skip_losses:
         for kind, fused in (("lovasz", False), ("lovasz", True), ("ce", False)):
