@@ -241,16 +241,21 @@ def _per_image(folder, iou: pd.Series):
         folder / "per_image.csv", index=False)
 
 
+def _project_with_a_peer(tmp_path):
+    """Attributes, the prepared manifest and params naming ``net`` and the peer ``mediapipe``."""
+    ATTRIBUTES.to_csv(tmp_path / "people.csv", index=False)
+    _manifest(tmp_path / "data" / "prepared", list(IOU.index))
+    return write_params(tmp_path / "params.yaml", {
+        "paths": {"attributes": "people.csv"},
+        "bias_report": {"architectures": ["net"], "peers": ["mediapipe"], "min_group_size": 1,
+                        "bootstrap_resamples": 100}})
+
+
 def test_every_report_shows_the_peer_and_the_peer_has_its_own(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _per_image(tmp_path / "models" / "net", IOU)
     peer_iou = pd.Series({"a": 0.99, "b": 0.97, "c": 0.95, "d": 0.93, "e": 0.91})
-    ATTRIBUTES.to_csv(tmp_path / "people.csv", index=False)
-    _manifest(tmp_path / "data" / "prepared", list(IOU.index))
-    params = write_params(tmp_path / "params.yaml", {
-        "paths": {"attributes": "people.csv"},
-        "bias_report": {"architectures": ["net"], "peers": ["mediapipe"], "min_group_size": 1,
-                        "bootstrap_resamples": 100}})
+    params = _project_with_a_peer(tmp_path)
     assert br.main(["--params", str(params), "--quiet"]) == 2  # the peer is not evaluated yet
     assert "evaluate --peer" in capsys.readouterr().err
     _per_image(tmp_path / "models" / "peers" / "mediapipe", peer_iou)
@@ -271,12 +276,7 @@ def test_every_report_shows_the_peer_and_the_peer_has_its_own(tmp_path, monkeypa
 def test_a_peer_alone_and_an_unlisted_peer(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _per_image(tmp_path / "models" / "peers" / "mediapipe", IOU)
-    ATTRIBUTES.to_csv(tmp_path / "people.csv", index=False)
-    _manifest(tmp_path / "data" / "prepared", list(IOU.index))
-    params = write_params(tmp_path / "params.yaml", {
-        "paths": {"attributes": "people.csv"},
-        "bias_report": {"architectures": ["net"], "peers": ["mediapipe"], "min_group_size": 1,
-                        "bootstrap_resamples": 100}})
+    params = _project_with_a_peer(tmp_path)
     assert br.main(["--params", str(params), "--quiet", "--peer", "mediapipe"]) == 0  # net's table is not needed
     assert (tmp_path / "reports" / "bias" / "peer_mediapipe" / "groups.png").is_file()
     assert not (tmp_path / "reports" / "bias" / "net").exists()
