@@ -3,8 +3,12 @@ and on the fast-path variants (``train.settings``: fused_loss, channels_last, bf
 ``torch.compile`` of the network, which the training loop does not use),
 A/B interleaved in one process; and the losses alone.
 
+In channels_last, ExtremeC3Net's BN (+ PReLU) and depth-wise conv backward run on
+``pipeline.trainops``' kernels; ``fused+cl-native`` is the same variant on PyTorch's ops (and
+the classifier after the last upsampling), i.e. the fast path before those kernels.
+
 Usage: python benchmarks/train_step.py [--archs extremec3net portraitnet] [--batch 32] [--size 224]
-       [--threads 2] [--repeats 5] [--variants plain fused fused+cl fused+bf16 fused+cl+bf16]
+       [--threads 2] [--repeats 5] [--variants plain fused fused+cl-native fused+cl fused+bf16]
 
 Every round times one step of every variant in turn (the same batch, each variant with its own
 network and optimizer), so load from other processes on a shared machine falls on all of them
@@ -16,6 +20,7 @@ where the CPU has no native bfloat16 (the stage would fall back to float32 there
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -30,7 +35,12 @@ VARIANTS = {  # name -> (fused loss, channels_last, bf16 autocast, torch.compile
     "fused+cl+bf16": (True, True, True, False),
     "fused+compile": (True, False, False, True),
     "fused+cl+compile": (True, True, False, True),
+    "fused+cl-native": (True, True, False, False),
 }
+# fused+cl-native: channels_last on PyTorch's own BN, PReLU and depth-wise conv backward instead of
+# pipeline.trainops' kernels, and ExtremeC3Net's classifier after the last upsampling: the fast
+# path as it was before those (2026-12-02), to show their speed-up in the same run.
+WITHOUT_NATIVE = {"fused+cl-native"}
 
 
 def time_it(fn, repeats: int) -> tuple[float, float]:
@@ -47,10 +57,14 @@ def make_step(arch: str, variant: str, images: torch.Tensor, masks: torch.Tensor
     """One training step of ``arch`` as ``variant`` does it (what pipeline.training.run does per batch)."""
     from pipeline.losses import SegmentationLoss
     from pipeline.models import build_model
+    from pipeline.trainops import DISABLE_ENV
 
     fused, channels_last, bf16, compiled = VARIANTS[variant]
     torch.manual_seed(0)
     model = build_model(arch).train()
+    native = variant not in WITHOUT_NATIVE
+    if not native and hasattr(model, "classify_before_upsampling"):
+        model.classify_before_upsampling = False
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -60,6 +74,7 @@ def make_step(arch: str, variant: str, images: torch.Tensor, masks: torch.Tensor
     loss_fn = SegmentationLoss("lovasz", 0.5, 7, fused=fused)
 
     def step():
+        os.environ[DISABLE_ENV] = "1" if native else "0"
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
@@ -79,7 +94,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2, help="torch threads (0 = default)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--variants", nargs="+", default=["plain", "fused", "fused+cl", "fused+bf16"],
+    parser.add_argument("--variants", nargs="+", default=["plain", "fused", "fused+cl-native", "fused+cl", "fused+bf16"],
                         choices=list(VARIANTS))
     parser.add_argument("--skip-losses", action="store_true")
     args = parser.parse_args()

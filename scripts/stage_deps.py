@@ -9,8 +9,8 @@ nothing else does. ``tests/test_dvc_deps.py`` fails when the two disagree; run
     python scripts/stage_deps.py --write    # put them into dvc.yaml (other lines untouched)
  Imports are read statically (also those inside functions);
 two kinds of loading that no import statement shows are added by rule: the model
-registry imports every module of ``pipeline/models``, and the native kernels' build
-compiles ``pipeline/native/c3_kernels.c``.
+registry imports every module of ``pipeline/models``, and the native kernels' builds
+compile ``pipeline/native/c3_kernels.c`` and ``pipeline/trainops/kernels.c``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ PACKAGE = ROOT / "pipeline"
 IMPLICIT = {
     "pipeline/models/registry.py": ["pipeline/models"],  # _import_all(): every network registers itself
     "pipeline/native/build.py": ["pipeline/native/c3_kernels.c"],
+    "pipeline/trainops/functions.py": ["pipeline/trainops/kernels.c"],
     "pipeline/sources/__init__.py": ["pipeline/sources"],
 }
 

@@ -19,6 +19,7 @@ FEATURES = ["confidence", "flip_agreement", "teacher_agreement", "components", "
 
 
 def settings(**changes) -> ScorePoolParams:
+    changes.setdefault("evidence_kinds", None)  # the drawn tables' kinds are not the profiles'
     section = quick_section("score_pool", features=FEATURES, **changes)
     return ScorePoolParams.model_validate(section)
 
@@ -63,7 +64,10 @@ def test_labelled_evidence_groups_by_parent_photo_and_labels_by_iou():
     assert frame["group"].tolist() == ["ccp/1", "ccp/1", "ccp/2"]  # no origin: its own photo
     assert frame["good"].tolist() == [True, False, True]  # IoU >= 0.9 is good, the boundary included
     only = labelled_evidence(validation, settings(evidence_kinds=["full_body"]), notes)
-    assert only["id"].tolist() == ["ccp/2"]
+    assert only["id"].tolist() == ["ccp/2"] and notes == []
+    typo = labelled_evidence(validation, settings(evidence_kinds=["portrait", "portraits"]), notes)
+    assert len(typo) == 2 and notes == ["score_pool.evidence_kinds ['portraits'] match no validation row "
+                                        "(its kinds: ['full_body', 'portrait'])"]
     with pytest.raises(StageError, match="evidence"):
         labelled_evidence(validation.drop(columns="evidence"), settings(evidence_kinds=["portrait"]), notes)
 
@@ -210,7 +214,7 @@ def project(tmp_path, monkeypatch):
     table.to_csv(tmp_path / "data" / "pseudo" / "scores.csv", index=False)
     (tmp_path / "metrics").mkdir()
     validation_frame(3000).to_csv(tmp_path / "metrics" / "pseudo_label_validation.csv", index=False)
-    write_params(tmp_path / "params.yaml", {"score_pool": {"features": FEATURES},
+    write_params(tmp_path / "params.yaml", {"score_pool": {"features": FEATURES, "evidence_kinds": None},
                                             "paths": {"attributes": "missing.csv"}})
     return tmp_path
 

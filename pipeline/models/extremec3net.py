@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.registry import register
+from pipeline.trainops import batchnorm_prelu, depthwise_conv, is_depthwise
 
 COARSE_STEM = 24
 LEVEL2_CHANNELS = 48
@@ -80,7 +81,7 @@ class BNPReLU(nn.Module):
         self.act = nn.PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(x))
+        return batchnorm_prelu(x, self.bn, self.act)
 
 
 class ConvBNPReLU(nn.Module):
@@ -95,7 +96,7 @@ class ConvBNPReLU(nn.Module):
         self.act = nn.PReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        return batchnorm_prelu(self.conv(x), self.bn, self.act)
 
 
 class C3Block(nn.Module):
@@ -126,7 +127,17 @@ class C3Block(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        layers, i = list(self.conv), 0
+        while i < len(layers):  # as nn.Sequential, each BN (+ PReLU) as one op
+            layer = layers[i]
+            if isinstance(layer, nn.BatchNorm2d):
+                act = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.PReLU) else None
+                x = batchnorm_prelu(x, layer, act)
+                i += 1 if act is None else 2
+            else:
+                x = depthwise_conv(x, layer) if is_depthwise(layer) else layer(x)
+                i += 1
+        return x
 
 
 class AdvancedC3(nn.Module):
@@ -231,7 +242,11 @@ class ExtremeC3Net(nn.Module):
     def __init__(self, num_classes: int = 1, p: int = 1, q: int = 5):
         super().__init__()
         check_arguments(num_classes, p, q)
-        self.classify_before_upsampling = False
+        # The 1x1 classifier before the last upsampling: the same function (both are linear and
+        # act on different axes; bilinear weights sum to 1), and the upsampling then moves
+        # num_classes channels instead of 24 at full resolution: in training, that full-size
+        # 24-channel map made the classifier's backward the step's largest op (benchmarks/train_step.py).
+        self.classify_before_upsampling = True
         self.encoder = CoarseEncoder(p, q)
         self.coarse_proj = nn.Conv2d(CoarseEncoder.out_channels, FINE_CHANNELS, 1, bias=False)
         self.coarse_bn = nn.BatchNorm2d(FINE_CHANNELS)
@@ -242,7 +257,7 @@ class ExtremeC3Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fine = self.fine_c3(self.fine_stem(x))
-        coarse = self.coarse_bn(self.coarse_proj(self.encoder(x)))
+        coarse = batchnorm_prelu(self.coarse_proj(self.encoder(x)), self.coarse_bn)
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=True)
         merged = self.head_act(coarse + fine)
         if self.classify_before_upsampling:
@@ -251,9 +266,8 @@ class ExtremeC3Net(nn.Module):
         return self.classifier(merged)
 
     def fuse_for_inference(self) -> None:
-        """Apply the 1x1 classifier before the last upsampling: both are linear and act on
-        different axes (channels vs pixels, interpolation weights summing to 1), so the
-        result is the same while the upsampling handles num_classes channels instead of 24."""
+        """Apply the 1x1 classifier before the last upsampling (the default since it is the
+        same function; a model whose attribute was turned off gets it back here)."""
         self.classify_before_upsampling = True
 
 

@@ -1,108 +1,32 @@
-"""Compile and load ``c3_kernels.c`` on first use, cached per source, flags and CPU.
-
-A plain C compiler (``$CC``, else ``cc``; GCC, for its vector extensions) is all it
-needs: no PyTorch headers, so the build takes about a second. ``-march=native`` makes the
-library specific to this CPU, so the cache key includes the CPU's model and flags; a cache
-copied to another machine is rebuilt, never run. ``PORTRAIT_CURATION_NATIVE_MARCH`` sets
-another ``-march`` (``x86-64-v3``: AVX2 machines; ``x86-64-v2``: any recent x86). The library is loaded after torch: both then share torch's OpenMP
-runtime (same soname ``libgomp.so.1``), so the two thread pools do not compete for cores.
-"""
+"""The inference kernels ``c3_kernels.c``, compiled on first use (``pipeline.ckernels``), and
+the checked ctypes call that runs an op program on them."""
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shlex
-import subprocess
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 
-import torch  # noqa: F401  (loaded first: the kernels then share its OpenMP runtime)
+from pipeline.ckernels import CACHE_ENV, MARCH_ENV, NativeBuildError, cache_dir, compiler_flags  # noqa: F401
+from pipeline.ckernels import library_path as _library_path
+from pipeline.ckernels import open_library
 
 SOURCE = Path(__file__).with_name("c3_kernels.c")
-BASE_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=gnu11")
-CACHE_ENV = "PORTRAIT_CURATION_NATIVE_CACHE"
-MARCH_ENV = "PORTRAIT_CURATION_NATIVE_MARCH"  # e.g. x86-64-v3 for a library other CPUs can run
-
-
-def compiler_flags() -> tuple[str, ...]:
-    return (*BASE_FLAGS, f"-march={os.environ.get(MARCH_ENV) or 'native'}")
-
-
-class NativeBuildError(RuntimeError):
-    """The kernels could not be compiled or loaded (no compiler, compiler error, bad cache)."""
-
-
-def cache_dir() -> Path:
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "portrait-curation" / "native"
-
-
-def _cpu_identity() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    wanted = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(wanted)))
-
-
-def _compiler() -> list[str]:
-    return shlex.split(os.environ.get("CC", "cc"))
-
-
-def _compiler_version(compiler: list[str]) -> str:
-    try:
-        done = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NativeBuildError(f"no C compiler: running {' '.join(compiler)!r} failed ({exc}); "
-                               "install gcc or set CC") from exc
-    return done.stdout
 
 
 def library_path() -> Path:
-    """Path of the compiled library for this source, compiler and CPU; builds it if missing."""
-    compiler = _compiler()
-    key = hashlib.sha256()
-    flags = compiler_flags()
-    for part in (SOURCE.read_bytes(), " ".join(flags).encode(), _compiler_version(compiler).encode(),
-                 _cpu_identity().encode(), platform.machine().encode()):
-        key.update(part)
-        key.update(b"\0")
-    target = cache_dir() / f"c3_kernels-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".c3_kernels-", suffix=".so", dir=target.parent)
-    os.close(fd)
-    command = [*compiler, *flags, str(SOURCE), "-o", tmp_name, "-lm"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise NativeBuildError(f"compiling the native kernels failed ({' '.join(command)}):\n{done.stderr}")
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return target
+    """Path of the compiled inference library for this compiler and CPU; builds it if missing."""
+    return _library_path(SOURCE)
 
 
 @lru_cache(maxsize=1)
 def load_library() -> ctypes.CDLL:
-    """The kernels as a ctypes library (compiled on first use)."""
-    path = library_path()
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as exc:
-        raise NativeBuildError(f"loading {path} failed ({exc}); delete it to rebuild") from exc
+    """The inference kernels as a ctypes library (compiled on first use)."""
+    lib = open_library(SOURCE)
     lib.c3_run.restype = ctypes.c_int
     lib.c3_run.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]

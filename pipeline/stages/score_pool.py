@@ -32,7 +32,6 @@ accept.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,7 +116,12 @@ def labelled_evidence(validation: pd.DataFrame, settings: ScorePoolParams, notes
         if "evidence" not in frame.columns:
             raise StageError(f"{where}: score_pool.evidence_kinds selects rows by column 'evidence', which it lacks; "
                              "set evidence_kinds: null to use every row")
-        frame = frame[frame["evidence"].astype(str).isin(settings.evidence_kinds)]
+        kinds = frame["evidence"].astype(str)
+        unmatched = [kind for kind in settings.evidence_kinds if kind not in set(kinds)]
+        if unmatched:
+            notes.append(f"score_pool.evidence_kinds {unmatched} match no validation row "
+                         f"(its kinds: {sorted(set(kinds))})")
+        frame = frame[kinds.isin(settings.evidence_kinds)]
     frame["iou"] = pd.to_numeric(frame["iou"], errors="coerce")
     unknown = frame["iou"].isna() | ~frame["iou"].between(0, 1)
     if unknown.any():

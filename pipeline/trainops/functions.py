@@ -1,0 +1,157 @@
+"""Training ops on the NHWC kernels of ``kernels.c``: BatchNorm2d (+ PReLU), and the
+backward of a depth-wise conv, as autograd functions.
+
+Why: in channels_last on a CPU, PyTorch's BatchNorm and PReLU backward and oneDNN's
+depth-wise conv backward for few, odd channel counts were most of an ExtremeC3Net training
+step (``benchmarks/train_step.py``), far slower than their memory traffic needs. Same
+arithmetic as PyTorch (batch statistics, biased variance for normalising, unbiased for the
+running variance), float rounding aside. ``pipeline.trainops`` decides when they apply.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.ckernels import NativeBuildError, open_library
+
+SOURCE = Path(__file__).with_name("kernels.c")
+
+_unavailable: str | None = None  # why the kernels could not be built: the PyTorch path is used
+
+
+@lru_cache(maxsize=1)
+def load_training_library() -> ctypes.CDLL:
+    """``kernels.c``: training-mode BN (+ PReLU) and depth-wise conv backward over NHWC."""
+    lib = open_library(SOURCE)
+    p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    lib.bn_stats.restype = i
+    lib.bn_stats.argtypes = [p, n, i, i, p, p]
+    lib.bn_apply.restype = None
+    lib.bn_apply.argtypes = [p, p, n, i, p, p, p, i]
+    lib.bn_backward.restype = i
+    lib.bn_backward.argtypes = [p, p, p, n, i, p, p, p, p, p, p, i, p, p, p]
+    lib.dw_backward_input.restype = i
+    lib.dw_backward_input.argtypes = [p, p, p] + [i] * 13
+    lib.dw_backward_weight.restype = i
+    lib.dw_backward_weight.argtypes = [p, p, p] + [i] * 13
+    return lib
+
+
+def available() -> bool:
+    """Whether the kernels build and load here; the first failure is said once, as a warning."""
+    global _unavailable
+    if _unavailable is None:
+        try:
+            load_training_library()
+            return True
+        except NativeBuildError as exc:
+            _unavailable = str(exc)
+            warnings.warn(f"native training kernels unavailable, training with PyTorch's ops: {exc}",
+                          RuntimeWarning, stacklevel=3)
+    return False
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _nhwc(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.contiguous(memory_format=torch.channels_last)
+
+
+class _BatchNormPReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, alpha, eps: float):
+        lib = load_training_library()
+        n, c, h, w = x.shape
+        rows, threads = n * h * w, torch.get_num_threads()
+        mean64 = torch.empty(c, dtype=torch.float64)
+        var64 = torch.empty(c, dtype=torch.float64)
+        if lib.bn_stats(x.data_ptr(), rows, c, threads, mean64.data_ptr(), var64.data_ptr()):
+            raise MemoryError("native batch norm: no memory for the per-thread sums")
+        mean, invstd = mean64.float(), (var64 + eps).rsqrt().float()
+        scale = (weight.detach() * invstd).contiguous()
+        offset = (bias.detach() - mean * scale).contiguous()
+        slopes = None if alpha is None else alpha.detach().contiguous()
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        lib.bn_apply(x.data_ptr(), out.data_ptr(), rows, c, scale.data_ptr(), offset.data_ptr(),
+                     _pointer(slopes), threads)
+        ctx.save_for_backward(x, weight, slopes, mean, invstd, scale, offset)
+        ctx.has_alpha = alpha is not None
+        var = var64.float()
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, weight, slopes, mean, invstd, scale, offset = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_out = _nhwc(grad_out)
+        grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+        grad_weight, grad_bias = torch.empty(c), torch.empty(c)
+        grad_alpha = torch.empty(c) if ctx.has_alpha else None
+        status = load_training_library().bn_backward(
+            x.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), n * h * w, c, weight.detach().contiguous().data_ptr(),
+            mean.data_ptr(), invstd.data_ptr(), scale.data_ptr(), offset.data_ptr(), _pointer(slopes),
+            torch.get_num_threads(), grad_weight.data_ptr(), grad_bias.data_ptr(), _pointer(grad_alpha))
+        if status:
+            raise MemoryError("native batch norm backward: no memory for the per-thread sums")
+        return grad_x, grad_weight, grad_bias, grad_alpha, None
+
+
+def train_batchnorm_prelu(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.PReLU | None) -> torch.Tensor:
+    """``act(bn(x))`` in training mode, running statistics updated as BatchNorm2d does."""
+    c = x.shape[1]
+    alpha = None if act is None else act.weight.expand(c)
+    out, mean, var = _BatchNormPReLU.apply(x, bn.weight, bn.bias, alpha, bn.eps)
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        rows = x.numel() // c
+        bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+        bn.running_var.mul_(1 - factor).add_(var * (rows / (rows - 1)), alpha=factor)
+    return out
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """Forward: PyTorch's conv. Backward: the kernels (stride 1, no bias, zero padding)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, padding: tuple[int, int], dilation: tuple[int, int]):
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation = padding, dilation
+        return F.conv2d(x, weight, None, 1, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        lib = load_training_library()
+        grad_out = _nhwc(grad_out)
+        n, c, in_h, in_w = x.shape
+        out_h, out_w = grad_out.shape[-2:]
+        kernel_h, kernel_w = weight.shape[-2:]
+        shape = (n, in_h, in_w, out_h, out_w, c, kernel_h, kernel_w, *ctx.padding, *ctx.dilation,
+                 torch.get_num_threads())
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            taps = weight.detach().reshape(c, kernel_h * kernel_w).t().contiguous()
+            grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+            if lib.dw_backward_input(grad_out.data_ptr(), taps.data_ptr(), grad_x.data_ptr(), *shape):
+                raise MemoryError("native depth-wise conv backward: no memory for the repeated weights")
+        if ctx.needs_input_grad[1]:
+            taps_grad = torch.empty(kernel_h * kernel_w, c)
+            if lib.dw_backward_weight(grad_out.data_ptr(), _nhwc(x).data_ptr(), taps_grad.data_ptr(), *shape):
+                raise MemoryError("native depth-wise conv backward: no memory for the per-thread sums")
+            grad_weight = taps_grad.t().reshape(weight.shape).contiguous()
+        return grad_x, grad_weight, None, None
+
+
+def train_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    return _DepthwiseConv2d.apply(x, conv.weight, tuple(conv.padding), tuple(conv.dilation))
