@@ -190,12 +190,12 @@ def test_extremec3net_trains_on_the_native_ops_as_on_pytorch_ops(monkeypatch):
             assert _close(ours, theirs, 1e-2), name
 
 
-def test_classifying_before_the_last_upsampling_is_the_same_function():
+def test_classifying_before_the_last_upsampling_as_training_does_is_the_same_function():
     torch.manual_seed(0)
     model = build_model("extremec3net").eval()
     x = torch.randn(2, 3, 80, 64)
     with torch.no_grad():
-        before = model(x)
-        model.classify_before_upsampling = False  # the official code's order
-        after = model(x)
-    assert model.training is False and _close(before, after, 1e-5)
+        official = model(x)  # evaluation: the official code's order
+        model.classify_before_upsampling = True
+        early = model(x)
+    assert _close(official, early, 1e-5) and not torch.equal(official, early)

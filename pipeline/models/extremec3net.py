@@ -242,11 +242,9 @@ class ExtremeC3Net(nn.Module):
     def __init__(self, num_classes: int = 1, p: int = 1, q: int = 5):
         super().__init__()
         check_arguments(num_classes, p, q)
-        # The 1x1 classifier before the last upsampling: the same function (both are linear and
-        # act on different axes; bilinear weights sum to 1), and the upsampling then moves
-        # num_classes channels instead of 24 at full resolution: in training, that full-size
-        # 24-channel map made the classifier's backward the step's largest op (benchmarks/train_step.py).
-        self.classify_before_upsampling = True
+        # None: the classifier before the last upsampling in training only (see forward);
+        # True: always (fuse_for_inference); False: never, the official code's order
+        self.classify_before_upsampling: bool | None = None
         self.encoder = CoarseEncoder(p, q)
         self.coarse_proj = nn.Conv2d(CoarseEncoder.out_channels, FINE_CHANNELS, 1, bias=False)
         self.coarse_bn = nn.BatchNorm2d(FINE_CHANNELS)
@@ -260,14 +258,20 @@ class ExtremeC3Net(nn.Module):
         coarse = batchnorm_prelu(self.coarse_proj(self.encoder(x)), self.coarse_bn)
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=True)
         merged = self.head_act(coarse + fine)
-        if self.classify_before_upsampling:
+        # The 1x1 classifier before the last upsampling is the same function (see fuse_for_inference)
+        # and in training saves the step's largest op: the classifier's backward on a full-size
+        # 24-channel map (benchmarks/train_step.py). Evaluation keeps the code's order unless
+        # fused, so FLOPs are counted as the paper counts them.
+        early = self.training if self.classify_before_upsampling is None else self.classify_before_upsampling
+        if early:
             return F.interpolate(self.classifier(merged), size=x.shape[-2:], mode="bilinear", align_corners=True)
         merged = F.interpolate(merged, size=x.shape[-2:], mode="bilinear", align_corners=True)
         return self.classifier(merged)
 
     def fuse_for_inference(self) -> None:
-        """Apply the 1x1 classifier before the last upsampling (the default since it is the
-        same function; a model whose attribute was turned off gets it back here)."""
+        """Apply the 1x1 classifier before the last upsampling: both are linear and act on
+        different axes (channels vs pixels, interpolation weights summing to 1), so the
+        result is the same while the upsampling handles num_classes channels instead of 24."""
         self.classify_before_upsampling = True
 
 
