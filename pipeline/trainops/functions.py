@@ -97,8 +97,9 @@ class _BatchNormPReLU(torch.autograd.Function):
         grad_x = torch.empty_like(x, memory_format=torch.channels_last)
         grad_weight, grad_bias = torch.empty(c), torch.empty(c)
         grad_alpha = torch.empty(c) if ctx.has_alpha else None
+        gamma = weight.detach().contiguous()  # held by a name: a copy must outlive the call
         status = load_training_library().bn_backward(
-            x.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), n * h * w, c, weight.detach().contiguous().data_ptr(),
+            x.data_ptr(), grad_out.data_ptr(), grad_x.data_ptr(), n * h * w, c, gamma.data_ptr(),
             mean.data_ptr(), invstd.data_ptr(), scale.data_ptr(), offset.data_ptr(), _pointer(slopes),
             torch.get_num_threads(), grad_weight.data_ptr(), grad_bias.data_ptr(), _pointer(grad_alpha))
         if status:
@@ -147,7 +148,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
                 raise MemoryError("native depth-wise conv backward: no memory for the repeated weights")
         if ctx.needs_input_grad[1]:
             taps_grad = torch.empty(kernel_h * kernel_w, c)
-            if lib.dw_backward_weight(grad_out.data_ptr(), _nhwc(x).data_ptr(), taps_grad.data_ptr(), *shape):
+            x_nhwc = _nhwc(x)  # held by a name: a copy must outlive the call
+            if lib.dw_backward_weight(grad_out.data_ptr(), x_nhwc.data_ptr(), taps_grad.data_ptr(), *shape):
                 raise MemoryError("native depth-wise conv backward: no memory for the per-thread sums")
             grad_weight = taps_grad.t().reshape(weight.shape).contiguous()
         return grad_x, grad_weight, None, None
