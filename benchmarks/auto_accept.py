@@ -264,7 +264,9 @@ def main(argv=None) -> int:
 
     settings = load_section(ScorePoolParams, "score_pool", args.params)
     args.after = args.after or list(settings.features)
-    settings = settings.model_copy(update={"features": list(args.after)})  # the pool section scores with "after"
+    # the pool section scores with "after", on all of this script's labelled photos: its evidence kinds are
+    # full_body and portrait, not the stage's <source>/<split> kinds that score_pool.evidence_kinds names
+    settings = settings.model_copy(update={"features": list(args.after), "evidence_kinds": None})
     frame = compute_features(args)
     labelled, pool = frame[frame["iou"].notna()].reset_index(drop=True), frame[frame["iou"].isna()]
     print("machine shared with other jobs (figures below are accuracies, not timings)")

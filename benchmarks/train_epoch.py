@@ -30,6 +30,11 @@ PLAIN = {key: False for key in FAST}
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
 
+def plain_adam(parameters, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """The optimizer of the plain path (torch's per-tensor loop on CPU)."""
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+
+
 def settings_with(switches: dict, **changes):
     """``train.settings`` of params.yaml (the quick profile) with the speed ``switches`` and ``changes``."""
     import yaml
@@ -58,11 +63,12 @@ def prepared_set(folder: Path, workers: int) -> Path:
     return folder
 
 
-def train_variant(root: Path, rows, switches: dict, args) -> dict:
-    """``args.steps`` steps of ``args.arch`` as the train stage builds them with ``switches``."""
+def train_variant(root: Path, rows, switches: dict, args, fused_adam: bool) -> dict:
+    """``args.steps`` steps of ``args.arch`` as the train stage builds them with ``switches`` (and its
+    fused Adam, ``pipeline.training.adam``, when ``fused_adam``; the plain path's per-tensor Adam otherwise)."""
     from pipeline.models import build_model
     from pipeline.stages.train import autocast_dtype, seeded_training_data, training_loss
-    from pipeline.training import TrainingJob, run
+    from pipeline.training import TrainingJob, adam, run
 
     settings = settings_with(switches, batch_size=args.batch, workers=args.workers, threads=args.threads,
                              epochs=1, max_steps_per_epoch=args.steps, input_size=args.size)
@@ -84,8 +90,8 @@ def train_variant(root: Path, rows, switches: dict, args) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         job = TrainingJob(
             name=args.arch, arch=args.arch, config={}, make_model=lambda fresh: build_model(args.arch),
-            make_optimizer=lambda model: torch.optim.Adam(model.parameters(), lr=settings.lr,
-                                                          weight_decay=settings.weight_decay),
+            make_optimizer=lambda model: (adam if fused_adam else plain_adam)(model.parameters(), settings.lr,
+                                                                               settings.weight_decay),
             loss=loss, learning_rate=lambda step: settings.lr, epochs=1, batch_size=settings.batch_size,
             train_data=data, checkpoint_dir=Path(folder), fingerprint="bench", seed=settings.seed,
             max_steps_per_epoch=settings.max_steps_per_epoch, keep_best=False, resume=False,
@@ -121,7 +127,7 @@ def main() -> None:
           f"{args.threads} threads, {args.workers} loader processes")
     results = {}
     for name in args.order:
-        results[name] = r = train_variant(root, rows, FAST if name == "fast" else PLAIN, args)
+        results[name] = r = train_variant(root, rows, FAST if name == "fast" else PLAIN, args, name == "fast")
         print(f"{name:6s} {r['steps']} steps: {r['images'] / r['train_s']:6.1f} images/s training "
               f"({r['images'] / (r['train_s'] + r['cache_s']):6.1f} with the {r['cache_s']:.0f} s data setup), "
               f"autocast {r['autocast']}, mean loss of the last 10 steps {r['last10']:.4f}")

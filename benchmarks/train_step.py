@@ -39,8 +39,10 @@ VARIANTS = {  # name -> (fused loss, channels_last, bf16 autocast, torch.compile
 }
 # fused+cl-native: channels_last on PyTorch's own BN, PReLU and depth-wise conv backward instead of
 # pipeline.trainops' kernels, and ExtremeC3Net's classifier after the last upsampling: the fast
-# path as it was before those (2026-12-02), to show their speed-up in the same run.
+# path as it was before those (2026-12-02), to show their speed-up in the same run. It and plain step
+# with torch's per-tensor Adam, as the train stage did before pipeline.training.adam (fused).
 WITHOUT_NATIVE = {"fused+cl-native"}
+PER_TENSOR_ADAM = {"plain", "fused+cl-native"}
 
 
 def time_it(fn, repeats: int) -> tuple[float, float]:
@@ -57,6 +59,7 @@ def make_step(arch: str, variant: str, images: torch.Tensor, masks: torch.Tensor
     """One training step of ``arch`` as ``variant`` does it (what pipeline.training.run does per batch)."""
     from pipeline.losses import SegmentationLoss
     from pipeline.models import build_model
+    from pipeline.training import adam
     from pipeline.trainops import DISABLE_ENV
 
     fused, channels_last, bf16, compiled = VARIANTS[variant]
@@ -68,7 +71,10 @@ def make_step(arch: str, variant: str, images: torch.Tensor, masks: torch.Tensor
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if variant in PER_TENSOR_ADAM:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    else:
+        optimizer = adam(model.parameters(), 1e-3)  # what the train stage uses
     if compiled:  # the first call (the warm-up) compiles; its time is printed apart
         model = torch.compile(model)
     loss_fn = SegmentationLoss("lovasz", 0.5, 7, fused=fused)

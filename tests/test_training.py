@@ -21,7 +21,7 @@ from pipeline.models import MODELS, register
 from pipeline.stage import StageError
 from pipeline.stages.train import (TrainContext, TrainSettings, seeded_training_data, split_train_val,
                                    train_architecture)
-from pipeline.training import (Step, TrainingJob, cosine_lr, derived_seed, epoch_order, fingerprint, multistep_lr,
+from pipeline.training import (Step, TrainingJob, adam, cosine_lr, derived_seed, epoch_order, fingerprint, multistep_lr,
                                run, validation_iou)
 from test_train import write_synthetic_set
 
@@ -281,3 +281,36 @@ def test_validation_iou_is_the_pipelines_iou():
     # nothing predicted: 0 on the half mask, 1 on the empty one (both empty: nothing to find, nothing found)
     assert validation_iou(Constant(-1.0), Half(), batch_size=1) == pytest.approx(0.5)
     assert math.isnan(validation_iou(Constant(1.0), None, batch_size=2))
+
+
+# ---------------------------------------------------------------- the optimizer
+
+
+def test_adam_is_fused_on_cpu_and_steps_like_torchs_per_tensor_adam():
+    torch.manual_seed(0)
+    target = torch.randn(3, 5)
+    weights = [nn.Parameter(torch.randn(3, 5)), nn.Parameter(torch.randn(7))]
+    twins = [nn.Parameter(w.detach().clone()) for w in weights]
+    start = (weights[0] - target).abs().sum().item()
+    fused, reference = adam(weights, 0.05, weight_decay=0.01), torch.optim.Adam(twins, lr=0.05, weight_decay=0.01)
+    assert fused.defaults["fused"] is True and not reference.defaults["fused"]
+    for _ in range(40):
+        for params, optimizer in ((weights, fused), (twins, reference)):
+            optimizer.zero_grad()
+            ((params[0] - target) ** 2).sum().add(params[1].pow(2).sum()).backward()
+            optimizer.step()
+    moved = (weights[0] - twins[0].detach()).abs().max()
+    assert moved < 1e-5 and (weights[0] - target).abs().sum() < start / 2  # the same descent, not no descent
+
+
+def test_adam_resumes_a_per_tensor_adams_state_and_falls_back_where_nothing_is_fused():
+    model = nn.Linear(4, 2)
+    old = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.ones(1, 4)).sum().backward()
+    old.step()
+    resumed = adam(model.parameters(), 0.01)
+    resumed.load_state_dict(old.state_dict())  # a checkpoint written before the stage used fused Adam
+    model(torch.ones(1, 4)).sum().backward()
+    resumed.step()
+    assert int(resumed.state[model.weight]["step"]) == 2
+    assert adam([nn.Parameter(torch.zeros(2, device="meta"))], 0.01).defaults["fused"] is None

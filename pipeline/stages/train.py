@@ -66,8 +66,8 @@ from pipeline.models.registry import (Architecture, ModelArgumentError, check_ar
 from pipeline.params import Section, load_section
 from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.training import (TrainingJob, code_digest, fingerprint as hash_settings, multistep_lr, native_bf16, run,
-                               validation_iou)
+from pipeline.training import (TrainingJob, adam, code_digest, fingerprint as hash_settings, multistep_lr, native_bf16,
+                               run, validation_iou)
 
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "train_loss", "val_miou", "lr"]
 MAX_WORKERS = 64  # data-loader processes; more only exhausts the machine
@@ -416,8 +416,7 @@ def stage_job(plan: StagePlan, settings: TrainSettings, kwargs: dict, ctx: Train
 
     return TrainingJob(
         name=f"stage {plan.index} ({plan.arch})", arch=plan.arch, config=kwargs, make_model=make_model,
-        make_optimizer=lambda model: torch.optim.Adam(model.parameters(), lr=settings.lr,
-                                                      weight_decay=settings.weight_decay),
+        make_optimizer=lambda model: adam(model.parameters(), settings.lr, settings.weight_decay),
         loss=_loss_of(settings.loss, settings.fused_loss),
         learning_rate=lambda step: learning_rate(settings, step.epoch),
         epochs=settings.epochs, batch_size=settings.batch_size, train_data=ctx.train_data,

@@ -349,7 +349,7 @@ def train_run(run: str, settings: dict, kwargs: dict, data: Packed, rows: torch.
 
     from pipeline.losses import SegmentationLoss
     from pipeline.models import build_model, get_spec
-    from pipeline.training import TrainingJob, fingerprint, multistep_lr, native_bf16
+    from pipeline.training import TrainingJob, adam, fingerprint, multistep_lr, native_bf16
     from pipeline.training import run as run_loop
 
     size, epochs, batch = int(settings["input_size"]), int(settings["epochs"]), int(settings["batch_size"])
@@ -389,8 +389,7 @@ def train_run(run: str, settings: dict, kwargs: dict, data: Packed, rows: torch.
 
         job = TrainingJob(
             name=f"{run} stage {stage}", arch=arch, config=kwargs, make_model=make_model,
-            make_optimizer=lambda model: torch.optim.Adam(model.parameters(), lr=settings["lr"],
-                                                          weight_decay=settings["weight_decay"]),
+            make_optimizer=lambda model: adam(model.parameters(), settings["lr"], settings["weight_decay"]),
             loss=own_loss or (lambda net, images, masks: segmentation(net(images), masks)),
             learning_rate=(lambda step: multistep_lr(settings["lr"], epochs, step.epoch))
             if settings["lr_schedule"] == "multistep" else (lambda step: settings["lr"]),
