@@ -56,12 +56,12 @@ def zoom_features(threads: int, params: Path) -> pd.DataFrame:
         boxes = [(int(ZOOM_MARGIN * im.shape[0]), im.shape[0] - int(ZOOM_MARGIN * im.shape[0]),
                   int(ZOOM_MARGIN * im.shape[1]), im.shape[1] - int(ZOOM_MARGIN * im.shape[1])) for im in images]
         crops = [np.ascontiguousarray(im[y0:y1, x0:x1]) for im, (y0, y1, x0, x1) in zip(images, boxes)]
-        full = np.array([m.predict(images, batch_size=8) for m in models], dtype=object)
-        zoom = np.array([m.predict(crops, batch_size=8) for m in models], dtype=object)
+        full = [m.predict(images, batch_size=8) for m in models]  # per teacher, per photo
+        zoom = [m.predict(crops, batch_size=8) for m in models]
         for i, (sample_id, _) in enumerate(batch):
             y0, y1, x0, x1 = boxes[i]
-            p_full = np.mean([full[k][i] for k in range(len(models))], axis=0)[y0:y1, x0:x1]
-            p_zoom = np.mean([zoom[k][i] for k in range(len(models))], axis=0)
+            p_full = np.mean([teacher[i] for teacher in full], axis=0)[y0:y1, x0:x1]
+            p_zoom = np.mean([teacher[i] for teacher in zoom], axis=0)
             scale = max(float((p_full + p_zoom).mean()), 1e-3)  # mean |difference| against the mean mass
             rows.append({"id": sample_id, "zoom_agreement": iou(p_full > 0.5, p_zoom > 0.5),
                          "zoom_soft_agreement": float(np.clip(1 - np.abs(p_full - p_zoom).mean() / scale, 0, 1))})
@@ -110,16 +110,15 @@ def held_out_bad_probability(frame: pd.DataFrame, bad: np.ndarray, halves: np.nd
                              with_kind: bool, factory, l2: float) -> np.ndarray:
     from pipeline.quality.calibration import fit_model
 
+    data = frame.assign(kind_is_portrait=(frame["evidence"] == "portrait").astype(float))  # a 0/1 share
+    used = features + (["kind_is_portrait"] if with_kind else [])
+    x = design(frame, features, with_kind) if factory is not None else None
     out = np.zeros(len(frame))
     for fit_half in (0, 1):
         fit, test = halves == fit_half, halves != fit_half
         if factory is None:
-            data = frame.assign(kind_is_portrait=(frame["evidence"] == "portrait").astype(float) * 0.998 + 0.001)
-            used = features + (["kind_is_portrait"] if with_kind else [])
-            model = fit_model(data[fit], ~bad[fit], used, l2)
-            out[test] = 1 - model.predict(data[test])
+            out[test] = 1 - fit_model(data[fit], ~bad[fit], used, l2).predict(data[test])
         else:
-            x = design(frame, features, with_kind)
             out[test] = factory().fit(x[fit], bad[fit]).predict_proba(x[test])[:, 1]
     return out
 

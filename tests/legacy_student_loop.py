@@ -29,9 +29,9 @@ from tqdm import tqdm
 from pipeline.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from pipeline.data import ManifestDataset
 from pipeline.losses import SegmentationLoss
-from pipeline.training import adam
 from pipeline.models.registry import get_spec
 from pipeline.stage import StageError
+from pipeline.training import adam
 
 
 @dataclass(frozen=True)
