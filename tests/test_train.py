@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from pipeline.models import MODELS, register
 from pipeline.stage import StageError
 from pipeline.stages.train import (TrainContext, TrainSettings, fingerprint, holdout_mask, learning_rate, main,
                                    plan_stages, seeded_training_data, split_train_val, train_architecture)
+from pipeline.training import Step
 
 STAGE1_LOADS: list[int] = []
 
@@ -113,11 +115,28 @@ def set_params(root: Path, archs=("test_tiny",), model_kwargs=None, **values) ->
     write_params(root / "params.yaml", {"train": train_section(archs, model_kwargs, **values)})
 
 
+def at_epoch(epoch: int, epochs: int, batch: int = 0, batches: int = 10) -> Step:
+    return Step(epoch, batch, batches, epochs)
+
+
 def test_learning_rate_halves_at_half_and_five_sixths():
     params = settings(epochs=12, lr=1e-3)
-    assert [learning_rate(params, e) for e in (0, 5, 6, 9, 10, 11)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
-    assert learning_rate(settings(epochs=12, lr=1e-3, lr_schedule="constant"), 11) == pytest.approx(0.001)
-    assert learning_rate(settings(epochs=1, lr=1e-3), 0) == 1e-3  # a one-epoch run keeps the full rate
+    assert [learning_rate(params, at_epoch(e, 12)) for e in (0, 5, 6, 9, 10, 11)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4,
+                                                                                        2.5e-4]
+    assert learning_rate(params, at_epoch(5, 12, batch=9)) == 1e-3  # per epoch: the batch does not matter
+    assert learning_rate(settings(epochs=12, lr=1e-3, lr_schedule="constant"), at_epoch(11, 12)) == pytest.approx(0.001)
+    assert learning_rate(settings(epochs=1, lr=1e-3), at_epoch(0, 1)) == 1e-3  # a one-epoch run keeps the full rate
+
+
+def test_cosine_learning_rate_warms_up_then_anneals_to_zero_per_step():
+    params = settings(epochs=4, lr=3e-3, lr_schedule="cosine", lr_warmup_epochs=1)
+    rates = [learning_rate(params, at_epoch(e, 4, b)) for e in range(4) for b in range(10)]
+    assert rates[:10] == pytest.approx([3e-3 * (i + 1) / 10 for i in range(10)])  # one epoch of linear rise
+    assert rates[9] == pytest.approx(3e-3) and max(rates) == pytest.approx(3e-3)
+    assert all(a > b for a, b in zip(rates[10:], rates[11:]))  # then strictly down, every step
+    assert rates[-1] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * 29 / 30)))  # one step short of 0
+    without = settings(epochs=4, lr=3e-3, lr_schedule="cosine", lr_warmup_epochs=0)
+    assert learning_rate(without, at_epoch(0, 4)) == pytest.approx(3e-3)
 
 
 def test_holdout_is_deterministic_and_per_id():

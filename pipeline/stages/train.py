@@ -5,7 +5,7 @@ ExtremeC3Net trains as in the paper: stage 1 fits the CoarseNet alone
 the best stage-1 checkpoint. Any architecture ``X`` with a registered ``X_stage1`` and a
 ``load_stage1_into`` beside its builder trains that way; the others train in one stage.
 Each stage is one run of the pipeline's training loop (``pipeline.training``): Adam, the
-multistep (or constant) learning rate of the epoch, the Lovász (or CE, or the network's own
+multistep, constant or warm-up + cosine learning rate, the Lovász (or CE, or the network's own
 paper) loss; checkpoints after every epoch, resumed after a kill with the same result, and
 started over when the settings, the training manifest or the code changed.
 
@@ -66,8 +66,8 @@ from pipeline.models.registry import (Architecture, ModelArgumentError, check_ar
 from pipeline.params import Section, load_section
 from pipeline.paths import ProjectPaths
 from pipeline.stage import StageError, make_parser, run_main
-from pipeline.training import (TrainingJob, adam, code_digest, fingerprint as hash_settings, multistep_lr, native_bf16,
-                               run, validation_iou)
+from pipeline.training import (Step, TrainingJob, adam, code_digest, fingerprint as hash_settings, native_bf16, run,
+                               schedule_lr, validation_iou)
 
 HISTORY_COLUMNS = ["epoch", "stage", "stage_epoch", "train_loss", "val_miou", "lr"]
 MAX_WORKERS = 64  # data-loader processes; more only exhausts the machine
@@ -103,7 +103,8 @@ class TrainSettings(Section):
     max_steps_per_epoch: int = Field(ge=0)  # 0 = the whole training set each epoch
     lr: float = Field(gt=0, allow_inf_nan=False)  # Adam
     weight_decay: float = Field(ge=0, allow_inf_nan=False)
-    lr_schedule: Literal["multistep", "constant"]  # official: x0.5 at 1/2 and 5/6 of the epochs
+    lr_schedule: Literal["multistep", "constant", "cosine"]  # official: multistep, x0.5 at 1/2 and 5/6 of the epochs
+    lr_warmup_epochs: float = Field(ge=0, allow_inf_nan=False)  # cosine only: linear rise over these epochs of each stage
     val_fraction: float = Field(ge=0, lt=1)
     val_sources: list[Annotated[str, Field(min_length=1)]]  # [] = any
     max_val_images: int = Field(ge=0)  # 0 = all held-out images
@@ -248,11 +249,9 @@ def plan_stages(arch: str) -> list[StagePlan]:
     return [StagePlan(1, arch)]
 
 
-def learning_rate(settings: TrainSettings, epoch: int) -> float:
-    """Learning rate of 0-based ``epoch``; a pure function of the epoch so resuming needs no scheduler state."""
-    if settings.lr_schedule == "constant":
-        return settings.lr
-    return multistep_lr(settings.lr, settings.epochs, epoch)
+def learning_rate(settings: TrainSettings, step: Step) -> float:
+    """Learning rate at ``step`` of a stage (each stage runs its own schedule from the start)."""
+    return schedule_lr(settings.lr_schedule, settings.lr, step, settings.lr_warmup_epochs)
 
 
 def holdout_mask(ids: pd.Series, sources: pd.Series, fraction: float, allowed_sources: list[str], seed: int) -> np.ndarray:
@@ -418,7 +417,7 @@ def stage_job(plan: StagePlan, settings: TrainSettings, kwargs: dict, ctx: Train
         name=f"stage {plan.index} ({plan.arch})", arch=plan.arch, config=kwargs, make_model=make_model,
         make_optimizer=lambda model: adam(model.parameters(), settings.lr, settings.weight_decay),
         loss=_loss_of(settings.loss, settings.fused_loss),
-        learning_rate=lambda step: learning_rate(settings, step.epoch),
+        learning_rate=lambda step: learning_rate(settings, step),
         epochs=settings.epochs, batch_size=settings.batch_size, train_data=ctx.train_data,
         checkpoint_dir=ctx.out_dir / "checkpoints", fingerprint=ctx.fingerprint, seed=settings.seed, key=plan.index,
         max_steps_per_epoch=settings.max_steps_per_epoch, validate=validate, checkpoint_name=f"stage{plan.index}_",

@@ -60,8 +60,8 @@ if str(ROOT) not in sys.path:
 
 ARCH = "extremec3net"
 RUNS = ("paper", "no_generated", "ce_loss")
-RECIPE_KEYS = ("input_size", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "export", "loss", "seed",
-               "channels_last", "bf16", "fused_loss", "max_steps_per_epoch")
+RECIPE_KEYS = ("input_size", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule", "lr_warmup_epochs", "export",
+               "loss", "seed", "channels_last", "bf16", "fused_loss", "max_steps_per_epoch")
 HISTORY_COLUMNS = ["run", "epoch", "stage", "stage_epoch", "train_loss", "val_miou", "lr"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -349,7 +349,7 @@ def train_run(run: str, settings: dict, kwargs: dict, data: Packed, rows: torch.
 
     from pipeline.losses import SegmentationLoss
     from pipeline.models import build_model, get_spec
-    from pipeline.training import TrainingJob, adam, fingerprint, multistep_lr, native_bf16
+    from pipeline.training import TrainingJob, adam, fingerprint, native_bf16, schedule_lr
     from pipeline.training import run as run_loop
 
     size, epochs, batch = int(settings["input_size"]), int(settings["epochs"]), int(settings["batch_size"])
@@ -391,8 +391,8 @@ def train_run(run: str, settings: dict, kwargs: dict, data: Packed, rows: torch.
             name=f"{run} stage {stage}", arch=arch, config=kwargs, make_model=make_model,
             make_optimizer=lambda model: adam(model.parameters(), settings["lr"], settings["weight_decay"]),
             loss=own_loss or (lambda net, images, masks: segmentation(net(images), masks)),
-            learning_rate=(lambda step: multistep_lr(settings["lr"], epochs, step.epoch))
-            if settings["lr_schedule"] == "multistep" else (lambda step: settings["lr"]),
+            learning_rate=lambda step: schedule_lr(settings["lr_schedule"], settings["lr"], step,
+                                                   settings["lr_warmup_epochs"]),
             epochs=epochs, batch_size=batch, train_data=train, checkpoint_dir=work / run, fingerprint=key,
             seed=int(settings["seed"]), key=stage, max_steps_per_epoch=int(settings["max_steps_per_epoch"]),
             validate=lambda model: validation_miou(model, data.val_images, data.val_masks, batch),
