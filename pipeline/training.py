@@ -118,10 +118,11 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 def warmup_cosine_lr(base: float, step: int, total: int, warmup: int) -> float:
     """A linear rise to ``base`` over the first ``warmup`` steps, then cosine decay to 0 by ``total``.
 
-    For runs of tens of epochs rather than the paper's hundreds: a higher peak than the
-    multistep rate can take is reached without the first steps' large gradients
-    throwing a freshly initialised batch-norm network off, and the rate anneals to 0 by the
-    last step instead of stopping at a quarter of its peak.
+    For runs of tens of epochs rather than the paper's hundreds: the rise lets a peak well
+    above the paper's rate start a freshly initialised batch-norm network without the first
+    steps' large updates throwing it off, and the rate anneals to 0 by the last step instead
+    of stopping at a quarter of its peak (20 + 20 epochs of the cpu profile: 91.09 mIoU
+    against multistep's 87.69, metrics/cpu/README.md).
     """
     warmup = min(max(warmup, 0), total)
     if step < warmup:

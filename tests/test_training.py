@@ -22,7 +22,7 @@ from pipeline.stage import StageError
 from pipeline.stages.train import (TrainContext, TrainSettings, seeded_training_data, split_train_val,
                                    train_architecture)
 from pipeline.training import (Step, TrainingJob, adam, cosine_lr, derived_seed, epoch_order, fingerprint, multistep_lr,
-                               run, validation_iou)
+                               run, schedule_lr, validation_iou, warmup_cosine_lr)
 from test_train import write_synthetic_set
 
 
@@ -250,6 +250,13 @@ def test_schedules_seeds_and_order():
     assert cosine_lr(1.0, 0, 10) == 1.0 and cosine_lr(1.0, 5, 10) == pytest.approx(0.5) and cosine_lr(1.0, 10, 10) == 0
     step = Step(epoch=2, batch=1, batches_per_epoch=3, epochs=4)
     assert step.global_step == 7 and step.total_steps == 12
+    assert schedule_lr("multistep", 1.0, step) == multistep_lr(1.0, 4, 2) == 0.5
+    assert schedule_lr("constant", 0.3, step) == 0.3
+    assert schedule_lr("cosine", 1.0, step, warmup_epochs=1) == pytest.approx(warmup_cosine_lr(1.0, 7, 12, 3))
+    assert warmup_cosine_lr(1.0, 0, 12, 3) == pytest.approx(1 / 3) and warmup_cosine_lr(1.0, 3, 12, 3) == 1.0
+    assert warmup_cosine_lr(1.0, 0, 2, 5) == pytest.approx(0.5)  # a warm-up longer than the run ends with it
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'"):
+        schedule_lr("step", 1.0, step)
     assert derived_seed(0, 1, 0) == derived_seed(0, 1, 0) != derived_seed(0, 2, 0)
     assert derived_seed(0, 1, 0) == derived_seed(0, "1", 0)  # a stage number and its text are one key
     order = epoch_order(10, seed=5, limit=None)
