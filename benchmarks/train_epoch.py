@@ -4,6 +4,7 @@ native), through the train stage's own data builders and ``pipeline.training.run
 
 Usage: python benchmarks/train_epoch.py [--train-set DIR] [--arch extremec3net] [--batch 32]
        [--steps 50] [--workers 1] [--threads 2] [--order plain fast] [--prepared /tmp/portrait-bench]
+       [--default-allocator]
 
 ``--train-set`` is a canonical folder with a manifest.csv (``data/train_set`` after ``assemble``);
 without it the real EG1800 train split and the labelled CCP photos (in place of the crops cut from
@@ -118,8 +119,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="DataLoader processes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--order", nargs="+", default=["plain", "fast"], choices=["plain", "fast"])
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's malloc settings (the train stage retains freed memory: pipeline.allocator)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        from pipeline.allocator import retain_freed_memory
+
+        retain_freed_memory()
     root = args.train_set or prepared_set(args.prepared, args.threads)
     rows = read_manifest(root)
     rows = rows[rows["mask"] != ""].reset_index(drop=True)

@@ -9,6 +9,10 @@ the classifier after the last upsampling), i.e. the fast path before those kerne
 
 Usage: python benchmarks/train_step.py [--archs extremec3net portraitnet] [--batch 32] [--size 224]
        [--threads 2] [--repeats 5] [--variants plain fused fused+cl-native fused+cl fused+bf16]
+       [--default-allocator]
+
+The process keeps freed memory as the train stage does (``pipeline.allocator``), for every variant;
+``--default-allocator`` measures with glibc's defaults (run it apart: the setting is process-wide).
 
 Every round times one step of every variant in turn (the same batch, each variant with its own
 network and optimizer), so load from other processes on a shared machine falls on all of them
@@ -103,16 +107,23 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["plain", "fused", "fused+cl-native", "fused+cl", "fused+bf16"],
                         choices=list(VARIANTS))
     parser.add_argument("--skip-losses", action="store_true")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's malloc settings (the train stage retains freed memory: pipeline.allocator)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        from pipeline.allocator import retain_freed_memory
+
+        retain_freed_memory()
     variants = args.variants
     torch.manual_seed(0)
     images = torch.randn(args.batch, 3, args.size, args.size)
     masks = torch.zeros(args.batch, args.size, args.size)
     masks[:, args.size // 4:, args.size // 5: -args.size // 5] = 1
     print(f"batch {args.batch} x {args.size}px, {torch.get_num_threads()} threads, repeats {args.repeats}, "
-          f"native bf16 {native_bf16('cpu')}, torch {torch.__version__}")
+          f"native bf16 {native_bf16('cpu')}, torch {torch.__version__}, "
+          f"allocator {'default' if args.default_allocator else 'retaining freed memory'}")
     if native_bf16("cpu"):  # see pipeline.stages.train.autocast_dtype: the stage never trains this way
         hung = [v for v in variants if VARIANTS[v][1] and VARIANTS[v][2]]
         for variant in hung:

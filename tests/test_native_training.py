@@ -41,8 +41,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> bool:
     return (a - b).abs().max().item() <= rel * max(1.0, b.abs().max().item())
 
 
-@pytest.mark.parametrize("c, h, w, with_prelu, shared_slope", [
-    (8, 13, 11, True, False), (18, 28, 28, True, False), (27, 9, 16, False, False), (5, 6, 7, True, True)])
+@pytest.mark.parametrize("c, h, w, with_prelu, shared_slope", [  # the kernels' runs: whole, short, many flushes
+    (8, 13, 11, True, False), (18, 28, 28, True, False), (27, 9, 16, False, False), (5, 6, 7, True, True),
+    (112, 5, 7, True, False), (24, 33, 31, True, False)])
 def test_batchnorm_prelu_matches_pytorch_forward_backward_and_running_statistics(c, h, w, with_prelu, shared_slope):
     torch.manual_seed(c)
     bn, act = _bn_and_prelu(c, shared_slope)

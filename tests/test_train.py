@@ -201,10 +201,15 @@ def test_seeded_augmentation_repeats_per_epoch(project):
     assert torch.equal(data[3]["image"], a) and not torch.equal(a, b)
 
 
-def test_main_two_stage_run_writes_model_metrics_and_plots(project):
+def test_main_two_stage_run_writes_model_metrics_and_plots(project, monkeypatch):
+    import pipeline.stages.train as train_stage
+
+    retained = []
+    monkeypatch.setattr(train_stage, "retain_freed_memory", lambda: retained.append(True))
     STAGE1_LOADS.clear()
     set_params(project, archs=["test_tiny2"], model_kwargs={"test_tiny2": {"width": 3}})
     assert main(["--params", "params.yaml", "--quiet"]) == 0
+    assert retained == [True]  # on a CPU the stage keeps freed memory (pipeline.allocator), once
     assert STAGE1_LOADS == [7]  # stage 2 started from stage 1's encoder: conv (2) + batch norm (5) tensors
     state = load_checkpoint(project / "models" / "test_tiny2" / "model.pt", expected_arch="test_tiny2")
     assert state["config"] == {"width": 3} and state["input_size"] == 32

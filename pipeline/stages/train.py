@@ -54,6 +54,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from pipeline import distributed
+from pipeline.allocator import retain_freed_memory
 from pipeline.atomic import write_csv, write_json
 from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.data import (CachedSamples, ManifestDataset, SeededAugmentation, cache_short_side, eval_transform,
@@ -492,6 +493,8 @@ def _body(args: argparse.Namespace) -> int:
     distributed.rank_batch(settings.batch_size)  # under torchrun: refused before any data is read
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    if device == "cpu":
+        retain_freed_memory()  # no page faults on each step's large tensors (pipeline.allocator)
     try:
         frame = read_manifest(paths.train_set)
     except ValueError as exc:

@@ -33,7 +33,7 @@ def load_training_library() -> ctypes.CDLL:
     p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
     lib.bn_stats.restype = i
     lib.bn_stats.argtypes = [p, n, i, i, p, p]
-    lib.bn_apply.restype = None
+    lib.bn_apply.restype = i
     lib.bn_apply.argtypes = [p, p, n, i, p, p, p, i]
     lib.bn_backward.restype = i
     lib.bn_backward.argtypes = [p, p, p, n, i, p, p, p, p, p, p, i, p, p, p]
@@ -81,8 +81,9 @@ class _BatchNormPReLU(torch.autograd.Function):
         offset = (bias.detach() - mean * scale).contiguous()
         slopes = None if alpha is None else alpha.detach().contiguous()
         out = torch.empty_like(x, memory_format=torch.channels_last)
-        lib.bn_apply(x.data_ptr(), out.data_ptr(), rows, c, scale.data_ptr(), offset.data_ptr(),
-                     _pointer(slopes), threads)
+        if lib.bn_apply(x.data_ptr(), out.data_ptr(), rows, c, scale.data_ptr(), offset.data_ptr(),
+                        _pointer(slopes), threads):
+            raise MemoryError("native batch norm: no memory for the repeated coefficients")
         ctx.save_for_backward(x, weight, slopes, mean, invstd, scale, offset)
         ctx.has_alpha = alpha is not None
         var = var64.float()

@@ -8,7 +8,7 @@
  * input is recomputed from x instead of being stored.
  *
  * Layout: x is M = N*H*W rows of C contiguous floats (a channels_last tensor). Sums are
- * taken per block of rows in float, then added in double; the variance is taken about
+ * taken over a few runs of rows in float, then added in double; the variance is taken about
  * the first row's values (a shift), so it does not cancel when the mean is large.
  * alpha == NULL means no PReLU (a BN alone).
  */
@@ -21,42 +21,88 @@
 static int omp_get_thread_num(void) { return 0; }
 #endif
 
-#define ROWS_PER_BLOCK 64
+/* The loops below go over a run of rows, P pixels x C channels (P * C a multiple of 8 floats and
+ * at least MIN_RUN_FLOATS: whole vectors for any C), with the per-channel values repeated along
+ * it (`repeat_taps`), instead of over the C channels of one row, which for C = 8..27 left most
+ * of each vector empty and paid the loop's overhead per pixel. Sums are taken in float over
+ * RUNS_PER_FLUSH runs, then per channel in double. The last run of a tensor may be short.
+ * (Summing a block of runs in registers was tried: faster in cache, slower from memory, and
+ * slower over a whole training step.) */
+#define MIN_RUN_FLOATS 128
+#define RUNS_PER_FLUSH 16
 
 static long min_long(long a, long b) { return a < b ? a : b; }
 
+typedef struct {
+    long width; /* floats per run */
+    long total; /* floats in the tensor */
+    long runs;  /* runs in the tensor, the last maybe short */
+} Runs;
+
+static Runs runs_of(long rows, int channels) {
+    long pixels = 1;
+    while ((pixels * channels) % 8 || pixels * channels < MIN_RUN_FLOATS) pixels++;
+    Runs r = {pixels * channels, rows * channels, 0};
+    r.runs = (r.total + r.width - 1) / r.width;
+    return r;
+}
+
+/* Per-channel values repeated along a row (`width` floats per tap), so that the inner loops
+ * run over a whole (pixel, channel) run: full vectors for any C. NULL when out of memory. */
+static float *repeat_taps(const float *weight, int taps, int channels, long width) {
+    float *rep = malloc(sizeof(float) * taps * width);
+    if (rep)
+        for (int t = 0; t < taps; t++)
+            for (long k = 0; k < width; k++) rep[t * width + k] = weight[(long)t * channels + k % channels];
+    return rep;
+}
+
+/* total[a * channels + c] += the `count` accumulators' (pixel, channel) sums; then zeroes them. */
+static void fold_runs(float *restrict acc, double *restrict total, int count, int channels, long width) {
+    for (int a = 0; a < count; a++)
+        for (long k = 0; k < width; k++) total[(long)a * channels + k % channels] += acc[a * width + k];
+    memset(acc, 0, sizeof(float) * count * width);
+}
+
+static void free_all(void *a, void *b, void *c, void *d) {
+    free(a);
+    free(b);
+    free(c);
+    free(d);
+}
+
 /* Biased per-channel mean and variance. Returns -1 when scratch cannot be allocated. */
 int bn_stats(const float *restrict x, long rows, int channels, int threads, double *mean, double *var) {
+    Runs layout = runs_of(rows, channels);
+    long width = layout.width;
     double *partial = calloc((size_t)threads * 2 * channels, sizeof(double));
-    float *scratch = malloc(sizeof(float) * threads * 2 * channels);
-    if (!partial || !scratch) {
-        free(partial);
-        free(scratch);
+    float *scratch = calloc((size_t)threads * 2 * width, sizeof(float));
+    float *shift = repeat_taps(x, 1, channels, width); /* the first row's values */
+    if (!partial || !scratch || !shift) {
+        free_all(partial, scratch, shift, NULL);
         return -1;
     }
-    const float *shift = x;
 #pragma omp parallel num_threads(threads)
     {
-        int t = omp_get_thread_num();
-        double *s1 = partial + (size_t)t * 2 * channels, *s2 = s1 + channels;
-        float *restrict f1 = scratch + (size_t)t * 2 * channels, *restrict f2 = f1 + channels;
+        int t = omp_get_thread_num(), pending = 0;
+        double *sums = partial + (size_t)t * 2 * channels;
+        float *acc = scratch + (size_t)t * 2 * width;
+        float *restrict a1 = acc, *restrict a2 = acc + width;
 #pragma omp for schedule(static)
-        for (long block = 0; block < rows; block += ROWS_PER_BLOCK) {
-            memset(f1, 0, sizeof(float) * 2 * channels);
-            long end = min_long(block + ROWS_PER_BLOCK, rows);
-            for (long r = block; r < end; r++) {
-                const float *row = x + r * channels;
-                for (int c = 0; c < channels; c++) {
-                    float d = row[c] - shift[c];
-                    f1[c] += d;
-                    f2[c] += d * d;
-                }
+        for (long run = 0; run < layout.runs; run++) {
+            const float *restrict v = x + run * width;
+            long length = min_long(width, layout.total - run * width);
+            for (long k = 0; k < length; k++) {
+                float d = v[k] - shift[k];
+                a1[k] += d;
+                a2[k] += d * d;
             }
-            for (int c = 0; c < channels; c++) {
-                s1[c] += f1[c];
-                s2[c] += f2[c];
+            if (++pending == RUNS_PER_FLUSH) {
+                fold_runs(acc, sums, 2, channels, width);
+                pending = 0;
             }
         }
+        if (pending) fold_runs(acc, sums, 2, channels, width);
     }
     for (int c = 0; c < channels; c++) {
         double t1 = 0, t2 = 0;
@@ -68,51 +114,59 @@ int bn_stats(const float *restrict x, long rows, int channels, int threads, doub
         mean[c] = shift[c] + m;
         var[c] = v > 0 ? v : 0;
     }
-    free(partial);
-    free(scratch);
+    free_all(partial, scratch, shift, NULL);
     return 0;
 }
 
-/* z = prelu(x * scale + offset) per channel (BN's affine with the batch statistics folded in). */
-void bn_apply(const float *restrict x, float *restrict z, long rows, int channels, const float *restrict scale,
-              const float *restrict offset, const float *restrict alpha, int threads) {
+/* z = prelu(x * scale + offset) per channel (BN's affine with the batch statistics folded in).
+ * Returns -1 when scratch cannot be allocated. */
+int bn_apply(const float *restrict x, float *restrict z, long rows, int channels, const float *restrict scale,
+             const float *restrict offset, const float *restrict alpha, int threads) {
+    Runs layout = runs_of(rows, channels);
+    long width = layout.width, total = layout.total, runs = layout.runs;
+    float *rep_scale = repeat_taps(scale, 1, channels, width), *rep_offset = repeat_taps(offset, 1, channels, width);
+    float *rep_alpha = alpha ? repeat_taps(alpha, 1, channels, width) : NULL;
+    if (!rep_scale || !rep_offset || (alpha && !rep_alpha)) {
+        free_all(rep_scale, rep_offset, rep_alpha, NULL);
+        return -1;
+    }
+    const float *restrict sc = rep_scale, *restrict of = rep_offset, *restrict al = rep_alpha;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < rows; r++) {
-        const float *in = x + r * channels;
-        float *out = z + r * channels;
-        if (alpha) {
-            for (int c = 0; c < channels; c++) {
-                float y = in[c] * scale[c] + offset[c];
-                out[c] = y > 0 ? y : alpha[c] * y;
+    for (long run = 0; run < runs; run++) {
+        const float *restrict in = x + run * width;
+        float *restrict out = z + run * width;
+        long length = min_long(width, total - run * width);
+        if (al) {
+            for (long k = 0; k < length; k++) {
+                float y = in[k] * sc[k] + of[k];
+                out[k] = y > 0 ? y : al[k] * y;
             }
         } else {
-            for (int c = 0; c < channels; c++) out[c] = in[c] * scale[c] + offset[c];
+            for (long k = 0; k < length; k++) out[k] = in[k] * sc[k] + of[k];
         }
     }
+    free_all(rep_scale, rep_offset, rep_alpha, NULL);
+    return 0;
 }
 
-/* Over `rows` rows: sums of dy, dy * (x - mean) and (with alpha) the PReLU slope's gradient,
- * where dy is the gradient at the BN output (the PReLU input y = x * scale + offset). */
-static void backward_sums(const float *restrict x, const float *restrict dz, long rows, int channels,
-                          const float *restrict scale, const float *restrict offset, const float *restrict mean,
-                          const float *restrict alpha, float *restrict s_dy, float *restrict s_dyx,
-                          float *restrict s_da) {
-    for (long r = 0; r < rows; r++) {
-        const float *restrict in = x + r * channels, *restrict g = dz + r * channels;
-        if (alpha) {
-            for (int c = 0; c < channels; c++) {
-                float y = in[c] * scale[c] + offset[c];
-                int positive = y > 0;
-                float dy = positive ? g[c] : alpha[c] * g[c];
-                s_da[c] += positive ? 0.0f : g[c] * y;
-                s_dy[c] += dy;
-                s_dyx[c] += dy * (in[c] - mean[c]);
-            }
-        } else {
-            for (int c = 0; c < channels; c++) {
-                s_dy[c] += g[c];
-                s_dyx[c] += g[c] * (in[c] - mean[c]);
-            }
+/* Over one run of `length` floats: sums of dy, dy * (x - mean) and (with alpha) the PReLU slope's
+ * gradient, where dy is the gradient at the BN output (the PReLU input y = x * scale + offset). */
+static void backward_sums(const float *restrict x, const float *restrict dz, long length, const float *restrict sc,
+                          const float *restrict of, const float *restrict mu, const float *restrict al,
+                          float *restrict s_dy, float *restrict s_dyx, float *restrict s_da) {
+    if (al) {
+        for (long k = 0; k < length; k++) {
+            float y = x[k] * sc[k] + of[k];
+            int positive = y > 0;
+            float dy = positive ? dz[k] : al[k] * dz[k];
+            s_da[k] += positive ? 0.0f : dz[k] * y;
+            s_dy[k] += dy;
+            s_dyx[k] += dy * (x[k] - mu[k]);
+        }
+    } else {
+        for (long k = 0; k < length; k++) {
+            s_dy[k] += dz[k];
+            s_dyx[k] += dz[k] * (x[k] - mu[k]);
         }
     }
 }
@@ -123,31 +177,45 @@ int bn_backward(const float *restrict x, const float *restrict dz, float *restri
                 const float *restrict gamma, const float *restrict mean, const float *restrict invstd,
                 const float *restrict scale, const float *restrict offset, const float *restrict alpha, int threads,
                 float *restrict dgamma, float *restrict dbeta, float *restrict dalpha) {
+    Runs layout = runs_of(rows, channels);
+    long width = layout.width, total = layout.total, runs = layout.runs;
     double *partial = calloc((size_t)threads * 3 * channels, sizeof(double));
-    float *scratch = malloc(sizeof(float) * threads * 3 * channels);
-    float *coef = malloc(sizeof(float) * 3 * channels);
-    if (!partial || !scratch || !coef) {
-        free(partial);
-        free(scratch);
-        free(coef);
+    float *scratch = calloc((size_t)threads * 3 * width, sizeof(float));
+    /* repeated along a run: scale, offset, alpha, mean, then the gradient's k_dy, k_x, k_0 */
+    float *per_channel = malloc(sizeof(float) * 7 * channels);
+    float *rep = malloc(sizeof(float) * 7 * width);
+    if (!partial || !scratch || !per_channel || !rep) {
+        free_all(partial, scratch, per_channel, rep);
         return -1;
     }
+    for (int c = 0; c < channels; c++) {
+        per_channel[c] = scale[c];
+        per_channel[channels + c] = offset[c];
+        per_channel[2 * channels + c] = alpha ? alpha[c] : 0.0f;
+        per_channel[3 * channels + c] = mean[c];
+    }
+    for (int i = 0; i < 4; i++)
+        for (long k = 0; k < width; k++) rep[i * width + k] = per_channel[i * channels + k % channels];
+    const float *restrict sc = rep, *restrict of = rep + width, *restrict al = alpha ? rep + 2 * width : NULL;
+    const float *restrict mu = rep + 3 * width;
 #pragma omp parallel num_threads(threads)
     {
-        int t = omp_get_thread_num();
-        double *s_dy = partial + (size_t)t * 3 * channels;
-        float *f = scratch + (size_t)t * 3 * channels;
-        float *restrict f_dy = f, *restrict f_dyx = f + channels, *restrict f_da = f + 2 * channels;
+        int t = omp_get_thread_num(), pending = 0;
+        double *sums = partial + (size_t)t * 3 * channels;
+        float *acc = scratch + (size_t)t * 3 * width;
 #pragma omp for schedule(static)
-        for (long block = 0; block < rows; block += ROWS_PER_BLOCK) {
-            memset(f, 0, sizeof(float) * 3 * channels);
-            long end = min_long(block + ROWS_PER_BLOCK, rows);
-            backward_sums(x + block * channels, dz + block * channels, end - block, channels, scale, offset, mean,
-                          alpha, f_dy, f_dyx, f_da);
-            for (int c = 0; c < 3 * channels; c++) s_dy[c] += f[c];
+        for (long run = 0; run < runs; run++) {
+            long start = run * width;
+            backward_sums(x + start, dz + start, min_long(width, total - start), sc, of, mu, al, acc, acc + width,
+                          acc + 2 * width);
+            if (++pending == RUNS_PER_FLUSH) {
+                fold_runs(acc, sums, 3, channels, width);
+                pending = 0;
+            }
         }
+        if (pending) fold_runs(acc, sums, 3, channels, width);
     }
-    float *restrict k_dy = coef, *restrict k_x = coef + channels, *restrict k_0 = coef + 2 * channels;
+    float *k_dy = per_channel + 4 * channels, *k_x = per_channel + 5 * channels, *k_0 = per_channel + 6 * channels;
     for (int c = 0; c < channels; c++) {
         double sum_dy = 0, sum_dyx = 0, sum_da = 0;
         for (int t = 0; t < threads; t++) {
@@ -166,23 +234,25 @@ int bn_backward(const float *restrict x, const float *restrict dz, float *restri
         k_x[c] = (float)kx;
         k_0[c] = (float)(-k * (sum_dy / rows) - kx * mean[c]);
     }
-    free(partial);
-    free(scratch);
+    for (int i = 4; i < 7; i++)
+        for (long k = 0; k < width; k++) rep[i * width + k] = per_channel[i * channels + k % channels];
+    const float *restrict r_dy = rep + 4 * width, *restrict r_x = rep + 5 * width, *restrict r_0 = rep + 6 * width;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < rows; r++) {
-        const float *in = x + r * channels, *g = dz + r * channels;
-        float *out = dx + r * channels;
-        if (alpha) {
-            for (int c = 0; c < channels; c++) {
-                float y = in[c] * scale[c] + offset[c];
-                float dy = y > 0 ? g[c] : alpha[c] * g[c];
-                out[c] = k_dy[c] * dy + k_x[c] * in[c] + k_0[c];
+    for (long run = 0; run < runs; run++) {
+        const float *restrict in = x + run * width, *restrict g = dz + run * width;
+        float *restrict out = dx + run * width;
+        long length = min_long(width, total - run * width);
+        if (al) {
+            for (long k = 0; k < length; k++) {
+                float y = in[k] * sc[k] + of[k];
+                float dy = y > 0 ? g[k] : al[k] * g[k];
+                out[k] = r_dy[k] * dy + r_x[k] * in[k] + r_0[k];
             }
         } else {
-            for (int c = 0; c < channels; c++) out[c] = k_dy[c] * g[c] + k_x[c] * in[c] + k_0[c];
+            for (long k = 0; k < length; k++) out[k] = r_dy[k] * g[k] + r_x[k] * in[k] + r_0[k];
         }
     }
-    free(coef);
+    free_all(partial, scratch, per_channel, rep);
     return 0;
 }
 
@@ -193,16 +263,6 @@ int bn_backward(const float *restrict x, const float *restrict dz, float *restri
  * The forward stays PyTorch's. Weights are tap-major: taps = kh*kw rows of C values.
  * Output size: oh = ih + pad_h - i * dil_h for tap row i (stride 1).
  */
-
-/* Per-channel tap weights repeated along a row (`width` floats per tap), so that the inner
- * loops below run over a whole row's (pixel, channel) run: full vectors for any C. */
-static float *repeat_taps(const float *weight, int taps, int channels, long width) {
-    float *rep = malloc(sizeof(float) * taps * width);
-    if (rep)
-        for (int t = 0; t < taps; t++)
-            for (long k = 0; k < width; k++) rep[t * width + k] = weight[(long)t * channels + k % channels];
-    return rep;
-}
 
 /* grad_in[n, ih, iw, c] = sum over taps of w[t, c] * grad_out[n, ih + pad_h - i*dil_h, iw + pad_w - j*dil_w, c].
  * Returns -1 when scratch cannot be allocated. */
