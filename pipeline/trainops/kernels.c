@@ -47,13 +47,18 @@ static Runs runs_of(long rows, int channels) {
     return r;
 }
 
-/* Per-channel values repeated along a row (`width` floats per tap), so that the inner loops
- * run over a whole (pixel, channel) run: full vectors for any C. NULL when out of memory. */
+/* rep[t * width + k] = values[t * channels + k % channels]: `count` per-channel vectors, each
+ * repeated along a row of `width` floats, so that the inner loops run over a whole (pixel,
+ * channel) run: full vectors for any C. */
+static void fill_repeated(float *restrict rep, const float *restrict values, int count, int channels, long width) {
+    for (int t = 0; t < count; t++)
+        for (long k = 0; k < width; k++) rep[t * width + k] = values[(long)t * channels + k % channels];
+}
+
+/* fill_repeated into a new buffer; NULL when out of memory. */
 static float *repeat_taps(const float *weight, int taps, int channels, long width) {
     float *rep = malloc(sizeof(float) * taps * width);
-    if (rep)
-        for (int t = 0; t < taps; t++)
-            for (long k = 0; k < width; k++) rep[t * width + k] = weight[(long)t * channels + k % channels];
+    if (rep) fill_repeated(rep, weight, taps, channels, width);
     return rep;
 }
 
@@ -194,8 +199,7 @@ int bn_backward(const float *restrict x, const float *restrict dz, float *restri
         per_channel[2 * channels + c] = alpha ? alpha[c] : 0.0f;
         per_channel[3 * channels + c] = mean[c];
     }
-    for (int i = 0; i < 4; i++)
-        for (long k = 0; k < width; k++) rep[i * width + k] = per_channel[i * channels + k % channels];
+    fill_repeated(rep, per_channel, 4, channels, width);
     const float *restrict sc = rep, *restrict of = rep + width, *restrict al = alpha ? rep + 2 * width : NULL;
     const float *restrict mu = rep + 3 * width;
 #pragma omp parallel num_threads(threads)
@@ -234,8 +238,7 @@ int bn_backward(const float *restrict x, const float *restrict dz, float *restri
         k_x[c] = (float)kx;
         k_0[c] = (float)(-k * (sum_dy / rows) - kx * mean[c]);
     }
-    for (int i = 4; i < 7; i++)
-        for (long k = 0; k < width; k++) rep[i * width + k] = per_channel[i * channels + k % channels];
+    fill_repeated(rep + 4 * width, per_channel + 4 * channels, 3, channels, width);
     const float *restrict r_dy = rep + 4 * width, *restrict r_x = rep + 5 * width, *restrict r_0 = rep + 6 * width;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long run = 0; run < runs; run++) {
