@@ -34,10 +34,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def _zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> Path:
+    """A fixed member date, so two archives built seconds apart are the same bytes (zip stores the clock)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
         for name, data in members.items():
-            zf.writestr(name, data)
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data, compress_type=compression)
     return path
 
 
