@@ -238,11 +238,19 @@ def test_fused_loss_runs_in_float32_under_a_bf16_forward():
     assert low.item() == pytest.approx(reference.item(), rel=2e-2)
 
 
-def test_the_boundary_band_by_two_passes_equals_the_square_morphology():
-    masks = drawn_masks(6, 24, 11)
-    for k in (1, 3, 7):
+@pytest.mark.parametrize("soft", [False, True])
+def test_the_boundary_band_by_two_passes_equals_the_square_morphology(soft):
+    masks = torch.rand(3, 24, 11) if soft else drawn_masks(6, 24, 11)
+    for k in (1, 3, 7, 41):  # 41: a window wider than the image
         pad = k // 2
         m = masks.unsqueeze(1)
         dilated = torch.nn.functional.max_pool2d(m, k, stride=1, padding=pad)
         eroded = -torch.nn.functional.max_pool2d(-m, k, stride=1, padding=pad)
         assert torch.equal(boundary_band(masks, k), (dilated - eroded).squeeze(1) > 0.5)
+
+
+def test_a_window_wider_than_the_image_reaches_its_far_edge():
+    for person in ((slice(None), slice(-1, None)), (slice(-1, None), slice(None))):  # last column, last row
+        masks = torch.zeros(1, 5, 11)
+        masks[(0, *person)] = 1
+        assert boundary_band(masks, 41).all()  # every window holds the whole image: both classes

@@ -76,19 +76,26 @@ def test_batchnorm_with_cumulative_momentum_averages_like_pytorch():
     assert _close(bn.running_mean, ref.running_mean, 1e-5) and _close(bn.running_var, ref.running_var, 1e-5)
 
 
-@pytest.mark.parametrize("c, kernel, dilation, size", [
-    (18, (3, 3), (2, 2), (28, 28)), (8, (1, 15), (1, 1), (30, 27)), (16, (15, 1), (1, 1), (20, 33)),
-    (5, (3, 3), (8, 8), (9, 10))])  # the last: most taps fall outside the map
-def test_depthwise_conv_backward_matches_pytorch(c, kernel, dilation, size):
+@pytest.mark.parametrize("c, kernel, dilation, size, padding", [
+    (18, (3, 3), (2, 2), (28, 28), None), (8, (1, 15), (1, 1), (30, 27), None), (16, (15, 1), (1, 1), (20, 33), None),
+    (5, (3, 3), (8, 8), (9, 10), None),  # most taps fall outside the map; the forward on the kernels
+    (6, (3, 3), (7, 7), (20, 18), None),  # the first dilation whose forward is on the kernels
+    (5, (3, 3), (8, 8), (21, 20), (0, 3)),  # the kernels' forward to a smaller map
+    (7, (3, 3), (1, 1), (12, 11), (0, 1)),  # a smaller output: the input gradient as a forward conv
+    (4, (3, 1), (1, 1), (8, 9), (3, 2))])  # padding beyond the kernel's reach: that gradient on the kernels
+def test_depthwise_conv_matches_pytorch_forward_and_backward(c, kernel, dilation, size, padding):
     torch.manual_seed(c)
-    padding = ((kernel[0] - 1) * dilation[0] // 2, (kernel[1] - 1) * dilation[1] // 2)
+    if padding is None:  # the map keeps its size, as in ExtremeC3Net
+        padding = ((kernel[0] - 1) * dilation[0] // 2, (kernel[1] - 1) * dilation[1] // 2)
     conv = nn.Conv2d(c, c, kernel, padding=padding, dilation=dilation, groups=c, bias=False)
     ref_conv = copy.deepcopy(conv)
     x = _nhwc(torch.randn(3, c, *size))
     ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    grad = torch.randn(3, c, *size)  # NCHW: the op takes any layout of the incoming gradient
-    (depthwise_conv(ours, conv) * grad).sum().backward()
-    (ref_conv(theirs) * grad).sum().backward()
+    out, ref = depthwise_conv(ours, conv), ref_conv(theirs)
+    assert out.shape == ref.shape and _close(out, ref)
+    grad = torch.randn(ref.shape)  # NCHW: the op takes any layout of the incoming gradient
+    (out * grad).sum().backward()
+    (ref * grad).sum().backward()
     assert _close(ours.grad, theirs.grad) and _close(conv.weight.grad, ref_conv.weight.grad)
 
 
@@ -123,6 +130,17 @@ def test_only_training_on_channels_last_float32_takes_the_native_path(monkeypatc
     monkeypatch.delenv(DISABLE_ENV)
     batchnorm_prelu(x, bn, act)
     assert calls == ["bn_stats", "bn_apply"]
+
+
+@pytest.mark.parametrize("dilation, forward_calls", [(2, []), (6, []), (7, ["dw_backward_input"]), (8, ["dw_backward_input"])])
+def test_depthwise_forward_is_on_the_kernels_only_where_onednn_is_slow(monkeypatch, dilation, forward_calls):
+    conv = nn.Conv2d(4, 4, 3, padding=dilation, dilation=dilation, groups=4, bias=False)
+    x = _nhwc(torch.randn(1, 4, 20, 20)).requires_grad_()
+    calls = _calls(monkeypatch)
+    out = depthwise_conv(x, conv)
+    assert calls == forward_calls
+    out.sum().backward()  # the input gradient is a forward conv of the same dilation
+    assert calls == forward_calls * 2 + ["dw_backward_weight"]
 
 
 def test_the_nchw_path_is_pytorch_bit_for_bit():

@@ -1,5 +1,5 @@
-"""Training ops on the NHWC kernels of ``kernels.c``: BatchNorm2d (+ PReLU), and the
-backward of a depth-wise conv, as autograd functions.
+"""Training ops on the NHWC kernels of ``kernels.c``: BatchNorm2d (+ PReLU), and a depth-wise
+conv (its weight gradient; its input gradient as oneDNN's forward conv), as autograd functions.
 
 Why: in channels_last on a CPU, PyTorch's BatchNorm and PReLU backward and oneDNN's
 depth-wise conv backward for few, odd channel counts were most of an ExtremeC3Net training
@@ -122,35 +122,79 @@ def train_batchnorm_prelu(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.PReLU | N
     return out
 
 
+# oneDNN's depth-wise forward leaves its fast kernel from this dilation on: a 3x3 conv over 18 channels
+# at 56x56 (batch 32) takes about 1 ms at dilations 1-6 and 4-7 ms at 7, 8 or 12, 13 ms at 16.
+SLOW_DILATION = 7
+
+
+def _flipped_padding(padding, dilation, kernel) -> tuple[int, int]:
+    """The padding under which a conv with the kernel flipped maps a conv's output back onto its input."""
+    return tuple(d * (k - 1) - p for p, d, k in zip(padding, dilation, kernel))
+
+
+def _correlate(source: torch.Tensor, weight: torch.Tensor, size: tuple[int, int], padding, dilation) -> torch.Tensor:
+    """``dw_backward_input``: out[y, x] = sum over taps (i, j) of weight[i, j] * source[y + pad_h - i * dil_h,
+    x + pad_w - j * dil_w] (zero outside), an out of ``size``: a stride-1 depth-wise conv's input gradient."""
+    n, c, h, w = source.shape
+    kernel = tuple(weight.shape[-2:])
+    taps = weight.detach().reshape(c, kernel[0] * kernel[1]).t().contiguous()
+    out = torch.empty(n, c, *size, memory_format=torch.channels_last)
+    source = _nhwc(source)  # held by a name: a copy must outlive the call
+    if load_training_library().dw_backward_input(source.data_ptr(), taps.data_ptr(), out.data_ptr(), n, *size, h, w, c,
+                                                  *kernel, *padding, *dilation, torch.get_num_threads()):
+        raise MemoryError("native depth-wise conv: no memory for the repeated weights")
+    return out
+
+
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, padding, dilation) -> torch.Tensor:
+    """``F.conv2d`` of a depth-wise weight at stride 1; on the kernels where oneDNN is slow (``SLOW_DILATION``).
+
+    A stride-1 conv with weight w and padding p is ``_correlate`` with w flipped and the
+    flipped padding (``_flipped_padding``), and the other way round.
+    """
+    kernel = tuple(weight.shape[-2:])
+    flipped = _flipped_padding(padding, dilation, kernel)
+    if max(dilation) < SLOW_DILATION or min(flipped) < 0:
+        return F.conv2d(x, weight, None, 1, padding, dilation, x.shape[1])
+    size = tuple(s + 2 * p - d * (k - 1) for s, p, d, k in zip(x.shape[-2:], padding, dilation, kernel))
+    return _correlate(x, weight.flip(-2, -1), size, flipped, dilation)
+
+
 class _DepthwiseConv2d(torch.autograd.Function):
-    """Forward: PyTorch's conv. Backward: the kernels (stride 1, no bias, zero padding)."""
+    """Forward and input gradient: oneDNN's forward conv (the kernels at large dilations).
+    Weight gradient: the kernels. Stride 1, no bias, zero padding.
+
+    oneDNN's depth-wise backward is slow for these channel counts but its forward is not, and the
+    input gradient of a stride-1 conv is a forward conv of the output gradient with the kernel
+    flipped and the flipped padding.
+    """
 
     @staticmethod
     def forward(ctx, x, weight, padding: tuple[int, int], dilation: tuple[int, int]):
         ctx.save_for_backward(x, weight)
         ctx.padding, ctx.dilation = padding, dilation
-        return F.conv2d(x, weight, None, 1, padding, dilation, x.shape[1])
+        return _depthwise(x, weight, padding, dilation)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
-        lib = load_training_library()
         grad_out = _nhwc(grad_out)
         n, c, in_h, in_w = x.shape
-        out_h, out_w = grad_out.shape[-2:]
-        kernel_h, kernel_w = weight.shape[-2:]
-        shape = (n, in_h, in_w, out_h, out_w, c, kernel_h, kernel_w, *ctx.padding, *ctx.dilation,
-                 torch.get_num_threads())
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            taps = weight.detach().reshape(c, kernel_h * kernel_w).t().contiguous()
-            grad_x = torch.empty_like(x, memory_format=torch.channels_last)
-            if lib.dw_backward_input(grad_out.data_ptr(), taps.data_ptr(), grad_x.data_ptr(), *shape):
-                raise MemoryError("native depth-wise conv backward: no memory for the repeated weights")
+            flipped = _flipped_padding(ctx.padding, ctx.dilation, tuple(weight.shape[-2:]))
+            if min(flipped) >= 0:
+                grad_x = _depthwise(grad_out, weight.detach().flip(-2, -1), flipped, ctx.dilation)
+            else:  # padding wider than the kernel's reach: no forward conv has it
+                grad_x = _correlate(grad_out, weight, (in_h, in_w), ctx.padding, ctx.dilation)
         if ctx.needs_input_grad[1]:
+            out_h, out_w = grad_out.shape[-2:]
+            kernel_h, kernel_w = weight.shape[-2:]
             taps_grad = torch.empty(kernel_h * kernel_w, c)
             x_nhwc = _nhwc(x)  # held by a name: a copy must outlive the call
-            if lib.dw_backward_weight(grad_out.data_ptr(), x_nhwc.data_ptr(), taps_grad.data_ptr(), *shape):
+            if load_training_library().dw_backward_weight(
+                    grad_out.data_ptr(), x_nhwc.data_ptr(), taps_grad.data_ptr(), n, in_h, in_w, out_h, out_w, c,
+                    kernel_h, kernel_w, *ctx.padding, *ctx.dilation, torch.get_num_threads()):
                 raise MemoryError("native depth-wise conv backward: no memory for the per-thread sums")
             grad_weight = taps_grad.t().reshape(weight.shape).contiguous()
         return grad_x, grad_weight, None, None

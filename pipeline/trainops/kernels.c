@@ -263,7 +263,9 @@ int bn_backward(const float *restrict x, const float *restrict dz, float *restri
  *
  * Why: oneDNN's depth-wise backward for the few, odd channel counts of ExtremeC3Net (8,
  * 16, 18) runs far from memory speed and was most of the convolutions' backward time.
- * The forward stays PyTorch's. Weights are tap-major: taps = kh*kw rows of C values.
+ * Its forward is fast below dilation 7, so functions.py runs the input gradient as a forward
+ * conv there, and the forward on dw_backward_input above. Weights are tap-major: taps = kh*kw
+ * rows of C values.
  * Output size: oh = ih + pad_h - i * dil_h for tap row i (stride 1).
  */
 
