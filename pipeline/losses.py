@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.models.registry import foreground_logit
+from pipeline.trainops import descending_order
 
 LossKind = Literal["lovasz", "ce"]
 
@@ -108,8 +109,9 @@ def lovasz_hinge_and_band(scores: torch.Tensor, masks: torch.Tensor,
     n = scores.shape[0]
     flat = scores.reshape(n, -1).float()
     labels = masks.reshape(n, -1).to(flat.dtype)
-    errors_sorted, order = torch.sort(1.0 - flat * (2.0 * labels - 1.0), dim=1, descending=True)
-    hinge = F.relu(errors_sorted)
+    errors = 1.0 - flat * (2.0 * labels - 1.0)
+    order = descending_order(errors.detach())  # a radix sort on CPU (pipeline.trainops)
+    hinge = F.relu(errors.gather(1, order))
     with torch.no_grad():
         sorted_labels = labels.gather(1, order)
         main_grad = jaccard_increments(sorted_labels)

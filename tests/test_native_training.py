@@ -13,7 +13,7 @@ from torch import nn
 import pipeline.trainops.functions as native_training
 from pipeline.ckernels import CACHE_ENV
 from pipeline.models import build_model
-from pipeline.trainops import DISABLE_ENV, batchnorm_prelu, depthwise_conv
+from pipeline.trainops import DISABLE_ENV, batchnorm_prelu, depthwise_conv, descending_order
 
 
 def _nhwc(tensor: torch.Tensor) -> torch.Tensor:
@@ -218,3 +218,25 @@ def test_classifying_before_the_last_upsampling_as_training_does_is_the_same_fun
         model.classify_before_upsampling = True
         early = model(x)
     assert _close(official, early, 1e-5) and not torch.equal(official, early)
+
+
+@pytest.mark.parametrize("rows, cols", [(3, 1), (2, 7), (5, 2049), (4, 50176)])
+def test_the_radix_sort_orders_each_row_as_torch_sort(rows, cols):
+    torch.manual_seed(cols)
+    x = torch.randn(rows, cols) * 10.0 ** torch.randint(-30, 30, (rows, cols))  # every exponent byte
+    x[:, ::3] = x[:, :1].clone()  # ties
+    order = descending_order(x)
+    assert order.dtype == torch.int64 and torch.equal(order.sort(1).values, torch.arange(cols).expand(rows, cols))
+    assert torch.equal(x.gather(1, order), torch.sort(x, dim=1, descending=True).values)
+    for r in range(rows):  # exactly equal values keep their column order
+        tied = order[r][x[r, order[r]] == x[r, 0]]
+        assert len(tied) >= (cols + 2) // 3 and torch.equal(tied, tied.sort().values)
+
+
+def test_the_radix_sort_puts_nan_first_and_infinities_at_the_ends(monkeypatch):
+    x = torch.tensor([[1.0, float("-inf"), -0.5, float("nan"), float("inf"), 3.0, -7.0]])
+    assert descending_order(x).tolist() == [[3, 4, 5, 0, 2, 6, 1]]
+    monkeypatch.setenv(DISABLE_ENV, "0")  # off: torch.sort itself
+    calls = _calls(monkeypatch)
+    assert descending_order(x).tolist() == torch.sort(x, dim=1, descending=True).indices.tolist()
+    assert calls == []

@@ -41,6 +41,8 @@ def load_training_library() -> ctypes.CDLL:
     lib.dw_backward_input.argtypes = [p, p, p] + [i] * 13
     lib.dw_backward_weight.restype = i
     lib.dw_backward_weight.argtypes = [p, p, p] + [i] * 13
+    lib.sort_rows_descending.restype = i
+    lib.sort_rows_descending.argtypes = [p, n, n, p, i]
     return lib
 
 
@@ -198,6 +200,21 @@ class _DepthwiseConv2d(torch.autograd.Function):
                 raise MemoryError("native depth-wise conv backward: no memory for the per-thread sums")
             grad_weight = taps_grad.t().reshape(weight.shape).contiguous()
         return grad_x, grad_weight, None, None
+
+
+def descending_order(x: torch.Tensor) -> torch.Tensor:
+    """``torch.sort(x, dim=1, descending=True).indices`` of a 2-D float32 tensor, by the kernels'
+    radix sort (ties in column order, NaN first); about 8x faster than torch.sort's for 32 rows
+    of 50,176 pixel errors on 2 cores."""
+    rows, cols = x.shape
+    if cols >= 2**32:
+        raise ValueError(f"rows of {cols} values are too long for the radix sort's 32-bit positions")
+    x = x.detach().contiguous()
+    order = torch.empty(rows, cols, dtype=torch.int64)
+    if load_training_library().sort_rows_descending(x.data_ptr(), rows, cols, order.data_ptr(),
+                                                    torch.get_num_threads()):
+        raise MemoryError("native sort: no memory for the per-thread keys")
+    return order
 
 
 def train_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:

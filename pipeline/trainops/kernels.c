@@ -369,3 +369,70 @@ int dw_backward_weight(const float *restrict grad_out, const float *restrict x, 
     free(scratch);
     return 0;
 }
+
+/* Lovász loss: each row's order by decreasing value (a float32 row of `cols` values), as an LSD radix
+ * sort of 11 + 11 + 10 bits, stable (ties keep their column order).
+ *
+ * Why: the loss sorts every image's pixel errors; torch.sort took 65 ms for 32 rows of 50,176 floats
+ * on 2 cores, about a twentieth of a training step. Keys: the float's bits mapped so that unsigned
+ * order is decreasing float order (NaN above +inf, as torch.sort puts it first).
+ * Returns -1 when scratch cannot be allocated. */
+#define RADIX_PASSES 3
+static const int radix_shift[RADIX_PASSES] = {0, 11, 22};
+static const int radix_bins[RADIX_PASSES] = {2048, 2048, 1024};
+
+static unsigned decreasing_key(float value) {
+    unsigned bits;
+    memcpy(&bits, &value, sizeof bits);
+    if (value != value) return 0u; /* NaN: first */
+    unsigned increasing = (bits >> 31) ? ~bits : bits ^ 0x80000000u;
+    return ~increasing;
+}
+
+int sort_rows_descending(const float *restrict x, long rows, long cols, long long *restrict order, int threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(| : failed)
+    {
+        unsigned *keys = malloc(sizeof(unsigned) * 2 * cols);
+        unsigned *index = malloc(sizeof(unsigned) * 2 * cols);
+        long *count = malloc(sizeof(long) * 2048);
+        int ready = keys && index && count;
+        failed = !ready;
+#pragma omp for schedule(static)
+        for (long r = 0; r < rows; r++) {
+            if (ready) { /* every thread reaches the loop: it is a barrier */
+                const float *restrict row = x + r * cols;
+                unsigned *k_in = keys, *k_out = keys + cols, *i_in = index, *i_out = index + cols;
+                for (long c = 0; c < cols; c++) {
+                    k_in[c] = decreasing_key(row[c]);
+                    i_in[c] = (unsigned)c;
+                }
+                for (int p = 0; p < RADIX_PASSES; p++) {
+                    int shift = radix_shift[p], bins = radix_bins[p];
+                    unsigned mask = (unsigned)bins - 1u;
+                    memset(count, 0, sizeof(long) * bins);
+                    for (long c = 0; c < cols; c++) count[(k_in[c] >> shift) & mask]++;
+                    long start = 0;
+                    for (int b = 0; b < bins; b++) {
+                        long n = count[b];
+                        count[b] = start;
+                        start += n;
+                    }
+                    for (long c = 0; c < cols; c++) {
+                        long to = count[(k_in[c] >> shift) & mask]++;
+                        k_out[to] = k_in[c];
+                        i_out[to] = i_in[c];
+                    }
+                    unsigned *t = k_in; k_in = k_out; k_out = t;
+                    t = i_in; i_in = i_out; i_out = t;
+                }
+                long long *restrict out = order + r * cols;
+                for (long c = 0; c < cols; c++) out[c] = i_in[c];
+            }
+        }
+        free(keys);
+        free(index);
+        free(count);
+    }
+    return failed ? -1 : 0;
+}
