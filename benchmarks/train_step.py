@@ -3,9 +3,10 @@ and on the fast-path variants (``train.settings``: fused_loss, channels_last, bf
 ``torch.compile`` of the network, which the training loop does not use),
 A/B interleaved in one process; and the losses alone.
 
-In channels_last, ExtremeC3Net's BN (+ PReLU) and depth-wise conv backward run on
-``pipeline.trainops``' kernels; ``fused+cl-native`` is the same variant on PyTorch's ops (and
-the classifier after the last upsampling), i.e. the fast path before those kernels.
+In channels_last, ExtremeC3Net's BN (+ PReLU), its depth-wise convs (weight gradient; forward and
+input gradient from dilation 7 on) and the fused loss's sort run on ``pipeline.trainops``' kernels;
+``fused+cl-native`` is the same variant on PyTorch's ops (and the classifier after the last
+upsampling), i.e. the fast path before those kernels.
 
 Usage: python benchmarks/train_step.py [--archs extremec3net portraitnet] [--batch 32] [--size 224]
        [--threads 2] [--repeats 5] [--variants plain fused fused+cl-native fused+cl fused+bf16]

@@ -1,12 +1,14 @@
-"""BN (+ PReLU) and depth-wise convs that train on native CPU kernels where they apply,
-else PyTorch's modules.
+"""BN (+ PReLU), depth-wise convs and the Lovász loss's sort on native CPU kernels where they
+apply, else PyTorch's modules and ``torch.sort``.
 
 The native path (``pipeline.trainops.functions``, on ``kernels.c``) is taken only in training mode, for a
 float32 CPU tensor in channels_last, with plain modules (``nn.BatchNorm2d`` with affine and
 running statistics, ``nn.PReLU``; a bias-free, stride-1, zero-padded depth-wise
 ``nn.Conv2d``): what ``train.settings.channels_last`` gives. Any other case (evaluation,
 NCHW, bf16, CUDA, synchronised BN, no C compiler) runs the modules unchanged, so the
-default NCHW path stays bit-identical. ``PORTRAIT_CURATION_NATIVE_TRAINING=0`` turns it off.
+default NCHW path stays bit-identical. The sort (``descending_order``) applies to any CPU float32
+matrix: only the fused loss calls it, and exactly equal errors may come in another order than
+``torch.sort``'s. ``PORTRAIT_CURATION_NATIVE_TRAINING=0`` turns all of it off.
 """
 
 from __future__ import annotations
