@@ -55,7 +55,7 @@ def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 def descending_order(x: torch.Tensor) -> torch.Tensor:
     """Each row's column indices by decreasing value: ``torch.sort(x, 1, descending=True).indices``
     (on the kernels for a CPU float32 matrix; the order of exactly equal values may differ)."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2 and x.shape[1] < 2**32
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
             and os.environ.get(DISABLE_ENV, "1") != "0" and functions.available()):
         return functions.descending_order(x)
     return torch.sort(x, dim=1, descending=True).indices
