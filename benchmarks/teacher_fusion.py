@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "datasets"
+THREE_WAY = {"mean deeplab + general": ["deeplab", "mediapipe"],
+             "mean of all three": ["deeplab", "mediapipe", "mediapipe_landscape"]}  # with --deeplab
 FUSIONS = {"mean": ("mean", {}), "weighted 0.75 general": ("weighted", {"mediapipe": 0.75, "mediapipe_landscape": 0.25}),
            "weighted 0.75 landscape": ("weighted", {"mediapipe": 0.25, "mediapipe_landscape": 0.75}),
            "logit_mean": ("logit_mean", {"mediapipe": 1.0, "mediapipe_landscape": 1.0})}
@@ -77,6 +79,19 @@ def largest_component(mask):
     return labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
 
 
+def deeplab_teacher(path: str):
+    """A trained DeepLabv3+ checkpoint behind the teacher interface, at the size it trained at."""
+    from pipeline.teachers.deeplab import checked_input_size, load_teacher
+    from pipeline.teachers.registry import DeepLabTeacher
+
+    model, state = load_teacher(path)
+    size = checked_input_size(state, path)
+    if size is None:
+        raise SystemExit(f"{path}: the checkpoint does not say its input size")
+    return DeepLabTeacher(model, size, device="cpu", channels_last=True, bfloat16=False,
+                          seen_ids=state.get("train_ids", ()))
+
+
 def accuracy(args) -> None:
     import numpy as np
     import pandas as pd
@@ -92,6 +107,11 @@ def accuracy(args) -> None:
     torch.set_num_threads(args.threads)
     names = ["mediapipe", "mediapipe_landscape"]
     teachers = [MediaPipeTeacher(n, None, device="cpu", batch_size=1) for n in names]
+    seen: frozenset[str] = frozenset()
+    if args.deeplab:
+        deeplab = deeplab_teacher(args.deeplab)
+        teachers.append(deeplab)
+        seen = deeplab.seen_ids
     records = []
     for evidence, sample, image_path, read_mask, read_bags in tqdm(labelled_items(args.ccp, args.eg1800), unit="img"):
         image = read_rgb(image_path)
@@ -99,10 +119,15 @@ def accuracy(args) -> None:
         if truth.shape != image.shape[:2]:
             continue
         views = {t.name: predict_views(t, [image], True)[0] for t in teachers}
-        row = {"evidence": evidence, "id": sample}
+        row = {"evidence": evidence + (" (deeplab trained on it)" if sample in seen else ""), "id": sample}
         for name, v in views.items():
             row[f"{name} alone"] = iou(v.plain > 0.5, truth)
             row[f"{name} alone +TTA"] = iou(v.probability > 0.5, truth)
+        for label, members in THREE_WAY.items() if args.deeplab else ():
+            w = fusion_weights(members, "mean", {})
+            p = 0.5 * (fuse([views[n].plain for n in members], "mean", w)
+                       + fuse([views[n].mirrored for n in members], "mean", w))
+            row[f"fused {label} +TTA"] = iou(p > 0.5, truth)
         for label, (method, weights) in FUSIONS.items():
             w = fusion_weights(names, method, weights)
             p = 0.5 * (fuse([views[n].plain for n in names], method, w) + fuse([views[n].mirrored for n in names],
@@ -233,6 +258,9 @@ def main() -> None:
     parser.add_argument("--csv", default=None, help="write the per-image table here")
     parser.add_argument("--throughput", type=int, default=0, help="time the stage's predictor on N photos instead")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--deeplab", default=None, metavar="TEACHER_PT",
+                        help="also a trained DeepLabv3+ teacher (train_teacher's checkpoint): alone and fused "
+                             "with MediaPipe; photos it trained on are their own rows")
     parser.add_argument("--crops", action="store_true", help="portrait crops: mask cut from the photo vs predicted on the crop")
     args = parser.parse_args()
     if args.throughput:

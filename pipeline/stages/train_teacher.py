@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from pipeline import distributed
 from pipeline.atomic import atomic_path, write_csv, write_json
@@ -47,6 +47,7 @@ from pipeline.paths import ProjectPaths, shown_path
 from pipeline.selection import DataSource, drop_leaks, gather_rows, keep_readable, subsample
 from pipeline.stage import StageError, make_parser, run_main
 from pipeline.teachers.deeplab import TEACHER_ARCH, TeacherArchitecture, build_teacher, checked_input_size, load_teacher
+from pipeline.teachers.mediapipe_encoder import ENCODER_WEIGHTS as MEDIAPIPE_WEIGHTS, MEDIAPIPE_ENCODERS
 from pipeline.training import (TrainingJob, code_digest, cosine_lr, fingerprint as hash_settings, run,
                                validation_iou)
 
@@ -61,7 +62,8 @@ class TeacherParams(TeacherArchitecture):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    encoder_weights: str | None = Field(min_length=1)  # null | imagenet (smp download) | local state dict
+    # null | imagenet (smp download) | local state dict | mediapipe (encoder mediapipe_general: the wheel's file)
+    encoder_weights: str | None = Field(min_length=1)
     checkpoint: InputPath | None  # adopt this trained teacher instead of training
     train_data: list[DataSource] = Field(min_length=1)
     val_data: list[DataSource]
@@ -78,10 +80,20 @@ class TeacherParams(TeacherArchitecture):
     device: Device
     checkpoint_every_steps: int = Field(ge=1)
 
+    @model_validator(mode="after")
+    def _weights_fit_encoder(self) -> "TeacherParams":
+        pretrained_in_wheel = self.encoder_name in MEDIAPIPE_ENCODERS
+        if pretrained_in_wheel != (self.encoder_weights == MEDIAPIPE_WEIGHTS):
+            raise ValueError(f"encoder_weights: {MEDIAPIPE_WEIGHTS!r} goes with (and only with) the encoders "
+                             f"{', '.join(MEDIAPIPE_ENCODERS)} (got encoder {self.encoder_name!r}, weights "
+                             f"{self.encoder_weights!r})")
+        return self
+
 
 # Settings that may change between a crash and the rerun without invalidating the run.
 _RESUME_FREE = {"epochs", "checkpoint_every_steps", "num_workers", "device", "checkpoint", "allow_empty_validation"}
-CODE_MODULES = {__name__, "pipeline.training", "pipeline.losses", "pipeline.data", "pipeline.teachers.deeplab"}
+CODE_MODULES = {__name__, "pipeline.training", "pipeline.losses", "pipeline.data", "pipeline.teachers.deeplab",
+                "pipeline.teachers.mediapipe_encoder", "pipeline.teachers.mediapipe", "pipeline.teachers.tflite"}
 
 
 def run_fingerprint(settings: TeacherParams, train_ids: list[str], code: str = "") -> str:
@@ -235,7 +247,7 @@ def _body(args) -> int:
     write_csv(log_path, pd.DataFrame(history, columns=HISTORY_COLUMNS))
     last = history[-1]
     encoder_weights = settings.encoder_weights
-    if encoder_weights not in (None, "imagenet"):
+    if encoder_weights not in (None, "imagenet", MEDIAPIPE_WEIGHTS):
         encoder_weights = shown_path(encoder_weights, project)
     write_json(metrics_path, {
         "source": "trained", "encoder_name": settings.encoder_name, "encoder_weights": encoder_weights,

@@ -29,6 +29,7 @@ from pipeline.data import to_tensor
 from pipeline.metrics import iou
 from pipeline.models.registry import foreground_logit
 from pipeline.params import Section
+from pipeline.teachers.mediapipe_encoder import ENCODER_WEIGHTS, MEDIAPIPE_ENCODERS, MediaPipeDeepLabV3Plus
 
 TEACHER_ARCH = "deeplabv3plus"
 OUTPUT_STRIDE = 16  # smp DeepLabV3Plus default; input sides must be multiples of it
@@ -67,7 +68,17 @@ class TeacherArchitecture(Section):
 
 
 def build_teacher(config: dict, encoder_weights: str | None = None) -> nn.Module:
-    """smp DeepLabV3Plus; ``encoder_weights`` is None, "imagenet" (smp's download) or a local file."""
+    """smp DeepLabV3Plus; ``encoder_weights`` is None, "imagenet" (smp's download) or a local file.
+
+    Encoder ``mediapipe_general`` is MediaPipe's pretrained selfie encoder, its weights read
+    from the installed wheel (``encoder_weights`` None or "mediapipe"; ``mediapipe_encoder``).
+    """
+    if config["encoder_name"] in MEDIAPIPE_ENCODERS:
+        if encoder_weights not in (None, ENCODER_WEIGHTS):
+            raise ValueError(f"teacher encoder {config['encoder_name']!r} takes its weights from the mediapipe wheel: "
+                             f"encoder_weights must be {ENCODER_WEIGHTS!r} (got {encoder_weights!r})")
+        return MediaPipeDeepLabV3Plus(config["classes"], config.get("decoder_channels", 256),
+                                      MEDIAPIPE_ENCODERS[config["encoder_name"]])
     from pipeline.torchvision_shim import ensure_torchvision
 
     ensure_torchvision()

@@ -146,17 +146,23 @@ class TfliteNetwork(nn.Module):
     and element-wise ops write into tensors no later op reads.
     """
 
-    def __init__(self, graph: TfliteGraph):
+    def __init__(self, graph: TfliteGraph, outputs: Sequence[int] | None = None):
+        """``outputs``: the tensors ``features`` returns (default: the graph's output); ops no
+        output needs are left out, with their weights."""
         super().__init__()
         self.source = graph.path
         (self.input_index,), (self.output_index,) = graph.inputs, graph.outputs
-        self.ops: list[_Op] = [self._lower(graph, number, op) for number, op in enumerate(graph.operators)]
+        self.outputs: tuple[int, ...] = tuple(outputs) if outputs is not None else (self.output_index,)
+        needed = _needed_operators(graph, self.outputs)
+        self.ops: list[_Op] = [self._lower(graph, number, op) for number, op in enumerate(graph.operators)
+                               if number in needed]
         last: dict[int, int] = {}
         for step, op in enumerate(self.ops):
             for index in op.inputs:
                 last[index] = step
+        kept = {self.input_index, self.output_index, *self.outputs}
         for step, op in enumerate(self.ops):
-            op.consumes = [index >= 0 and index != self.input_index and index != self.output_index
+            op.consumes = [index >= 0 and index not in kept
                            and last[index] == step and op.inputs.count(index) == 1 for index in op.inputs]
 
     def _lower(self, graph: TfliteGraph, number: int, op) -> _Op:
@@ -225,6 +231,8 @@ class TfliteNetwork(nn.Module):
         elif kind == "AVERAGE_POOL_2D":
             if options["padding"] != "VALID":
                 raise StageError(f"{graph.path}: operator {number}: AVERAGE_POOL_2D with SAME padding is not supported")
+            # a pool over the whole map in the file (squeeze-excite) stays global at other input sizes
+            options["global"] = tuple(options["filter"]) == tuple(graph.tensor(op.inputs[0]).shape[1:3])
             inputs = [op.inputs[0]]
         elif kind in _ELEMENTWISE:
             inputs = [op.inputs[0]]
@@ -233,6 +241,14 @@ class TfliteNetwork(nn.Module):
         return _Op(kind, inputs, op.outputs[0], options, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._evaluate(x)[self.output_index].contiguous()
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tensors named by ``outputs``, in that order (NCHW, channels-last memory)."""
+        values = self._evaluate(x)
+        return [values[index] for index in self.outputs]
+
+    def _evaluate(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         inplace = not torch.is_grad_enabled()
         values: dict[int, torch.Tensor] = {self.input_index: x.contiguous(memory_format=torch.channels_last)}
         for op in self.ops:
@@ -241,7 +257,7 @@ class TfliteNetwork(nn.Module):
                 if consumed:
                     del values[index]
             values[op.output] = self._run(op, args, [inplace and c for c in op.consumes])
-        return values[self.output_index].contiguous()
+        return values
 
     def _run(self, op: _Op, args: list[torch.Tensor], writable: list[bool]) -> torch.Tensor:
         kind, o = op.kind, op.options
@@ -286,7 +302,7 @@ class TfliteNetwork(nn.Module):
             return args[0].mean(dim=o["dims"], keepdim=o["keep_dims"])
         if kind == "AVERAGE_POOL_2D":
             x = args[0]
-            if tuple(o["filter"]) == tuple(x.shape[2:]):
+            if o["global"] or tuple(o["filter"]) == tuple(x.shape[2:]):
                 y = x.mean(dim=(2, 3), keepdim=True)
             else:
                 y = F.avg_pool2d(x, o["filter"], o["stride"])
@@ -294,6 +310,23 @@ class TfliteNetwork(nn.Module):
         if kind == "RESIZE_BILINEAR":
             return F.interpolate(args[0], size=o["size"], mode="bilinear", align_corners=o["align_corners"])
         return _activate(kind, args[0], writable[0])
+
+
+def _needed_operators(graph: TfliteGraph, outputs: Sequence[int]) -> set[int]:
+    """Numbers of the operators that ``outputs`` depend on (walking back from them)."""
+    producer = {op.outputs[0]: number for number, op in enumerate(graph.operators) if op.outputs}
+    missing = [index for index in outputs if index not in producer]
+    if missing:
+        raise StageError(f"{graph.path}: no operator writes tensor(s) {missing}")
+    needed: set[int] = set()
+    pending = [producer[index] for index in outputs]
+    while pending:
+        number = pending.pop()
+        if number in needed:
+            continue
+        needed.add(number)
+        pending += [producer[i] for i in graph.operators[number].inputs if i in producer]
+    return needed
 
 
 def _activate(kind: str, x: torch.Tensor, writable: bool) -> torch.Tensor:
