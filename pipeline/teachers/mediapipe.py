@@ -146,11 +146,19 @@ class TfliteNetwork(nn.Module):
     and element-wise ops write into tensors no later op reads.
     """
 
-    def __init__(self, graph: TfliteGraph, outputs: Sequence[int] | None = None):
+    def __init__(self, graph: TfliteGraph, outputs: Sequence[int] | None = None, *, centred_strides: bool = False):
         """``outputs``: the tensors ``features`` returns (default: the graph's output); ops no
-        output needs are left out, with their weights."""
+        output needs are left out, with their weights.
+
+        ``centred_strides``: strided convolutions pad both sides alike (PyTorch's convention)
+        instead of TFLite's SAME, which pads only after: there each stride-2 layer moves the
+        features half an input pixel down and right, 7.5 px at stride 16, which MediaPipe's own
+        decoder undoes but a new decoder upsampling PyTorch-style would first have to learn.
+        The same weights, windows one pixel earlier; the file's graph output needs False.
+        """
         super().__init__()
         self.source = graph.path
+        self.centred_strides = centred_strides
         (self.input_index,), (self.output_index,) = graph.inputs, graph.outputs
         self.outputs: tuple[int, ...] = tuple(outputs) if outputs is not None else (self.output_index,)
         needed = _needed_operators(graph, self.outputs)
@@ -270,7 +278,9 @@ class TfliteNetwork(nn.Module):
             x, weight = args[0], getattr(self, op.weights["weight"])
             bias = getattr(self, op.weights["bias"]) if "bias" in op.weights else None
             padding = 0
-            if o["padding"] == "SAME":
+            if o["padding"] == "SAME" and self.centred_strides and tuple(o["stride"]) != (1, 1):
+                padding = tuple((weight.shape[2 + a] - 1) // 2 * o["dilation"][a] for a in (0, 1))
+            elif o["padding"] == "SAME":
                 top, bottom = same_padding(x.shape[2], weight.shape[2], o["stride"][0], o["dilation"][0])
                 left, right = same_padding(x.shape[3], weight.shape[3], o["stride"][1], o["dilation"][1])
                 if top == bottom and left == right:

@@ -11,7 +11,9 @@ Fine-tuning the whole network on the labelled photos teaches it the data's own c
 
 The encoder takes the DeepLab teacher's ImageNet-normalised input and undoes the
 normalisation (MediaPipe expects RGB in [0, 1]); any input whose sides are multiples of 16
-works (the file's squeeze-excite pools stay global).
+works (the file's squeeze-excite pools stay global). Its strided convolutions pad both sides
+(``TfliteNetwork``'s ``centred_strides``), so its features sit where smp's decoder expects
+them instead of 7.5 input pixels off at stride 16.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class MediaPipeEncoder(nn.Module):
             if shape != (1, height // stride, width // stride, channels):
                 raise StageError(f"{graph.path}: tensor {index} is {shape}, not the stride-{stride} features "
                                  f"(1, {height // stride}, {width // stride}, {channels}) this encoder taps")
-        self.network = TfliteNetwork(graph, outputs=[index for _, index, _ in TAPS[variant]])
+        self.network = TfliteNetwork(graph, outputs=[index for _, index, _ in TAPS[variant]], centred_strides=True)
         self.network.requires_grad_(True)
         self.out_channels = (3, *(channels for _, _, channels in TAPS[variant]))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
