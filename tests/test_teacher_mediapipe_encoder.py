@@ -29,12 +29,18 @@ def astronaut() -> np.ndarray:
     return data.astronaut()
 
 
-def test_a_pruned_network_with_the_graph_output_is_the_whole_network(general, astronaut):
+def test_pruning_keeps_the_values_of_what_is_kept(general, astronaut):
+    """The trunk alone computes its LR-ASPP tensor as the whole graph does, and the graph's output stays MediaPipe's."""
     graph = load_selfie_graph("general")
-    pruned = TfliteNetwork(graph, outputs=graph.outputs)
+    deep = TAPS["general"][-1][1]
+    trunk = TfliteNetwork(graph, outputs=[deep])
+    both = TfliteNetwork(graph, outputs=[deep, graph.outputs[0]])
+    assert len(trunk.ops) < len(both.ops) == len(graph.operators)
     batch = torch.from_numpy(fit_image(astronaut, general.input_size))[None]
     with torch.no_grad():
-        assert torch.equal(pruned.features(batch)[0].contiguous(), general.network(batch))
+        (alone,), (kept, output) = trunk.features(batch), both.features(batch)
+        assert torch.equal(alone, kept)
+        assert torch.equal(output.contiguous(), general.network(batch))
 
 
 def test_the_encoder_starts_from_mediapipes_weights_and_keeps_only_the_trunk(general):

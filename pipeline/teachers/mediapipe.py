@@ -150,11 +150,12 @@ class TfliteNetwork(nn.Module):
         """``outputs``: the tensors ``features`` returns (default: the graph's output); ops no
         output needs are left out, with their weights.
 
-        ``centred_strides``: strided convolutions pad both sides alike (PyTorch's convention)
-        instead of TFLite's SAME, which pads only after: there each stride-2 layer moves the
-        features half an input pixel down and right, 7.5 px at stride 16, which MediaPipe's own
-        decoder undoes but a new decoder upsampling PyTorch-style would first have to learn.
-        The same weights, windows one pixel earlier; the file's graph output needs False.
+        ``centred_strides``: strided convolutions pad both sides alike (PyTorch's convention:
+        output i centred on input s*i, the grid smp's align-corners upsampling assumes) instead
+        of TFLite's SAME, which pads only after, so each stride-2 window sits one input pixel
+        later (15 input px at stride 16). MediaPipe's own decoder is built for TFLite's grid; a
+        new PyTorch-style decoder would first have to learn the offset. The same weights, windows
+        one pixel earlier; the file's own graph output needs False.
         """
         super().__init__()
         self.source = graph.path
