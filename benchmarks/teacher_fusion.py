@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/teacher_fusion.py --ccp 100 --eg1800 100
     .venv/bin/python benchmarks/teacher_fusion.py --throughput 60  # pseudo_label's images/s, both teachers
     .venv/bin/python benchmarks/teacher_fusion.py --crops          # portrait crops: cut vs predicted on the crop
+    .venv/bin/python benchmarks/teacher_fusion.py --deeplab models/teacher/teacher.pt   # + a trained DeepLabv3+
 
 MediaPipe's two selfie segmenters (``general`` 256x256, ``landscape`` 144x256) never saw CCP
 or EG1800, so every labelled photo there is fair evidence. Read straight from
@@ -18,7 +19,10 @@ row of the table is computed from those same maps:
 - ``bags as person``: the mean fusion scored against CCP masks that count carried items as
   person (what the default ground truth costs a teacher that labels bags as part of the person);
 - ``largest component``: the mean fusion keeping only its largest connected part (CCP labels
-  bystanders as background; MediaPipe labels every person: the gap bounds what that costs).
+  bystanders as background; MediaPipe labels every person: the gap bounds what that costs);
+- with ``--deeplab``: that teacher alone and its mean fusions with ``general`` and with both
+  MediaPipe teachers; the photos it trained on (its checkpoint's ``train_ids``) get rows of
+  their own.
 
 ``--crops`` cuts the labelled CCP photos around their faces exactly as ``crop_portraits``
 does (MTCNN, its geometry and drop rules on the true mask) and scores the fused mask two
