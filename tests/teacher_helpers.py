@@ -1,4 +1,4 @@
-"""Small stand-ins shared by test_teacher.py and test_pseudo_label.py."""
+"""Small stand-ins shared by test_teacher.py and test_pseudo_label.py, and the real CCP photos the teacher tests read."""
 
 from __future__ import annotations
 
@@ -127,3 +127,13 @@ def count_teacher_calls(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(FusedTeachers, "predict", counting)
     return calls
+
+
+def ccp_items(shared: Path) -> dict:
+    """CCP's labelled photos by key, split and labelled as ``prepare`` does by default (carried items are not person)."""
+    from pipeline.sources.base import LoaderReport
+    from pipeline.sources.ccp import iter_ccp
+
+    items = iter_ccp(shared / "ccp", LoaderReport(), val_fraction=0.1, carried_items=["bag", "purse", "wallet"],
+                     carried_items_are_person=False, include_unlabelled=False)
+    return {item.key: item for item in sorted(items, key=lambda i: i.key)}

@@ -208,16 +208,14 @@ def test_on_cuda_it_gives_the_cpu_probabilities(astronaut):
 def _labelled(shared: Path, source: str, keys: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(id, RGB, bool mask) read as prepare reads them (CCP: carried items are not person)."""
     from pipeline.sources import LoaderReport
-    from pipeline.sources.ccp import iter_ccp
     from pipeline.sources.eg1800 import iter_eg1800_original
     from pipeline.stages.prepare import decode_item
+    from teacher_helpers import ccp_items
 
     if source == "eg1800":
-        items = iter_eg1800_original(shared / "eg1800", LoaderReport())
+        by_key = {item.key: item for item in iter_eg1800_original(shared / "eg1800", LoaderReport()) if item.key in keys}
     else:
-        items = iter_ccp(shared / "ccp", LoaderReport(), val_fraction=0.1, carried_items=["bag", "purse", "wallet"],
-                         carried_items_are_person=False, include_unlabelled=False)
-    by_key = {item.key: item for item in items if item.key in keys}
+        by_key = ccp_items(shared)
     out = []
     for key in keys:
         decoded = decode_item(by_key[key], None)

@@ -41,6 +41,8 @@ def test_pruning_keeps_the_values_of_what_is_kept(general, astronaut):
         (alone,), (kept, output) = trunk.features(batch), both.features(batch)
         assert torch.equal(alone, kept)
         assert torch.equal(output.contiguous(), general.network(batch))
+        with pytest.raises(RuntimeError, match="call features"):
+            trunk(batch)
 
 
 def test_the_encoder_starts_from_mediapipes_weights_and_keeps_only_the_trunk(general):
@@ -114,13 +116,10 @@ def test_a_short_fine_tune_on_real_photos_gives_aligned_masks_above_a_floor(shar
 
     from pipeline.losses import cross_entropy_dice
     from pipeline.metrics import iou
-    from pipeline.sources import LoaderReport
-    from pipeline.sources.ccp import iter_ccp
     from pipeline.stages.prepare import decode_item
+    from teacher_helpers import ccp_items
 
-    items = {i.key: i for i in iter_ccp(shared_datasets / "ccp", LoaderReport(), val_fraction=0.1,
-                                        carried_items=["bag", "purse", "wallet"], carried_items_are_person=False,
-                                        include_unlabelled=False)}
+    items = ccp_items(shared_datasets)
     train_keys = sorted(k for k, i in items.items() if i.split == "train")[:24]
     val_keys = sorted(k for k, i in items.items() if i.split == "val")[:6]
     size = 192

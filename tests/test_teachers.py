@@ -168,12 +168,9 @@ def test_bad_teacher_params_are_refused_naming_the_key(changes, named):
 
 
 def _ccp_labelled(shared_datasets, count: int):
-    from pipeline.sources.base import LoaderReport
-    from pipeline.sources.ccp import iter_ccp
+    from teacher_helpers import ccp_items
 
-    items = iter_ccp(shared_datasets / "ccp", LoaderReport(), val_fraction=0.1, carried_items=["bag", "purse", "wallet"],
-                     carried_items_are_person=False, include_unlabelled=False)
-    return [(read_rgb(i.image_path), i.read_mask(None)) for i in sorted(items, key=lambda i: i.key)[:count]]
+    return [(read_rgb(i.image_path), i.read_mask(None)) for i in list(ccp_items(shared_datasets).values())[:count]]
 
 
 @pytest.mark.realdata

@@ -250,6 +250,8 @@ class TfliteNetwork(nn.Module):
         return _Op(kind, inputs, op.outputs[0], options, weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output_index not in self.outputs:
+            raise RuntimeError("this network was pruned to its outputs and has no graph output: call features()")
         return self._evaluate(x)[self.output_index].contiguous()
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
