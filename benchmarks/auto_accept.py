@@ -92,8 +92,9 @@ def photos(source: str, splits: tuple[str, ...], params_file: Path, limit: int):
 
 
 def features_of(images, models, score_settings) -> list[dict]:
-    """pseudo_label's features of the fused, flip-TTA'd masks of the two teachers."""
+    """pseudo_label's features of the fused, flip-TTA'd masks of the teachers."""
     from pipeline.metrics import iou
+    from pipeline.teachers.fusion import teacher_agreement
     from pipeline.quality.features import probability_features
     from pipeline.labelling.prediction import score_components
 
@@ -110,7 +111,7 @@ def features_of(images, models, score_settings) -> list[dict]:
         row = score_components(probability, iou(fused_plain > 0.5, fused_mirrored > 0.5), score_settings)
         row.update(probability_features(probability, teacher_probability, score_settings.uncertain_band))
         names = list(models)
-        row["teacher_agreement"] = iou(teacher[names[0]], teacher[names[1]])
+        row["teacher_agreement"] = teacher_agreement([teacher[n] for n in names])  # mean pairwise IoU
         row.update({f"mediapipe_{n}_mask_fraction": float(teacher[n].mean()) for n in names})
         row["_mask"] = probability > 0.5
         row["mask_sha256"] = hashlib.sha256(np.packbits(row["_mask"]).tobytes()).hexdigest()  # stands in for the file's
@@ -130,6 +131,10 @@ def compute_features(args) -> pd.DataFrame:
     score_settings = SimpleNamespace(uncertain_band=score["uncertain_band"],
                                      min_mask_fraction=score["min_mask_fraction"])
     models = {v: MediaPipeSelfieSegmenter(v) for v in VARIANTS}
+    if args.pose != "none":
+        from pipeline.teachers.mediapipe_pose import MediaPipePoseSegmenter
+
+        pose = {f: MediaPipePoseSegmenter(f) for f in ("full_body", "portrait")}
     done = pd.read_csv(args.features, dtype={"id": str, "origin": str}) if args.features and args.features.is_file() \
         else pd.DataFrame(columns=["source", "split"])
     rows, started = done.to_dict("records"), time.perf_counter()
@@ -139,6 +144,9 @@ def compute_features(args) -> pd.DataFrame:
             print(f"features: {source} {'+'.join(splits)} already in {args.features}", file=sys.stderr)
             continue
         batch = []
+        if args.pose != "none":  # by-source: CCP's photos are bodies, EG1800's portraits
+            framing = args.pose if args.pose != "by-source" else ("full_body" if source == "ccp" else "portrait")
+            models["pose"] = pose[framing]
 
         def flush():
             for (sample_id, split, _, truth, carried), row in zip(batch, features_of([b[2] for b in batch], models,
@@ -251,6 +259,9 @@ def main(argv=None) -> int:
                         help="features of the model compared against (default: %(default)s)")
     parser.add_argument("--after", type=lambda t: t.split(","),
                         help="features of the new model (default: params.yaml's score_pool.features)")
+    parser.add_argument("--pose", choices=("none", "full_body", "portrait", "by-source"), default="none",
+                        help="add MediaPipe's pose model as a third teacher, framing every photo so, or by-source "
+                             "(CCP full_body, EG1800 portrait); default: the two selfie teachers only")
     parser.add_argument("--features", type=Path,
                         help="CSV of the features: sets already in it are read, not computed again; new ones added")
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/teacher_fusion.py --throughput 60  # pseudo_label's images/s, both teachers
     .venv/bin/python benchmarks/teacher_fusion.py --crops          # portrait crops: cut vs predicted on the crop
     .venv/bin/python benchmarks/teacher_fusion.py --deeplab models/teacher/teacher.pt   # + a trained DeepLabv3+
+    .venv/bin/python benchmarks/teacher_fusion.py --pose by-source  # + MediaPipe's pose model (mediapipe_pose)
 
 MediaPipe's two selfie segmenters (``general`` 256x256, ``landscape`` 144x256) never saw CCP
 or EG1800, so every labelled photo there is fair evidence. Read straight from
@@ -22,7 +23,10 @@ row of the table is computed from those same maps:
   bystanders as background; MediaPipe labels every person: the gap bounds what that costs);
 - with ``--deeplab``: that teacher alone and its mean fusions with ``general`` and with both
   MediaPipe teachers; the photos it trained on (its checkpoint's ``train_ids``) get rows of
-  their own.
+  their own;
+- with ``--pose``: MediaPipe's pose model's mask (``mediapipe_pose``) alone and in the mean with
+  ``general`` and with both selfie teachers, each also against bags as person; ``by-source``
+  frames CCP's photos as bodies and EG1800's as portraits (``pipeline.teachers.mediapipe_pose``).
 
 ``--crops`` cuts the labelled CCP photos around their faces exactly as ``crop_portraits``
 does (MTCNN, its geometry and drop rules on the true mask) and scores the fused mask two
@@ -49,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "datasets"
 THREE_WAY = {"mean deeplab + general": ["deeplab", "mediapipe"],
              "mean of all three": ["deeplab", "mediapipe", "mediapipe_landscape"]}  # with --deeplab
+POSE_WAY = {"mean general + pose": ["mediapipe", "mediapipe_pose"],
+            "mean of the three MediaPipe": ["mediapipe", "mediapipe_landscape", "mediapipe_pose"]}  # with --pose
 FUSIONS = {"mean": ("mean", {}), "weighted 0.75 general": ("weighted", {"mediapipe": 0.75, "mediapipe_landscape": 0.25}),
            "weighted 0.75 landscape": ("weighted", {"mediapipe": 0.25, "mediapipe_landscape": 0.75}),
            "logit_mean": ("logit_mean", {"mediapipe": 1.0, "mediapipe_landscape": 1.0})}
@@ -106,11 +112,13 @@ def accuracy(args) -> None:
     from pipeline.metrics import iou
     from pipeline.teachers.base import predict_views
     from pipeline.teachers.fusion import fuse, fusion_weights, teacher_agreement
-    from pipeline.teachers.registry import MediaPipeTeacher
+    from pipeline.teachers.registry import MediaPipePoseTeacher, MediaPipeTeacher
 
     torch.set_num_threads(args.threads)
     names = ["mediapipe", "mediapipe_landscape"]
     teachers = [MediaPipeTeacher(n, None, device="cpu", batch_size=1) for n in names]
+    poses = {framing: MediaPipePoseTeacher(None, framing=framing, device="cpu", batch_size=2)
+             for framing in ({"none": (), "by-source": ("full_body", "portrait")}.get(args.pose, (args.pose,)))}
     seen: frozenset[str] = frozenset()
     if args.deeplab:
         deeplab = deeplab_teacher(args.deeplab)
@@ -122,7 +130,10 @@ def accuracy(args) -> None:
         truth = np.asarray(read_mask(None), bool)
         if truth.shape != image.shape[:2]:
             continue
-        views = {t.name: predict_views(t, [image], True)[0] for t in teachers}
+        active = list(teachers)
+        if poses:  # by-source: CCP's photos are bodies, EG1800's portraits
+            active.append(poses.get(args.pose) or poses["full_body" if sample.startswith("ccp/") else "portrait"])
+        views = {t.name: predict_views(t, [image], True)[0] for t in active}
         row = {"evidence": evidence + (" (deeplab trained on it)" if sample in seen else ""), "id": sample}
         for name, v in views.items():
             row[f"{name} alone"] = iou(v.plain > 0.5, truth)
@@ -132,6 +143,16 @@ def accuracy(args) -> None:
             p = 0.5 * (fuse([views[n].plain for n in members], "mean", w)
                        + fuse([views[n].mirrored for n in members], "mean", w))
             row[f"fused {label} +TTA"] = iou(p > 0.5, truth)
+        for label, members in POSE_WAY.items() if poses else ():
+            w = fusion_weights(members, "mean", {})
+            p = 0.5 * (fuse([views[n].plain for n in members], "mean", w)
+                       + fuse([views[n].mirrored for n in members], "mean", w))
+            row[f"fused {label} +TTA"] = iou(p > 0.5, truth)
+            if read_bags is not None:
+                row[f"fused {label} vs bags as person"] = iou(p > 0.5, np.asarray(read_bags(None), bool))
+        if poses and read_bags is not None:
+            row["mediapipe_pose alone +TTA vs bags as person"] = iou(views["mediapipe_pose"].probability > 0.5,
+                                                                     np.asarray(read_bags(None), bool))
         for label, (method, weights) in FUSIONS.items():
             w = fusion_weights(names, method, weights)
             p = 0.5 * (fuse([views[n].plain for n in names], method, w) + fuse([views[n].mirrored for n in names],
@@ -265,6 +286,9 @@ def main() -> None:
     parser.add_argument("--deeplab", default=None, metavar="TEACHER_PT",
                         help="also a trained DeepLabv3+ teacher (train_teacher's checkpoint): alone and fused "
                              "with MediaPipe; photos it trained on are their own rows")
+    parser.add_argument("--pose", choices=("none", "full_body", "portrait", "by-source"), default="none",
+                        help="add MediaPipe's pose model (alone, with general, with both selfie teachers), framing "
+                             "every photo so, or by-source (CCP full_body, EG1800 portrait)")
     parser.add_argument("--crops", action="store_true", help="portrait crops: mask cut from the photo vs predicted on the crop")
     args = parser.parse_args()
     if args.throughput:

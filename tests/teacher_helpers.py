@@ -137,3 +137,20 @@ def ccp_items(shared: Path) -> dict:
     items = iter_ccp(shared / "ccp", LoaderReport(), val_fraction=0.1, carried_items=["bag", "purse", "wallet"],
                      carried_items_are_person=False, include_unlabelled=False)
     return {item.key: item for item in sorted(items, key=lambda i: i.key)}
+
+
+def labelled_photos(shared: Path, source: str, keys: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(id, RGB, bool mask) read as prepare reads them (CCP: carried items are not person)."""
+    from pipeline.sources import LoaderReport
+    from pipeline.sources.eg1800 import iter_eg1800_original
+    from pipeline.stages.prepare import decode_item
+
+    if source == "eg1800":
+        by_key = {item.key: item for item in iter_eg1800_original(shared / "eg1800", LoaderReport()) if item.key in keys}
+    else:
+        by_key = ccp_items(shared)
+    out = []
+    for key in keys:
+        decoded = decode_item(by_key[key], None)
+        out.append((f"{source}/{key}", decoded.image.rgb, decoded.mask))
+    return out

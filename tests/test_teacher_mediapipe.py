@@ -24,6 +24,7 @@ from pipeline.errors import StageError
 from pipeline.metrics import iou
 from pipeline.teachers import mediapipe as mpm
 from pipeline.teachers.mediapipe import MediaPipeSelfieSegmenter, fit_image, same_padding
+from teacher_helpers import labelled_photos
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mediapipe"
 PARAMETERS = 106_401  # both variants; the published model is "about 0.1M parameters"
@@ -205,24 +206,6 @@ def test_on_cuda_it_gives_the_cpu_probabilities(astronaut):
 # ---------------------------------------------------------------- real photos
 
 
-def _labelled(shared: Path, source: str, keys: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(id, RGB, bool mask) read as prepare reads them (CCP: carried items are not person)."""
-    from pipeline.sources import LoaderReport
-    from pipeline.sources.eg1800 import iter_eg1800_original
-    from pipeline.stages.prepare import decode_item
-    from teacher_helpers import ccp_items
-
-    if source == "eg1800":
-        by_key = {item.key: item for item in iter_eg1800_original(shared / "eg1800", LoaderReport()) if item.key in keys}
-    else:
-        by_key = ccp_items(shared)
-    out = []
-    for key in keys:
-        decoded = decode_item(by_key[key], None)
-        out.append((f"{source}/{key}", decoded.image.rgb, decoded.mask))
-    return out
-
-
 @pytest.mark.realdata
 @pytest.mark.parametrize("source, keys", [("eg1800", ["00002", "00005", "00008"]),  # EG1800 test portraits
                                           ("ccp", ["0002", "0039", "0080"])])  # CCP val full-body photos
@@ -231,7 +214,7 @@ def test_masks_on_real_photos_have_their_size_and_are_aligned(shared_datasets, g
 
     Aligned: the mask overlaps the ground truth best where it is, not 8 px off in any direction.
     """
-    photos = _labelled(shared_datasets, source, keys)
+    photos = labelled_photos(shared_datasets, source, keys)
     for model in (general, landscape):
         for (photo_id, image, truth), probability in zip(photos, model.predict([p[1] for p in photos], batch_size=2)):
             assert probability.shape == truth.shape == image.shape[:2]

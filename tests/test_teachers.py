@@ -191,7 +191,9 @@ def test_each_mediapipe_teacher_masks_real_photos_aligned_and_above_a_floor(shar
 
 
 @pytest.mark.realdata
-def test_the_stage_pseudo_labels_real_photos_with_two_fused_mediapipe_teachers(tmp_path, monkeypatch, shared_datasets):
+@pytest.mark.parametrize("teachers", [["mediapipe", "mediapipe_landscape"], ["mediapipe", "mediapipe_pose"]])
+def test_the_stage_pseudo_labels_real_photos_with_two_fused_mediapipe_teachers(tmp_path, monkeypatch, shared_datasets,
+                                                                               teachers):
     monkeypatch.chdir(tmp_path)
     samples = _ccp_labelled(shared_datasets, 6)
     write_canonical(tmp_path / "prepared",
@@ -201,13 +203,13 @@ def test_the_stage_pseudo_labels_real_photos_with_two_fused_mediapipe_teachers(t
     params = write_params(tmp_path / "params.yaml", {
         "paths": {"prepared": str(tmp_path / "prepared"), "pseudo": str(tmp_path / "pseudo"),
                   "metrics": str(tmp_path / "metrics")},
-        "pseudo_label": {"teachers": ["mediapipe", "mediapipe_landscape"], "pool_crop": "none", "device": "cpu",
+        "pseudo_label": {"teachers": teachers, "pool_crop": "none", "pose_framing": "full_body", "device": "cpu",
                          "validation": {"data": [{"dataset": "prepared", "splits": ["val"]}], "max_images": None}}})
     assert pl.main(["--params", str(params), "--quiet"]) == 0
     scores = pd.read_csv(tmp_path / "pseudo" / "scores.csv")
     contract = ["id", "origin", "mask_sha256", "confidence", "boundary_certainty", "flip_agreement",
                 "largest_component_share", "presence", "components", "mask_fraction", "teacher_agreement",
-                "mediapipe_mask_fraction", "mediapipe_landscape_mask_fraction", "score"]
+                *(f"{name}_mask_fraction" for name in teachers), "score"]
     assert set(contract) <= set(scores.columns) and len(scores) == 3
     shares = scores[[c for c in contract[3:] if c not in ("components",)]]
     assert ((shares >= 0) & (shares <= 1)).all().all()
@@ -218,7 +220,7 @@ def test_the_stage_pseudo_labels_real_photos_with_two_fused_mediapipe_teachers(t
     validation = pd.read_csv(tmp_path / "metrics" / "pseudo_label_validation.csv")
     assert len(validation) == 3 and set(validation["evidence"]) == {"ccp/val"}
     assert validation["iou"].mean() > 0.85
-    assert {"mediapipe_iou", "mediapipe_landscape_iou", "teacher_agreement"} <= set(validation.columns)
+    assert {*(f"{name}_iou" for name in teachers), "teacher_agreement"} <= set(validation.columns)
 
 
 # ---------------------------------------------------------------------------- portrait-shaped pool

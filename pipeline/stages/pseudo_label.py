@@ -93,7 +93,8 @@ from pipeline.stage import StageError, make_parser, run_main
 from pipeline.teachers.deeplab import OUTPUT_STRIDE, TeacherArchitecture, checked_input_size, load_teacher, native_bfloat16
 from pipeline.teachers.base import Teacher
 from pipeline.teachers.fusion import FusionMethod, fusion_weights
-from pipeline.teachers.registry import MEDIAPIPE_VARIANTS, DeepLabTeacher, MediaPipeTeacher, TeacherName
+from pipeline.teachers.registry import (MEDIAPIPE_VARIANTS, DeepLabTeacher, MediaPipePoseTeacher, MediaPipeTeacher,
+                                       TeacherName)
 from pipeline.selection import DataSource, SplitName, gather_rows
 
 METRICS_NAME = "pseudo_label.json"  # in paths.metrics
@@ -116,6 +117,7 @@ class MediaPipeFiles(Section):
 
     general: InputPath | None
     landscape: InputPath | None
+    pose: InputPath | None  # mediapipe_pose's pose_landmark_full.tflite
 
 
 class RayParams(Section):
@@ -149,6 +151,7 @@ class PseudoLabelParams(Section):
     fusion: FusionMethod
     fusion_weights: dict[TeacherName, float]  # weighted / logit_mean: each teacher's share (normalised)
     mediapipe_model_files: MediaPipeFiles
+    pose_framing: Literal["auto", "full_body", "portrait"]  # mediapipe_pose's; auto: from pool_crop
     pool_crop: Literal["faces", "none"]  # faces: portrait crops around detected faces (crop_portraits' framing)
     pool_splits: list[SplitName] = Field(min_length=1)  # pool = rows of paths.prepared with these splits
     pool_sources: list[str] | None = Field(min_length=1)  # null: every source
@@ -377,6 +380,14 @@ def validation_rows(settings: PseudoLabelParams, paths: ProjectPaths, seen_in_tr
     return rows, int(leaked.sum())
 
 
+def pose_framing(settings: PseudoLabelParams) -> str:
+    """How ``mediapipe_pose`` frames what it labels: ``pool_crop: faces`` labels whole photos (cut
+    into portraits afterwards), so bodies; ``none`` takes the images as portraits."""
+    if settings.pose_framing != "auto":
+        return settings.pose_framing
+    return "full_body" if settings.pool_crop == "faces" else "portrait"
+
+
 def load_teachers(settings: PseudoLabelParams, paths: ProjectPaths, teacher_settings: TeacherArchitecture,
                   device) -> tuple[list[Teacher], dict]:
     """The teachers ``settings.teachers`` names, in order, and what the metrics say about them."""
@@ -396,6 +407,12 @@ def load_teachers(settings: PseudoLabelParams, paths: ProjectPaths, teacher_sett
             teachers.append(DeepLabTeacher(model, input_size, device=device, channels_last=settings.channels_last,
                                            bfloat16=bfloat16, seen_ids=seen))
             info[name] = {"input_size": input_size, "bfloat16": bfloat16, "trained_on": len(seen)}
+        elif name == "mediapipe_pose":
+            framing = pose_framing(settings)
+            teacher = MediaPipePoseTeacher(settings.mediapipe_model_files.pose, framing=framing, device=device,
+                                           batch_size=settings.batch_size)
+            teachers.append(teacher)
+            info[name] = {"input_size": list(teacher.input_size), "framing": framing, "trained_on": 0}
         else:
             model_file = getattr(settings.mediapipe_model_files, MEDIAPIPE_VARIANTS[name])
             teacher = MediaPipeTeacher(name, model_file, device=device, batch_size=settings.batch_size)
@@ -471,11 +488,12 @@ def work_settings(settings: PseudoLabelParams, paths: ProjectPaths, crop_parts: 
     files = {}
     if "deeplab" in settings.teachers:
         files["deeplab"] = file_identity(paths.teacher)
-    for variant in ("general", "landscape"):
+    for variant in ("general", "landscape", "pose"):
         path = getattr(settings.mediapipe_model_files, variant)
         if path:
             files[f"mediapipe_{variant}"] = file_identity(path)
-    return {"pool": pool, "teachers": settings.teachers, "fusion": settings.fusion,
+    framing = {"pose_framing": pose_framing(settings)} if "mediapipe_pose" in settings.teachers else {}
+    return {"pool": pool, **framing, "teachers": settings.teachers, "fusion": settings.fusion,
             "fusion_weights": {t: settings.fusion_weights.get(t) for t in settings.teachers},
             "input_size": settings.input_size, "flip_tta": settings.flip_tta, "channels_last": settings.channels_last,
             "bfloat16": settings.bfloat16, "pool_crop": settings.pool_crop, "copy_images": settings.pool_location is not None,

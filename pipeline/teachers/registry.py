@@ -7,6 +7,9 @@
   ``general`` (256x256) or ``landscape`` (144x256) (``pipeline.teachers.mediapipe``); it never
   saw CCP or EG1800, so every labelled photo there is fair evidence. Two variants are two
   fairly independent models: their agreement is a failure signal even with no DeepLabv3+.
+- ``mediapipe_pose``: the person mask of MediaPipe's pose landmark model
+  (``pipeline.teachers.mediapipe_pose``), another network, trained for whole bodies; it
+  never saw CCP or EG1800 either. It needs to know how the photos are framed (``framing``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from pipeline.teachers.deeplab import TeacherRunner
 
-TeacherName = Literal["deeplab", "mediapipe", "mediapipe_landscape"]
+TeacherName = Literal["deeplab", "mediapipe", "mediapipe_landscape", "mediapipe_pose"]
 MEDIAPIPE_VARIANTS = {"mediapipe": "general", "mediapipe_landscape": "landscape"}
 
 
@@ -47,6 +50,23 @@ class MediaPipeTeacher:
 
         self.name = name
         self.segmenter = MediaPipeSelfieSegmenter(MEDIAPIPE_VARIANTS[name], model_file).to(device)
+        self.input_size = self.segmenter.input_size
+        self.batch_size = batch_size
+        self.seen_ids: frozenset[str] = frozenset()
+
+    def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.segmenter.predict(images, batch_size=self.batch_size)
+
+
+class MediaPipePoseTeacher:
+    """MediaPipe's pose model's person mask behind the teacher interface."""
+
+    name = "mediapipe_pose"
+
+    def __init__(self, model_file: str | os.PathLike | None, *, framing: str, device, batch_size: int):
+        from pipeline.teachers.mediapipe_pose import MediaPipePoseSegmenter
+
+        self.segmenter = MediaPipePoseSegmenter(framing, model_file).to(device)
         self.input_size = self.segmenter.input_size
         self.batch_size = batch_size
         self.seen_ids: frozenset[str] = frozenset()
