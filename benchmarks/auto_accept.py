@@ -134,7 +134,7 @@ def compute_features(args) -> pd.DataFrame:
     if args.pose != "none":
         from pipeline.teachers.mediapipe_pose import MediaPipePoseSegmenter
 
-        pose = {f: MediaPipePoseSegmenter(f) for f in ("full_body", "portrait")}
+        pose = {f: MediaPipePoseSegmenter(f) for f in ("full_body", "portrait", "per_image")}
     done = pd.read_csv(args.features, dtype={"id": str, "origin": str}) if args.features and args.features.is_file() \
         else pd.DataFrame(columns=["source", "split"])
     rows, started = done.to_dict("records"), time.perf_counter()
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
                         help="features of the model compared against (default: %(default)s)")
     parser.add_argument("--after", type=lambda t: t.split(","),
                         help="features of the new model (default: params.yaml's score_pool.features)")
-    parser.add_argument("--pose", choices=("none", "full_body", "portrait", "by-source"), default="none",
+    parser.add_argument("--pose", choices=("none", "full_body", "portrait", "per_image", "by-source"), default="none",
                         help="add MediaPipe's pose model as a third teacher, framing every photo so, or by-source "
                              "(CCP full_body, EG1800 portrait); default: the two selfie teachers only")
     parser.add_argument("--features", type=Path,

@@ -286,7 +286,7 @@ def main() -> None:
     parser.add_argument("--deeplab", default=None, metavar="TEACHER_PT",
                         help="also a trained DeepLabv3+ teacher (train_teacher's checkpoint): alone and fused "
                              "with MediaPipe; photos it trained on are their own rows")
-    parser.add_argument("--pose", choices=("none", "full_body", "portrait", "by-source"), default="none",
+    parser.add_argument("--pose", choices=("none", "full_body", "portrait", "per_image", "by-source"), default="none",
                         help="add MediaPipe's pose model (alone, with general, with both selfie teachers), framing "
                              "every photo so, or by-source (CCP full_body, EG1800 portrait)")
     parser.add_argument("--crops", action="store_true", help="portrait crops: mask cut from the photo vs predicted on the crop")

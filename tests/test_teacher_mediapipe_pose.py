@@ -12,7 +12,7 @@ from pipeline.errors import StageError
 from pipeline.metrics import iou
 from pipeline.teachers import mediapipe_pose as mpp
 from pipeline.teachers.mediapipe import TfliteNetwork, packaged_model_file
-from pipeline.teachers.mediapipe_pose import INPUT_SIZE, MediaPipePoseSegmenter, frame
+from pipeline.teachers.mediapipe_pose import INPUT_SIZE, MediaPipePoseSegmenter, frame, looks_like_a_portrait
 from pipeline.teachers.tflite import TfliteGraph, TfliteOperator, TfliteTensor, read_tflite
 from teacher_helpers import labelled_photos
 
@@ -61,7 +61,7 @@ def test_a_missing_or_wrong_model_file_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_an_unknown_framing_is_refused():
-    with pytest.raises(ValueError, match="framing must be one of full_body, portrait"):
+    with pytest.raises(ValueError, match="framing must be one of full_body, portrait, per_image"):
         MediaPipePoseSegmenter("selfie")
     with pytest.raises(ValueError, match="framing"):
         frame(np.zeros((10, 10, 3), np.uint8), "wide")
@@ -79,6 +79,29 @@ def test_a_body_is_centred_and_a_portrait_sits_high_with_room_below():
     framed, (y, x, h, w) = frame(image, "portrait")
     assert (h, w) == (102, 51) and y == 13 and x == (INPUT_SIZE - 51) // 2  # 2.5x the long side, 5% from the top
     assert framed[:, y + h:].max() == 0 and np.allclose(framed[:, y:y + h, x:x + w], 200 / 255)
+
+
+def test_a_portrait_is_a_mask_whose_bottom_band_is_mostly_person():
+    torso = np.zeros((200, 100), np.float32)
+    torso[120:, 20:80] = 0.9  # 60% of the bottom rows
+    feet = np.zeros((200, 100), np.float32)
+    feet[20:, 40:60] = 0.9  # 20%
+    assert looks_like_a_portrait(torso)
+    assert not looks_like_a_portrait(feet) and not looks_like_a_portrait(np.zeros((200, 100), np.float32))
+    torso[-9:] = 0.0  # the band is the bottom 10 rows: 1 of them left at 60% is under half
+    assert not looks_like_a_portrait(torso)
+
+
+@pytest.mark.realdata
+def test_per_image_framing_frames_bodies_as_bodies_and_portraits_as_portraits(shared_datasets, bodies, portraits):
+    per_image = MediaPipePoseSegmenter("per_image")
+    bodies_ = labelled_photos(shared_datasets, "ccp", ["0002", "0039", "0080"])
+    portraits_ = labelled_photos(shared_datasets, "eg1800", ["00002", "00005", "00008"])
+    images = [p[1] for p in portraits_ + bodies_]  # mixed in one batch
+    chosen = per_image.predict(images, batch_size=6)
+    expected = portraits.predict(images[:3], batch_size=3) + bodies.predict(images[3:], batch_size=3)
+    for got, want in zip(chosen, expected):
+        np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_forward_refuses_an_unframed_batch(bodies):
@@ -148,6 +171,7 @@ def test_pad_adds_zeros_where_tflite_does_and_refuses_channel_padding():
     ("none", "auto", "portrait"),    # a folder of portraits, as it is
     ("none", "full_body", "full_body"),
     ("faces", "portrait", "portrait"),
+    ("faces", "per_image", "per_image"),
 ])
 def test_pseudo_label_frames_the_pose_teacher_by_what_it_labels(pool_crop, setting, framing):
     from params_helpers import quick_section

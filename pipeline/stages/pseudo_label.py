@@ -151,7 +151,7 @@ class PseudoLabelParams(Section):
     fusion: FusionMethod
     fusion_weights: dict[TeacherName, float]  # weighted / logit_mean: each teacher's share (normalised)
     mediapipe_model_files: MediaPipeFiles
-    pose_framing: Literal["auto", "full_body", "portrait"]  # mediapipe_pose's; auto: from pool_crop
+    pose_framing: Literal["auto", "full_body", "portrait", "per_image"]  # mediapipe_pose's; auto: from pool_crop
     pool_crop: Literal["faces", "none"]  # faces: portrait crops around detected faces (crop_portraits' framing)
     pool_splits: list[SplitName] = Field(min_length=1)  # pool = rows of paths.prepared with these splits
     pool_sources: list[str] | None = Field(min_length=1)  # null: every source
