@@ -166,22 +166,14 @@ def test_pad_adds_zeros_where_tflite_does_and_refuses_channel_padding():
 # ---------------------------------------------------------------- in pseudo_label
 
 
-@pytest.mark.parametrize("pool_crop, setting, framing", [
-    ("faces", "auto", "full_body"),  # whole photos are labelled, then cut into portraits
-    ("none", "auto", "portrait"),    # a folder of portraits, as it is
-    ("none", "full_body", "full_body"),
-    ("faces", "portrait", "portrait"),
-    ("faces", "per_image", "per_image"),
-])
-def test_pseudo_label_frames_the_pose_teacher_by_what_it_labels(pool_crop, setting, framing):
+@pytest.mark.parametrize("framing", ["full_body", "portrait", "per_image"])
+def test_pseudo_label_frames_the_pose_teacher_as_its_params_say(framing):
     from params_helpers import quick_section
 
     import pipeline.stages.pseudo_label as pl
 
     settings = pl.PseudoLabelParams.model_validate(quick_section(
-        "pseudo_label", teachers=["mediapipe", "mediapipe_pose"], pool_crop=pool_crop, pose_framing=setting,
-        device="cpu"))
-    assert pl.pose_framing(settings) == framing
+        "pseudo_label", teachers=["mediapipe", "mediapipe_pose"], pose_framing=framing, device="cpu"))
     teachers, info = pl.load_teachers(settings, None, None, "cpu")
     assert [t.name for t in teachers] == ["mediapipe", "mediapipe_pose"]
     assert teachers[1].segmenter.framing == framing and info["mediapipe_pose"]["framing"] == framing
@@ -194,4 +186,4 @@ def test_a_bad_pose_framing_is_refused_naming_the_key():
     import pipeline.stages.pseudo_label as pl
 
     with pytest.raises(ValueError, match="pose_framing"):
-        pl.PseudoLabelParams.model_validate(quick_section("pseudo_label", pose_framing="selfie"))
+        pl.PseudoLabelParams.model_validate(quick_section("pseudo_label", pose_framing="auto"))

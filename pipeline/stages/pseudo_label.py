@@ -151,7 +151,7 @@ class PseudoLabelParams(Section):
     fusion: FusionMethod
     fusion_weights: dict[TeacherName, float]  # weighted / logit_mean: each teacher's share (normalised)
     mediapipe_model_files: MediaPipeFiles
-    pose_framing: Literal["auto", "full_body", "portrait", "per_image"]  # mediapipe_pose's; auto: from pool_crop
+    pose_framing: Literal["full_body", "portrait", "per_image"]  # mediapipe_pose's (per_image: pool photos and crops)
     pool_crop: Literal["faces", "none"]  # faces: portrait crops around detected faces (crop_portraits' framing)
     pool_splits: list[SplitName] = Field(min_length=1)  # pool = rows of paths.prepared with these splits
     pool_sources: list[str] | None = Field(min_length=1)  # null: every source
@@ -380,14 +380,6 @@ def validation_rows(settings: PseudoLabelParams, paths: ProjectPaths, seen_in_tr
     return rows, int(leaked.sum())
 
 
-def pose_framing(settings: PseudoLabelParams) -> str:
-    """How ``mediapipe_pose`` frames what it labels: ``pool_crop: faces`` labels whole photos (cut
-    into portraits afterwards), so bodies; ``none`` takes the images as portraits."""
-    if settings.pose_framing != "auto":
-        return settings.pose_framing
-    return "full_body" if settings.pool_crop == "faces" else "portrait"
-
-
 def load_teachers(settings: PseudoLabelParams, paths: ProjectPaths, teacher_settings: TeacherArchitecture,
                   device) -> tuple[list[Teacher], dict]:
     """The teachers ``settings.teachers`` names, in order, and what the metrics say about them."""
@@ -408,7 +400,7 @@ def load_teachers(settings: PseudoLabelParams, paths: ProjectPaths, teacher_sett
                                            bfloat16=bfloat16, seen_ids=seen))
             info[name] = {"input_size": input_size, "bfloat16": bfloat16, "trained_on": len(seen)}
         elif name == "mediapipe_pose":
-            framing = pose_framing(settings)
+            framing = settings.pose_framing
             teacher = MediaPipePoseTeacher(settings.mediapipe_model_files.pose, framing=framing, device=device,
                                            batch_size=settings.batch_size)
             teachers.append(teacher)
@@ -492,7 +484,7 @@ def work_settings(settings: PseudoLabelParams, paths: ProjectPaths, crop_parts: 
         path = getattr(settings.mediapipe_model_files, variant)
         if path:
             files[f"mediapipe_{variant}"] = file_identity(path)
-    framing = {"pose_framing": pose_framing(settings)} if "mediapipe_pose" in settings.teachers else {}
+    framing = {"pose_framing": settings.pose_framing} if "mediapipe_pose" in settings.teachers else {}
     return {"pool": pool, **framing, "teachers": settings.teachers, "fusion": settings.fusion,
             "fusion_weights": {t: settings.fusion_weights.get(t) for t in settings.teachers},
             "input_size": settings.input_size, "flip_tta": settings.flip_tta, "channels_last": settings.channels_last,

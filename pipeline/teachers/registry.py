@@ -9,7 +9,8 @@
   fairly independent models: their agreement is a failure signal even with no DeepLabv3+.
 - ``mediapipe_pose``: the person mask of MediaPipe's pose landmark model
   (``pipeline.teachers.mediapipe_pose``), another network, trained for whole bodies; it
-  never saw CCP or EG1800 either. It needs to know how the photos are framed (``framing``).
+  never saw CCP or EG1800 either. It needs to know how the photos are framed (``framing``;
+  ``per_image`` tells portraits from bodies itself).
 """
 
 from __future__ import annotations
