@@ -28,7 +28,9 @@ row of the table is computed from those same maps:
   ``general`` and with both selfie teachers, each also against bags as person; ``by-source``
   frames CCP's photos as bodies and EG1800's as portraits (``pipeline.teachers.mediapipe_pose``).
 
-``--crops`` cuts the labelled CCP photos around their faces exactly as ``crop_portraits``
+``--crops`` (with ``--pose``: a third teacher, ``by-source`` meaning ``per_image`` there, and
+the pair and ``general`` + pose fusions on the crop beside the fusion of all) cuts the
+labelled CCP photos around their faces exactly as ``crop_portraits``
 does (MTCNN, its geometry and drop rules on the true mask) and scores the fused mask two
 ways: predicted on the whole photo and cut with it (what ``pool_crop: faces`` does), or
 predicted again on the crop.
@@ -194,13 +196,19 @@ def crops(args) -> None:
     from pipeline.images import read_rgb
     from pipeline.metrics import iou
     from pipeline.labelling.prediction import FusedTeachers
-    from pipeline.teachers.registry import MediaPipeTeacher
+    from pipeline.teachers.registry import MediaPipePoseTeacher, MediaPipeTeacher
 
     torch.set_num_threads(args.threads)
     section = yaml.safe_load((ROOT / "params.yaml").read_text())["crop_portraits"]
     cropper = build_pool_cropper(GeometryParams(**section["geometry"]), QualityParams(**section["quality"]),
                                  DetectorParams(**{**section["detector"], "device": "cpu"}))
     teachers = [MediaPipeTeacher(n, None, device="cpu", batch_size=2) for n in ("mediapipe", "mediapipe_landscape")]
+    subsets = {}
+    if args.pose != "none":  # the photo is a body and its crop a portrait: one fixed framing cannot fit both
+        framing = "per_image" if args.pose == "by-source" else args.pose
+        teachers.append(MediaPipePoseTeacher(None, framing=framing, device="cpu", batch_size=2))
+        subsets = {name: members for name, members in POSE_WAY.items() if "mediapipe_landscape" not in members}
+        subsets["mean of the selfie pair"] = ["mediapipe", "mediapipe_landscape"]
     runner = FusedTeachers(teachers, "mean", {}, flip_tta=True)
     records = []
     items = [i for i in labelled_items(args.ccp, 0) if i[0].startswith("ccp/")]
@@ -221,13 +229,16 @@ def crops(args) -> None:
                             **{f"{n} on the photo, cut": iou(cut_map(p, box, cropper.size) > 0.5, crop_truth)
                                for n, p in whole.teacher_probabilities.items()},
                             **{f"{n} on the crop": iou(on_crop.teacher_probabilities[n] > 0.5, crop_truth)
-                               for n in runner.names}})
+                               for n in runner.names},
+                            **{f"{label} on the crop": iou(np.mean([on_crop.teacher_probabilities[n] for n in members],
+                                                                   axis=0) > 0.5, crop_truth)
+                               for label, members in subsets.items()}})
     frame = pd.DataFrame(records)
     columns = [c for c in frame.columns if c not in ("evidence", "id")]
     table = pd.concat([frame.groupby("evidence")[columns].mean(), frame[columns].mean().rename("all").to_frame().T])
     table.insert(0, "crops", [*frame.groupby("evidence").size(), len(frame)])
-    print(f"portrait crops of {len(items)} labelled CCP photos ({len(frame)} crops), mean fusion of both MediaPipe "
-          f"teachers with flip TTA, mean IoU (x100), {args.threads} threads\n")
+    print(f"portrait crops of {len(items)} labelled CCP photos ({len(frame)} crops), mean fusion of "
+          f"{', '.join(runner.names)} with flip TTA, mean IoU (x100), {args.threads} threads\n")
     print(pd.concat([table.T.iloc[:1], table.T.iloc[1:] * 100]).round(2).to_string())
     if args.csv:
         frame.to_csv(args.csv, index=False)
