@@ -33,9 +33,13 @@ measured or assumed).
     .venv/bin/python benchmarks/auto_accept.py --features /tmp/aa.csv \\
         --sets ccp:train+val,eg1800:test,eg1800:train:400,ccp:unlabelled:200     # what was measured here
 
-Portrait crops of CCP (what reaches the reviewer from full-body photos) are not measured
-here: that needs the crop stage's face detector; the stage measures them where
-pseudo_label's validation table holds crop rows.
+``--crops`` measures what the profiles score: CCP's photos become the portrait crops that
+reach the reviewer, cut with ``crop_portraits``' MTCNN framing (labelled photos planned on
+their true mask, pool photos on the teachers' fused mask, as ``pool_crop: faces`` does) and
+labelled again by the teachers; EG1800's portraits stay as they are. A photo's crops stay in
+one half. Its features go in a CSV of their own (the source is ``ccp_crops``).
+
+    .venv/bin/python benchmarks/auto_accept.py --crops --features /tmp/aa_crops.csv    # the README's table
 """
 
 from __future__ import annotations
@@ -119,6 +123,29 @@ def features_of(images, models, score_settings) -> list[dict]:
     return out
 
 
+def face_crops(samples, cropper, models, score_settings):
+    """Labelled or pool photos -> their portrait crops, cut as ``crop_portraits`` and ``pool_crop: faces`` cut them.
+
+    A labelled photo's crops are planned on its true mask (as ``crop_portraits`` plans them),
+    a pool photo's on the teachers' fused mask of the whole photo (as pseudo_label does); the
+    teachers then label each crop again, as the stage does. Yields (crop id, photo id, split,
+    crop, cut truth or None, cut carried-as-person truth or None).
+    """
+    from pipeline.crops.pool import cut_map
+
+    for sample_id, split, image, truth, carried in samples:
+        guide = truth if truth is not None else features_of([image], models, score_settings)[0]["_mask"]
+        plans, _ = cropper.plan(sample_id, image, guide)
+        for plan in plans:
+            box = plan.placement.box
+
+            def cut(mask, box=box):
+                return None if mask is None else cut_map(mask.astype(np.float32), box, cropper.size) >= 0.5
+
+            yield f"{sample_id}_f{plan.face_index}", sample_id, split, cut_map(image, box, cropper.size), \
+                cut(truth), cut(carried)
+
+
 def compute_features(args) -> pd.DataFrame:
     import torch
     import yaml
@@ -135,32 +162,45 @@ def compute_features(args) -> pd.DataFrame:
         from pipeline.teachers.mediapipe_pose import MediaPipePoseSegmenter
 
         pose = {f: MediaPipePoseSegmenter(f) for f in ("full_body", "portrait", "per_image")}
+    cropper = None
+    if args.crops:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from teacher_fusion import crop_portraits_cropper
+
+        cropper = crop_portraits_cropper(Path(args.params))
     done = pd.read_csv(args.features, dtype={"id": str, "origin": str}) if args.features and args.features.is_file() \
         else pd.DataFrame(columns=["source", "split"])
     rows, started = done.to_dict("records"), time.perf_counter()
     for entry in args.sets.split(","):
-        source, splits = entry.split(":")[0], tuple(entry.split(":")[1].split("+"))
+        photo_source, splits = entry.split(":")[0], tuple(entry.split(":")[1].split("+"))
+        as_crops = cropper is not None and photo_source == "ccp"  # EG1800's photos are portraits already
+        source = "ccp_crops" if as_crops else photo_source
         if ((done["source"] == source) & done["split"].isin(splits)).any():
             print(f"features: {source} {'+'.join(splits)} already in {args.features}", file=sys.stderr)
             continue
         batch = []
         if args.pose != "none":  # by-source: CCP's photos are bodies, EG1800's portraits
             framing = args.pose if args.pose != "by-source" else ("full_body" if source == "ccp" else "portrait")
+            if as_crops:  # the photo is a body, its crop a portrait
+                framing = "per_image"
             models["pose"] = pose[framing]
 
         def flush():
-            for (sample_id, split, _, truth, carried), row in zip(batch, features_of([b[2] for b in batch], models,
-                                                                                     score_settings)):
+            for (sample_id, origin, split, _, truth, carried), row in zip(
+                    batch, features_of([b[3] for b in batch], models, score_settings)):
                 mask = row.pop("_mask")
                 measured = iou(mask, truth) if truth is not None else np.nan
-                rows.append({"id": sample_id, "origin": sample_id, "source": source, "split": split,
+                rows.append({"id": sample_id, "origin": origin, "source": source, "split": split,
                              "evidence": "full_body" if source == "ccp" else "portrait", "iou": measured,
                              "iou_carried_as_person": iou(mask, carried) if carried is not None else measured,
                              **row})
             batch.clear()
 
         limit = args.limit if len(entry.split(":")) < 3 else int(entry.split(":")[2])
-        for sample in photos(source, splits, Path(args.params), limit):
+        samples = photos(photo_source, splits, Path(args.params), limit)
+        samples = face_crops(samples, cropper, models, score_settings) if as_crops else \
+            ((sample_id, sample_id, *rest) for sample_id, *rest in samples)
+        for sample in samples:
             batch.append(sample)
             if len(batch) == 16:
                 flush()
@@ -188,7 +228,7 @@ def held_out(labelled: pd.DataFrame, settings, features: list[str], truth: str =
 
     rule = settings.auto_accept
     good = (labelled[truth] >= settings.good_iou).to_numpy()
-    halves = labelled["id"].map(lambda i: half_of(i, settings.seed)).to_numpy()
+    halves = labelled["origin"].map(lambda i: half_of(i, settings.seed)).to_numpy()  # a photo's crops: one half
     summaries, measured = [], []
     for fit_half in (0, 1):
         fit, test = labelled[halves == fit_half], labelled[halves != fit_half].copy()
@@ -196,7 +236,8 @@ def held_out(labelled: pd.DataFrame, settings, features: list[str], truth: str =
         oof = cross_fit(fit, fit_good, fit["origin"], features, folds=settings.folds, l2=settings.l2,
                         seed=settings.seed)
         choice = aa.choose_threshold(oof.probability, fit_good, target=rule.target_error,
-                                     confidence=rule.confidence, candidates=rule.candidates)
+                                     confidence=rule.confidence, candidates=rule.candidates,
+                                     start_coverage=rule.start_coverage)
         model = fit_model(fit, fit_good, features, settings.l2)
         test["p_good"], test["good"], test["fitted_on_half"] = model.predict(test), test_good, fit_half
         auto = (test["p_good"] >= choice.threshold).to_numpy() if choice.threshold is not None else \
@@ -262,6 +303,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pose", choices=("none", "full_body", "portrait", "per_image", "by-source"), default="none",
                         help="add MediaPipe's pose model as a third teacher, framing every photo so, or by-source "
                              "(CCP full_body, EG1800 portrait); default: the two selfie teachers only")
+    parser.add_argument("--crops", action="store_true",
+                        help="CCP's photos as the portrait crops the pool's reviewer sees (crop_portraits' MTCNN "
+                             "framing; pool photos planned on the teachers' mask, as pool_crop: faces does); "
+                             "EG1800's portraits as they are: the profiles' evidence kinds")
     parser.add_argument("--features", type=Path,
                         help="CSV of the features: sets already in it are read, not computed again; new ones added")
     args = parser.parse_args(argv)
@@ -331,7 +376,7 @@ def main(argv=None) -> int:
     print("\n## score_pool's core on all the labelled evidence and CCP's unlabelled pool")
     result = score_pool(pool.drop(columns=["iou"]).reset_index(drop=True), labelled, {}, settings)
     metrics = result.metrics
-    calibration = {k: v for k, v in metrics["calibration"].items() if k != "reliability"}
+    calibration = {k: v for k, v in (metrics["calibration"] or {}).items() if k != "reliability"}  # None: no bad
     print(f"out-of-fold (all evidence): {json.dumps(calibration)}")
     print(f"rule: {result.choice.reason}")
     print(f"pool: {json.dumps(metrics['pool'])}")

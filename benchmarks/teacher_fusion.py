@@ -183,25 +183,33 @@ def accuracy(args) -> None:
         print(f"\nper image: {args.csv}")
 
 
+def crop_portraits_cropper(params_file: Path):
+    """The face cropper of ``crop_portraits`` (MTCNN on the CPU, its geometry and drop rules) from a params file."""
+    import yaml
+
+    from pipeline.crops.params import DetectorParams, GeometryParams, QualityParams
+    from pipeline.crops.pool import build_pool_cropper
+
+    section = yaml.safe_load(Path(params_file).read_text())["crop_portraits"]
+    return build_pool_cropper(GeometryParams(**section["geometry"]), QualityParams(**section["quality"]),
+                              DetectorParams(**{**section["detector"], "device": "cpu"}))
+
+
 def crops(args) -> None:
     """Portrait crops of labelled CCP photos (crop_portraits' framing on the true mask): mask cut vs predicted on crop."""
     import numpy as np
     import pandas as pd
     import torch
-    import yaml
     from tqdm import tqdm
 
-    from pipeline.crops.params import DetectorParams, GeometryParams, QualityParams
-    from pipeline.crops.pool import build_pool_cropper, cut_map
+    from pipeline.crops.pool import cut_map
     from pipeline.images import read_rgb
     from pipeline.metrics import iou
     from pipeline.labelling.prediction import FusedTeachers
     from pipeline.teachers.registry import MediaPipePoseTeacher, MediaPipeTeacher
 
     torch.set_num_threads(args.threads)
-    section = yaml.safe_load((ROOT / "params.yaml").read_text())["crop_portraits"]
-    cropper = build_pool_cropper(GeometryParams(**section["geometry"]), QualityParams(**section["quality"]),
-                                 DetectorParams(**{**section["detector"], "device": "cpu"}))
+    cropper = crop_portraits_cropper(ROOT / "params.yaml")
     teachers = [MediaPipeTeacher(n, None, device="cpu", batch_size=2) for n in ("mediapipe", "mediapipe_landscape")]
     subsets = {}
     if args.pose != "none":  # the photo is a body and its crop a portrait: one fixed framing cannot fit both

@@ -70,7 +70,33 @@ def test_the_sequence_ends_at_its_first_failure_even_when_a_later_candidate_woul
     assert choice.upper_bound == pytest.approx(1 - 0.1 ** (1 / 25))
 
 
-def test_the_rule_accepts_no_more_often_than_its_confidence_allows_when_the_target_is_not_met():
+def test_the_sequence_starts_where_start_coverage_says_and_a_start_that_fails_ends_it():
+    # 100 masks, 4 candidates (25, 50, 75, 100), target 10% at 90%; the two masks ranked highest
+    # are bad. From the strictest: 2 of 25 bounds at 14.7% and ends the sequence. From the top
+    # 50%: 2 of 50 bounds at 10.3%, over 10%, and that first test ends it too. From the top 75%:
+    # 2 of 75 (6.9%) passes, then 2 of 100 (5.2%): all 100 are accepted.
+    probability = 0.999 - 0.001 * np.arange(100)
+    good = np.ones(100, dtype=bool)
+    good[[0, 1]] = False
+    assert aa.clopper_pearson_upper(2, 50, 0.90) > 0.10 >= aa.clopper_pearson_upper(2, 75, 0.90)
+    kwargs = dict(target=0.10, confidence=0.90, candidates=4)
+    strictest = aa.choose_threshold(probability, good, **kwargs)
+    assert strictest.threshold is None and "2 bad of 25" in strictest.reason and "strictest" in strictest.reason
+    half = aa.choose_threshold(probability, good, start_coverage=0.5, **kwargs)
+    assert half.threshold is None and "2 bad of 50" in half.reason and "starts at the top 50%" in half.reason
+    late = aa.choose_threshold(probability, good, start_coverage=0.75, **kwargs)
+    assert late.accepted == 100 and late.errors == 2 and late.threshold == pytest.approx(probability[99])
+    assert late.upper_bound == pytest.approx(aa.clopper_pearson_upper(2, 100, 0.90))
+    assert late.start_coverage == 0.75 and late.as_dict()["start_coverage"] == 0.75
+    # the start is a point of the grid j/K: 0.7 starts at 3/4, as 0.75 does; 1.0 tests all the evidence only
+    assert aa.candidate_counts(100, 4, 0.7) == aa.candidate_counts(100, 4, 0.75) == [75, 100]
+    assert aa.candidate_counts(100, 4, 1.0) == [100] and aa.candidate_counts(100, 4, 0.0) == [25, 50, 75, 100]
+    with pytest.raises(ValueError, match="start_coverage"):
+        aa.candidate_counts(100, 4, 1.5)
+
+
+@pytest.mark.parametrize("start_coverage", [0.0, 0.5])
+def test_the_rule_accepts_no_more_often_than_its_confidence_allows_when_the_target_is_not_met(start_coverage):
     # Evidence whose true error rate equals the target (10%) everywhere: any acceptance is a
     # false one, and at 80% confidence the rule may accept in at most 20% of seeded draws. Testing
     # each of the 10 candidates at 80% and taking any that passes (no sequence) accepts in
@@ -81,7 +107,8 @@ def test_the_rule_accepts_no_more_often_than_its_confidence_allows_when_the_targ
     for _ in range(runs):
         probability = rng.random(400)
         good = rng.random(400) >= 0.10
-        choice = aa.choose_threshold(probability, good, target=0.10, confidence=0.80, candidates=10)
+        choice = aa.choose_threshold(probability, good, target=0.10, confidence=0.80, candidates=10,
+                                     start_coverage=start_coverage)
         accepted_runs += choice.threshold is not None
     assert accepted_runs / runs <= 0.20 + 3 * math.sqrt(0.2 * 0.8 / runs)
 
@@ -145,7 +172,8 @@ def test_auto_decisions_are_journalled_with_reviewer_threshold_and_evidence():
     assert first.extra["audit"] is True and second.extra["audit"] is False
     evidence = first.extra["evidence"]
     assert evidence == {"rule": "clopper-pearson, fixed-sequence over coverage grid", "model": "m0", "target": 0.02,
-                        "confidence": 0.95, "candidates": 4, "evidence": 400, "accepted": choice.accepted,
+                        "confidence": 0.95, "candidates": 4, "start_coverage": 0.0, "evidence": 400,
+                        "accepted": choice.accepted,
                         "errors": 0, "upper_bound": round(choice.upper_bound, 6)}
     again = aa.auto_events(accepted, choice, model="m0", decided_at=aa.NO_HUMAN_TIME)
     assert aa.journal_text(again) == text  # deterministic ids and times

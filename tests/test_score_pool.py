@@ -96,6 +96,16 @@ def test_enough_evidence_gives_a_calibrated_score_that_finds_failures_and_a_boun
     assert line.extra["evidence"]["accepted"] == choice.accepted
     assert line.extra["evidence"]["upper_bound"] == round(choice.upper_bound, 6)
     assert line.decided_at == aa.NO_HUMAN_TIME  # learned from labelled photos only
+    # the sequence began at the params' start: no candidate under the top 40% was tested
+    assert choice.start_coverage == 0.4 and choice.coverage >= 0.4 - 1e-9
+    assert result.metrics["auto_accept"]["start_coverage"] == 0.4
+
+
+def test_the_rule_tests_only_candidates_from_start_coverage_up():
+    validation, pool = validation_frame(3000), pool_frame(200)
+    everything = score_pool(pool.drop(columns="iou"), validation, {}, settings(auto_accept=dict(start_coverage=1.0)))
+    assert everything.choice.threshold is None and "starts at the top 100%" in everything.choice.reason
+    assert f"of {len(validation)} accepted" in everything.choice.reason  # the only candidate: all the evidence
 
 
 def test_too_little_evidence_accepts_nothing_and_says_so():

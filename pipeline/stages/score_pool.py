@@ -63,6 +63,7 @@ class AutoAcceptParams(Section):
     target_error: float = Field(gt=0, lt=1)  # the bound of the error rate among auto-accepted masks stays under this
     confidence: float = Field(gt=0, lt=1)  # of that bound, over all candidate thresholds together
     candidates: int = Field(ge=1, le=1000)  # candidate thresholds: the top 1/K, 2/K, ... K/K of the evidence
+    start_coverage: float = Field(ge=0, le=1)  # the candidates tested: from the top this share of the evidence up
     audit_share: float = Field(ge=0, le=1)  # of auto-accepted masks, drawn at random, still shown to a person
 
 
@@ -220,16 +221,17 @@ def score_pool(pool: pd.DataFrame, validation: pd.DataFrame, human: dict[str, jr
         evidence["fold"], evidence["p_good"] = fit.fold, fit.probability
         model = fit_model(evidence, good, features, settings.l2)
         choice = aa.choose_threshold(evidence["p_good"], good, target=rule.target_error, confidence=rule.confidence,
-                                     candidates=rule.candidates)
+                                     candidates=rule.candidates, start_coverage=rule.start_coverage)
         if not rule.enabled:
             choice = aa.nothing_accepted("auto_accept.enabled is false: nothing is auto-accepted",
                                          evidence=choice.evidence, target=rule.target_error,
-                                         confidence=rule.confidence, candidates=rule.candidates)
+                                         confidence=rule.confidence, candidates=rule.candidates,
+                                         start_coverage=rule.start_coverage)
     else:
         notes.append(cannot_fit + "; the queue keeps pseudo_label's score and nothing is auto-accepted")
         choice = aa.nothing_accepted(cannot_fit + ", so nothing is auto-accepted", evidence=len(evidence),
                                      target=rule.target_error, confidence=rule.confidence,
-                                     candidates=rule.candidates)
+                                     candidates=rule.candidates, start_coverage=rule.start_coverage)
 
     # ---- the pool
     if model is not None:
