@@ -20,7 +20,7 @@ Where the sequence starts is fixed before the evidence is seen, and it matters: 
 candidate's bound is loose (1 bad of 202 bounds the rate at 2.33%, 5 bad of 805 at 1.30%),
 so a sequence begun at the top 5% ends at the first stray failure there, before it reaches the
 coverages the rule is for. On the profiles' 2,014 portrait evidence masks strictest-first
-accepted nothing; started at 40% (the issue's target coverage) the same rule, fitted on one
+accepted nothing; started at 40% (the coverage the profiles aim at) the same rule, fitted on one
 half of the photos, accepted about 40% of the other half at a held-out bound under 2%
 (``benchmarks/auto_accept.py --crops``). The price: coverages under the start are never tried,
 however clean they are.
